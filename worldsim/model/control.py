@@ -1,0 +1,95 @@
+"""Control conditioning: per-video-frame keys, axes and an engine embedding, grouped per latent frame.
+
+Controls enter through one zero-initialised, presence-gated path (reference §8.3, path A): an MLP maps the k
+video-frame samples of each latent frame to a vector added to that frame's time embedding ``e`` before
+``time_projection``, so it modulates every block's adaLN and the head exactly per latent frame. The output is
+multiplied by a presence gate, so a frame with no control input gets exactly zero and the model computes the
+same bits as a text-only checkpoint.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+from .config import ControlConfig
+
+
+@dataclass
+class Controls:
+    """Controls for F latent frames, each grouped as k = frames_per_latent video-frame samples.
+
+    keys: [B, F, k, K] in {0, 1} (or the fraction of the interval held); axes: [B, F, k, A] normalised to about
+    [-1, 1]; embedding: [B, F, k, D_e]. A source left as None is absent. ``present`` [B, F] bool optionally
+    marks latent frames that carry any control (default: every frame, if any source is given).
+    """
+
+    keys: torch.Tensor | None = None
+    axes: torch.Tensor | None = None
+    embedding: torch.Tensor | None = None
+    present: torch.Tensor | None = None
+
+    def sources(self) -> list[torch.Tensor]:
+        return [t for t in (self.keys, self.axes, self.embedding) if t is not None]
+
+    def is_empty(self) -> bool:
+        return not self.sources() or (self.present is not None and not bool(self.present.any()))
+
+    def slice_frames(self, start: int, stop: int) -> "Controls":
+        def cut(t):
+            return None if t is None else t[:, start:stop]
+
+        return Controls(cut(self.keys), cut(self.axes), cut(self.embedding), cut(self.present))
+
+
+class ControlEmbedding(nn.Module):
+    """MLP from grouped per-frame controls [B, F, k * frame_dim] to a time-embedding offset [B, F, dim]."""
+
+    def __init__(self, cfg: ControlConfig, dim: int):
+        super().__init__()
+        self.cfg = cfg
+        self.mlp = nn.Sequential(nn.Linear(cfg.frames_per_latent * cfg.frame_dim, dim), nn.SiLU(), nn.Linear(dim, dim))
+        nn.init.zeros_(self.mlp[2].weight)
+        nn.init.zeros_(self.mlp[2].bias)
+
+    def _check(self, name: str, t: torch.Tensor | None, width: int, batch: int, frames: int) -> None:
+        if t is None:
+            return
+        want = (batch, frames, self.cfg.frames_per_latent, width)
+        if t.dim() != 4 or tuple(t.shape) != want:
+            raise ValueError(f"controls.{name} must have shape [B, F, frames_per_latent, {name}_dim] = {list(want)}, "
+                             f"got {list(t.shape)}")
+
+    def forward(self, c: Controls, batch: int, frames: int) -> torch.Tensor:
+        cfg, k = self.cfg, self.cfg.frames_per_latent
+        self._check("keys", c.keys, len(cfg.keys), batch, frames)
+        self._check("axes", c.axes, len(cfg.axes), batch, frames)
+        self._check("embedding", c.embedding, cfg.embedding_dim, batch, frames)
+        ref = c.sources()[0]
+        dtype = self.mlp[0].weight.dtype
+
+        def part(t: torch.Tensor | None, width: int) -> torch.Tensor:
+            return ref.new_zeros(batch, frames, k, width, dtype=dtype) if t is None else t.to(dtype)
+
+        emb = part(c.embedding, cfg.embedding_dim)
+        if cfg.embedding_dim:
+            emb = emb * torch.rsqrt(emb.pow(2).mean(-1, keepdim=True) + 1e-6)  # engine vectors: RMS-normalised
+        bits = torch.tensor([c.keys is not None, c.axes is not None, c.embedding is not None], dtype=dtype,
+                            device=ref.device).expand(batch, frames, k, 3)
+        u = torch.cat([part(c.keys, len(cfg.keys)), part(c.axes, len(cfg.axes)), emb, bits], dim=-1)
+        gate = torch.ones(batch, frames, 1, dtype=dtype, device=ref.device)
+        if c.present is not None:
+            if tuple(c.present.shape) != (batch, frames):
+                raise ValueError(f"controls.present must have shape [B, F] = {[batch, frames]}, got {list(c.present.shape)}")
+            gate = c.present.to(dtype)[..., None]
+        return gate * self.mlp(u.flatten(2))  # [B, F, dim]
+
+
+def group_video_frames(samples: torch.Tensor, frames_per_latent: int) -> torch.Tensor:
+    """[B, F*k, C] per-video-frame samples -> [B, F, k, C] grouped per latent frame."""
+    b, n, c = samples.shape
+    if n % frames_per_latent:
+        raise ValueError(f"{n} video-frame samples do not group into latent frames of {frames_per_latent}")
+    return samples.view(b, n // frames_per_latent, frames_per_latent, c)

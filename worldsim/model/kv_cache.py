@@ -1,0 +1,135 @@
+"""Preallocated KV cache: a fixed sink plus a rolling ring window, and the text cross-attention cache.
+
+Layout per layer (all layers in one tensor, allocated once):
+
+    k, v: [num_layers, B, (sink + window) * T, H, D]     T = tokens per latent frame
+          slots [0, sink)              the first ``sink`` frames of the stream, never evicted
+          slots [sink, sink + window)  a ring: frame f >= origin lives in slot sink + (f - origin) % window
+
+Keys are stored after RoPE at their absolute frame positions, and attention over cached keys needs no mask (a
+query may see every resident key), so slot order is irrelevant: writing a chunk overwrites the oldest frames in
+place and nothing is ever copied or shifted. Memory is constant however long a session runs. Resident slots
+always form the prefix ``[0, valid_tokens)``, so a read is a view.
+
+``window`` counts the rolling frames a chunk attends to, its own frames included; a query in a chunk ending at
+frame e sees frames [e - window, e) plus the sink — the same rule as the block-causal local-window mask.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import torch
+
+
+class KVCache:
+    def __init__(self, *, num_layers: int, batch: int, num_heads: int, head_dim: int, tokens_per_frame: int,
+                 sink_frames: int, window_frames: int, device: torch.device | str, dtype: torch.dtype):
+        if window_frames < 1:
+            raise ValueError(f"window_frames must be >= 1, got {window_frames}")
+        if sink_frames < 0:
+            raise ValueError(f"sink_frames must be >= 0, got {sink_frames}")
+        self.sink = sink_frames
+        self.window = window_frames
+        self.tokens_per_frame = tokens_per_frame
+        shape = (num_layers, batch, (sink_frames + window_frames) * tokens_per_frame, num_heads, head_dim)
+        self.k = torch.zeros(shape, device=device, dtype=dtype)
+        self.v = torch.zeros(shape, device=device, dtype=dtype)
+        # Text cross-attention K/V per layer, filled on the first forward after a prompt is set.
+        self.cross_k: torch.Tensor | None = None  # [num_layers, B, L_text, H, D]
+        self.cross_v: torch.Tensor | None = None
+        self.cross_valid = False
+        self.end = 0  # exclusive end of the frames written so far (absolute frame index)
+        self.origin = sink_frames  # first frame of the current ring epoch (>= sink)
+        self._runs: list[tuple[int, int, int]] = []  # (first frame offset in chunk, first slot, length) of the pending write
+
+    # ---- bookkeeping -------------------------------------------------------------------------------------
+    @property
+    def capacity_frames(self) -> int:
+        return self.sink + self.window
+
+    @property
+    def resident_frames(self) -> int:
+        """Frames currently attended to: the filled sink plus the filled part of the ring."""
+        return min(self.sink, self.end) + max(0, min(self.window, self.end - self.origin))
+
+    @property
+    def valid_tokens(self) -> int:
+        return self.resident_frames * self.tokens_per_frame
+
+    def nbytes(self) -> int:
+        extra = 0 if self.cross_k is None else self.cross_k.nbytes + self.cross_v.nbytes
+        return self.k.nbytes + self.v.nbytes + extra
+
+    def is_resident(self, frame: int) -> bool:
+        if frame >= self.end:
+            return False
+        if frame < self.sink:
+            return True
+        return frame >= self.origin and frame >= self.end - self.window
+
+    def _slot(self, frame: int) -> int:
+        return frame if frame < self.sink else self.sink + (frame - self.origin) % self.window
+
+    def begin(self, start_frame: int, num_frames: int) -> None:
+        """Prepare a forward that writes frames [start_frame, start_frame + num_frames) into every layer.
+
+        Frames already written may be rewritten (a denoising step re-running its chunk) while still resident;
+        new frames must follow on without a gap.
+        """
+        if num_frames > self.window:
+            raise ValueError(f"a chunk of {num_frames} frames does not fit a window of {self.window} frames")
+        if start_frame > self.end:
+            raise ValueError(f"cannot write frame {start_frame}: frames {self.end}..{start_frame - 1} were never written")
+        for f in range(start_frame, min(self.end, start_frame + num_frames)):
+            if not self.is_resident(f):
+                raise ValueError(f"cannot rewrite frame {f}: it has left the cache (window {self.window}, "
+                                 f"sink {self.sink}, frames written {self.end})")
+        if start_frame >= self.sink and start_frame < self.origin:
+            raise ValueError(f"cannot write frame {start_frame}: history before frame {self.origin} was cut")
+        runs: list[tuple[int, int, int]] = []
+        for i in range(num_frames):
+            slot = self._slot(start_frame + i)
+            if runs and runs[-1][1] + runs[-1][2] == slot:
+                runs[-1] = (runs[-1][0], runs[-1][1], runs[-1][2] + 1)
+            else:
+                runs.append((i, slot, 1))
+        self._runs = runs
+        self.end = max(self.end, start_frame + num_frames)
+
+    def write_read(self, layer: int, k: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Store this layer's new k, v [B, n*T, H, D] in the slots chosen by ``begin``; return resident k, v."""
+        t = self.tokens_per_frame
+        for offset, slot, length in self._runs:
+            self.k[layer, :, slot * t:(slot + length) * t] = k[:, offset * t:(offset + length) * t]
+            self.v[layer, :, slot * t:(slot + length) * t] = v[:, offset * t:(offset + length) * t]
+        n = self.valid_tokens
+        return self.k[layer, :, :n], self.v[layer, :, :n]
+
+    # ---- history edits (prompt switches) ------------------------------------------------------------------
+    def restart_window(self, from_frame: int) -> None:
+        """Forget the ring from ``from_frame`` on; writing resumes there. Frames below the sink stay unless
+        ``from_frame`` is inside the sink, in which case the sink refills from ``from_frame``."""
+        if from_frame > self.end:
+            raise ValueError(f"cannot restart at frame {from_frame}: only {self.end} frames were written")
+        self.end = from_frame
+        self.origin = max(from_frame, self.sink)
+
+    def cut(self) -> None:
+        """Drop the rolling history but keep the sink; the next chunk sees only the sink."""
+        self.origin = max(self.end, self.sink)
+
+    def invalidate_text(self) -> None:
+        self.cross_valid = False
+
+    def cross_kv(self, layer: int, make: Callable[[], tuple[torch.Tensor, torch.Tensor]]) -> tuple[torch.Tensor, torch.Tensor]:
+        """Cached text K/V for ``layer``; ``make()`` computes them when the prompt changed."""
+        if not self.cross_valid:
+            k, v = make()
+            if self.cross_k is None or self.cross_k.shape[1:] != k.shape:
+                shape = (self.k.shape[0],) + tuple(k.shape)
+                self.cross_k = torch.empty(shape, device=k.device, dtype=k.dtype)
+                self.cross_v = torch.empty(shape, device=k.device, dtype=k.dtype)
+            self.cross_k[layer].copy_(k)
+            self.cross_v[layer].copy_(v)
+        return self.cross_k[layer], self.cross_v[layer]

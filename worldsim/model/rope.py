@@ -1,0 +1,53 @@
+"""Wan2.1's 3-D rotary position embedding, computed from positions rather than read from a table.
+
+The head dimension D splits into time / height / width parts of D-4(D//6), 2(D//6), 2(D//6) channels
+(44/42/42 for D=128), each rotated as interleaved complex pairs (channels 2i, 2i+1) with theta = 10000.
+Wan precomputes a 1024-row table, which caps a stream at 1024 latent frames; here the angle ``pos * freq`` is
+computed in float64 for any position, giving the same numbers below 1024 and no limit above it. Attention only
+sees position differences, so a rolling window at frame 10^6 behaves as one at frame 100.
+"""
+
+from __future__ import annotations
+
+import torch
+
+THETA = 10000.0
+
+
+def axis_split(head_dim: int) -> tuple[int, int, int]:
+    """Channels of the time, height and width parts of one head."""
+    hw = 2 * (head_dim // 6)
+    return head_dim - 2 * hw, hw, hw
+
+
+def _inv_freq(channels: int, device: torch.device) -> torch.Tensor:
+    # [channels/2] float64: theta^(-2i/channels)
+    return 1.0 / THETA ** (torch.arange(0, channels, 2, dtype=torch.float64, device=device) / channels)
+
+
+def rope_cos_sin(head_dim: int, frame_positions: torch.Tensor, height: int, width: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """cos and sin for every token of a [F, height, width] grid, flattened frame-major: each [F*h*w, D/2] float32.
+
+    frame_positions: [F] absolute latent-frame indices (any integers >= 0, no upper bound).
+    """
+    device = frame_positions.device
+    dt, dh, dw = axis_split(head_dim)
+    f = frame_positions.to(torch.float64)[:, None] * _inv_freq(dt, device)  # [F, dt/2]
+    h = torch.arange(height, dtype=torch.float64, device=device)[:, None] * _inv_freq(dh, device)  # [h, dh/2]
+    w = torch.arange(width, dtype=torch.float64, device=device)[:, None] * _inv_freq(dw, device)  # [w, dw/2]
+    n_f, n_h, n_w = f.shape[0], height, width
+    angles = torch.cat([
+        f[:, None, None, :].expand(n_f, n_h, n_w, -1),
+        h[None, :, None, :].expand(n_f, n_h, n_w, -1),
+        w[None, None, :, :].expand(n_f, n_h, n_w, -1),
+    ], dim=-1).reshape(n_f * n_h * n_w, head_dim // 2)
+    return angles.cos().float(), angles.sin().float()
+
+
+def apply_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+    """Rotate interleaved pairs of x [B, L, H, D] by per-token angles (cos, sin: [L, D/2]); math in float32."""
+    pairs = x.float().unflatten(-1, (-1, 2))  # [B, L, H, D/2, 2]
+    re, im = pairs[..., 0], pairs[..., 1]
+    c, s = cos[None, :, None, :], sin[None, :, None, :]
+    out = torch.stack([re * c - im * s, re * s + im * c], dim=-1)
+    return out.flatten(-2).type_as(x)
