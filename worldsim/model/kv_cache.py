@@ -108,16 +108,15 @@ class KVCache:
 
     # ---- history edits (prompt switches) ------------------------------------------------------------------
     def restart_window(self, from_frame: int) -> None:
-        """Forget the ring from ``from_frame`` on; writing resumes there. Frames below the sink stay unless
-        ``from_frame`` is inside the sink, in which case the sink refills from ``from_frame``."""
-        if from_frame > self.end:
-            raise ValueError(f"cannot restart at frame {from_frame}: only {self.end} frames were written")
+        """Forget the ring and resume writing at ``from_frame`` (back to rewrite frames, or forward to cut).
+
+        The sink is kept unless ``from_frame`` lies inside it, in which case it refills from there. With
+        ``from_frame == end`` this is a cut: the next chunk sees only the sink.
+        """
+        if from_frame < 0:
+            raise ValueError(f"cannot restart at negative frame {from_frame}")
         self.end = from_frame
         self.origin = max(from_frame, self.sink)
-
-    def cut(self) -> None:
-        """Drop the rolling history but keep the sink; the next chunk sees only the sink."""
-        self.origin = max(self.end, self.sink)
 
     def invalidate_text(self) -> None:
         self.cross_valid = False

@@ -1,0 +1,179 @@
+"""Streaming session: the few-step Self Forcing sampler driving the causal DiT one chunk at a time.
+
+Per chunk of N latent frames: start from seeded noise, denoise at each sampling timestep (x0 from the flow,
+then re-noise with fresh noise to the next timestep), then run the clean x0 once more at ``context_noise`` so
+its K/V enter the cache. Prompt switches and controls apply at chunk boundaries only.
+
+    session = StreamingSession(model, prompt_embeds, latent_shape=(16, 60, 104), seed=0, window_frames=21)
+    latents = session.step()                         # [B, C, N, H, W]
+    session.set_prompt(new_embeds, mode="recache")   # applies before the next step
+    latents = session.step(controls=...)
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from ..model.control import Controls
+from ..model.dit import CausalWanDiT
+from .schedule import FlowMatchSchedule, SamplerConfig
+
+SWITCH_MODES = ("soft", "recache", "cut")
+SINK_POLICIES = ("keep", "refresh")
+
+
+@dataclass
+class _Chunk:
+    """A chunk written into the cache: where it starts, its clean latents and the controls it was made with."""
+
+    start: int
+    latents: torch.Tensor  # [B, C, n, H, W]
+    controls: Controls | None
+
+    @property
+    def end(self) -> int:
+        return self.start + self.latents.shape[2]
+
+    def frames(self, lo: int, hi: int) -> "_Chunk | None":
+        """The part of this chunk inside [lo, hi), or None."""
+        a, b = max(lo, self.start), min(hi, self.end)
+        if a >= b:
+            return None
+        i, j = a - self.start, b - self.start
+        c = None if self.controls is None else self.controls.slice_frames(i, j)
+        return _Chunk(a, self.latents[:, :, i:j], c)
+
+
+class StreamingSession:
+    """One unbounded stream of latent chunks from a causal DiT, with a rolling KV cache.
+
+    prompt_embeds: [B, L, text_dim] text context (B streams generated in lockstep).
+    latent_shape: (C, H, W) of one latent frame. window_frames / sink_frames: cache sizes in latent frames
+    (see :class:`~worldsim.model.kv_cache.KVCache`). context_latents: optional clean prefix [B, C, F0, H, W]
+    (an image or video from the engine) pushed through the cache before the first step.
+    """
+
+    def __init__(self, model: CausalWanDiT, prompt_embeds: torch.Tensor, *, latent_shape: tuple[int, int, int],
+                 seed: int = 0, sink_frames: int = 0, window_frames: int = 21, sampler: SamplerConfig | None = None,
+                 context_latents: torch.Tensor | None = None, context_controls: Controls | None = None):
+        self.model = model
+        self.sampler = sampler or SamplerConfig()
+        self.schedule = FlowMatchSchedule.from_config(self.sampler)
+        self.timesteps = self.schedule.sampling_timesteps(self.sampler)
+        self.chunk_frames = model.cfg.chunk_frames
+        if window_frames < self.chunk_frames:
+            raise ValueError(f"window_frames ({window_frames}) must hold at least one chunk ({self.chunk_frames} frames)")
+        c, h, w = latent_shape
+        if c != model.cfg.in_dim:
+            raise ValueError(f"latent_shape has {c} channels but the model takes {model.cfg.in_dim}")
+        self.latent_shape = (c, h, w)
+        param = next(model.parameters())
+        self.device, self.dtype = param.device, param.dtype
+        self.prompt = self._check_prompt(prompt_embeds)
+        self.batch = self.prompt.shape[0]
+        self.cache = model.new_cache(batch=self.batch, height=h, width=w, sink_frames=sink_frames,
+                                     window_frames=window_frames)
+        self.generator = torch.Generator(self.device).manual_seed(seed)
+        self.frame = 0  # absolute index of the next latent frame
+        self._history: list[_Chunk] = []  # clean latents of every resident frame (for recache)
+        self._pending: tuple[torch.Tensor, str, str] | None = None
+        if context_latents is not None:
+            self.push_context(context_latents, context_controls)
+
+    # ---- inputs --------------------------------------------------------------------------------------------
+    def _check_prompt(self, embeds: torch.Tensor) -> torch.Tensor:
+        cfg = self.model.cfg
+        if embeds.dim() != 3 or embeds.shape[2] != cfg.text_dim:
+            raise ValueError(f"prompt embeddings must be [B, L, {cfg.text_dim}], got {list(embeds.shape)}")
+        if hasattr(self, "batch") and embeds.shape[0] != self.batch:
+            raise ValueError(f"prompt batch {embeds.shape[0]} does not match the session batch {self.batch}")
+        return embeds.to(self.device, self.dtype)
+
+    def set_prompt(self, prompt_embeds: torch.Tensor, mode: str = "soft", sink: str = "keep") -> None:
+        """Switch the prompt at the next chunk boundary.
+
+        soft: the next chunk attends to the new text; cached frames keep the K/V they were made with.
+        recache: the resident frames' K/V are recomputed from their clean latents under the new prompt (sink
+        kept, or rewritten too with ``sink="refresh"``) — one extra forward over the window.
+        cut: history is dropped (the sink stays); the next chunk sees only the sink and the new text.
+        """
+        if mode not in SWITCH_MODES:
+            raise ValueError(f"unknown prompt switch mode {mode!r}; choose one of {SWITCH_MODES}")
+        if sink not in SINK_POLICIES:
+            raise ValueError(f"unknown sink policy {sink!r}; choose one of {SINK_POLICIES}")
+        self._pending = (self._check_prompt(prompt_embeds), mode, sink)
+
+    def _apply_pending_prompt(self) -> None:
+        if self._pending is None:
+            return
+        embeds, mode, sink = self._pending
+        self._pending = None
+        self.prompt = embeds
+        self.cache.invalidate_text()
+        if mode == "cut":
+            self.cache.restart_window(self.frame)
+            self._prune_history()
+        elif mode == "recache":
+            self._recache(refresh_sink=sink == "refresh")
+
+    def _recache(self, refresh_sink: bool) -> None:
+        cache = self.cache
+        first_window = max(cache.origin, self.frame - cache.window)
+        sink_end = min(cache.sink, self.frame)
+        groups = []
+        if refresh_sink:
+            groups += [p for ch in self._history if (p := ch.frames(0, sink_end))]
+            cache.restart_window(0)
+            self._write_clean(groups)
+        window = [p for ch in self._history if (p := ch.frames(max(first_window, cache.sink), self.frame))]
+        cache.restart_window(window[0].start if window else self.frame)
+        self._write_clean(window)
+
+    def _write_clean(self, chunks: list[_Chunk]) -> None:
+        for ch in chunks:
+            self._forward(ch.latents, self.sampler.context_noise, ch.start, ch.controls)
+
+    # ---- generation ----------------------------------------------------------------------------------------
+    def _forward(self, x: torch.Tensor, t: float, start: int, controls: Controls | None) -> torch.Tensor:
+        tt = torch.full((x.shape[0], x.shape[2]), t, device=self.device, dtype=torch.float32)
+        return self.model.forward_chunk(x, tt, self.prompt, self.cache, start, controls)
+
+    def _noise(self, n: int) -> torch.Tensor:
+        c, h, w = self.latent_shape
+        return torch.randn((self.batch, c, n, h, w), generator=self.generator, device=self.device, dtype=self.dtype)
+
+    @torch.no_grad()
+    def step(self, controls: Controls | None = None) -> torch.Tensor:
+        """Generate the next chunk; returns its clean latents [B, C, N, H, W]."""
+        self._apply_pending_prompt()
+        n, start = self.chunk_frames, self.frame
+        x = self._noise(n)
+        for i, t in enumerate(self.timesteps):
+            x0 = self.schedule.x0_from_flow(self._forward(x, t, start, controls), x, t)
+            if i + 1 < len(self.timesteps):
+                x = self.schedule.add_noise(x0, self._noise(n), self.timesteps[i + 1])
+        self._commit(_Chunk(start, x0, controls))
+        return x0
+
+    @torch.no_grad()
+    def push_context(self, latents: torch.Tensor, controls: Controls | None = None) -> None:
+        """Write clean latents [B, C, F, H, W] (an image or video prefix) into the cache, chunk by chunk."""
+        c, h, w = self.latent_shape
+        if latents.dim() != 5 or tuple(latents.shape[:2]) != (self.batch, c) or tuple(latents.shape[3:]) != (h, w):
+            raise ValueError(f"context latents must be [{self.batch}, {c}, F, {h}, {w}], got {list(latents.shape)}")
+        latents = latents.to(self.device, self.dtype)
+        for a in range(0, latents.shape[2], self.chunk_frames):
+            b = min(a + self.chunk_frames, latents.shape[2])
+            self._commit(_Chunk(self.frame, latents[:, :, a:b], None if controls is None else controls.slice_frames(a, b)))
+
+    def _commit(self, chunk: _Chunk) -> None:
+        """Write a finished chunk's clean K/V into the cache and remember its latents."""
+        self._forward(chunk.latents, self.sampler.context_noise, chunk.start, chunk.controls)
+        self._history.append(chunk)
+        self.frame = chunk.end
+        self._prune_history()
+
+    def _prune_history(self) -> None:
+        self._history = [ch for ch in self._history if any(self.cache.is_resident(f) for f in range(ch.start, ch.end))]
