@@ -85,8 +85,6 @@ class KVCache:
             if not self.is_resident(f):
                 raise ValueError(f"cannot rewrite frame {f}: it has left the cache (window {self.window}, "
                                  f"sink {self.sink}, frames written {self.end})")
-        if start_frame >= self.sink and start_frame < self.origin:
-            raise ValueError(f"cannot write frame {start_frame}: history before frame {self.origin} was cut")
         runs: list[tuple[int, int, int]] = []
         for i in range(num_frames):
             slot = self._slot(start_frame + i)

@@ -1,0 +1,137 @@
+"""The streaming session: seeded sampling, context prefixes and the three prompt-switch modes."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from conftest import make_model, text
+from worldsim.sampling.session import StreamingSession
+
+SHAPE = (4, 4, 6)
+
+
+def session(model, prompt=None, seed=0, sink=0, window=21, **kw):
+    return StreamingSession(model, text() if prompt is None else prompt, latent_shape=SHAPE, seed=seed,
+                            sink_frames=sink, window_frames=window, **kw)
+
+
+@torch.no_grad()
+def test_sampler_is_seeded_and_reproducible(model):
+    a = [session(model, seed=3).step() for _ in range(1)]
+    s1, s2, s3 = session(model, seed=3), session(model, seed=3), session(model, seed=4)
+    first = [s1.step() for _ in range(3)]
+    assert all(torch.equal(x, y) for x, y in zip(first, [s2.step() for _ in range(3)]))
+    assert torch.equal(a[0], first[0])
+    assert not torch.allclose(first[0], s3.step())
+    assert first[0].shape == (1, 4, 3, 4, 6)
+
+
+@torch.no_grad()
+def test_chunk_uses_the_documented_sampler_steps(model):
+    """Re-derive one chunk by hand: noise -> x0 at t=1000 -> re-noise with fresh noise to 937.5 -> ... -> 625."""
+    s = session(model, seed=11)
+    out = s.step()
+    g = torch.Generator().manual_seed(11)
+    cache = model.new_cache(batch=1, height=4, width=6, sink_frames=0, window_frames=21)
+    x = torch.randn((1, 4, 3, 4, 6), generator=g)
+    ts = [1000.0, 937.5, 833.3333333333334, 625.0]
+    for i, t in enumerate(ts):
+        flow = model.forward_chunk(x, torch.full((1, 3), t), text(), cache, 0)
+        x0 = x - t / 1000 * flow
+        if i < 3:
+            x = (1 - ts[i + 1] / 1000) * x0 + ts[i + 1] / 1000 * torch.randn((1, 4, 3, 4, 6), generator=g)
+    assert (out - x0).abs().max() < 1e-5
+
+
+@torch.no_grad()
+def test_context_prefix_starts_the_world(model):
+    prefix = torch.randn(1, 4, 4, 4, 6)  # e.g. an engine frame sequence, already encoded
+    s = session(model, context_latents=prefix)
+    assert s.frame == 4 and s.cache.resident_frames == 4
+    with_prefix = s.step()
+    without = session(model).step()
+    assert not torch.allclose(with_prefix, without)
+    with pytest.raises(ValueError, match="context latents"):
+        session(model, context_latents=torch.randn(1, 4, 2, 8, 8))
+
+
+def _run(model, prompts_before, switch_to, mode, sink_frames=0, window=21, **kw):
+    """Generate one chunk per prompt in ``prompts_before``, switch with ``mode``, generate one more chunk."""
+    s = session(model, prompt=prompts_before[0], sink=sink_frames, window=window)
+    for p in prompts_before:
+        s.set_prompt(p, "soft")
+        s.step()
+    s.set_prompt(switch_to, mode, **kw)
+    return s, s.step()
+
+
+@torch.no_grad()
+def test_soft_switch_changes_text_but_keeps_cached_history(model):
+    p1, p2 = text(seed=1), text(seed=2)
+    _, stay = _run(model, [p1, p1, p1], p1, "soft")
+    _, soft = _run(model, [p1, p1, p1], p2, "soft")
+    _, other_history = _run(model, [p2, p2, p2], p2, "soft")
+    assert not torch.allclose(stay, soft)  # the new text acts on the next chunk
+    assert not torch.allclose(soft, other_history)  # but old-prompt K/V still shape it
+
+
+@torch.no_grad()
+def test_recache_rewrites_the_window_under_the_new_prompt(model):
+    """After a recache, the session equals one that had written the same clean latents under the new prompt."""
+    p1, p2 = text(seed=1), text(seed=2)
+    a = session(model, prompt=p1)
+    for _ in range(3):
+        a.step()
+    clean = torch.cat([ch.latents for ch in a._history], dim=2)
+    state = a.generator.get_state()
+    keys_before = a.cache.k.clone()
+    a.set_prompt(p2, "recache")
+    out = a.step()
+    assert not torch.equal(a.cache.k[:, :, : 9 * 6], keys_before[:, :, : 9 * 6])  # window keys were rewritten
+
+    b = session(model, prompt=p2, context_latents=clean)
+    b.generator.set_state(state)
+    assert (b.step() - out).abs().max() < 1e-5
+    soft = session(model, prompt=p1)
+    for _ in range(3):
+        soft.step()
+    soft.set_prompt(p2, "soft")
+    assert not torch.allclose(soft.step(), out)
+
+
+@torch.no_grad()
+def test_recache_sink_keep_versus_refresh(model):
+    p1, p2 = text(seed=1), text(seed=2)
+    keep, out_keep = _run(model, [p1] * 5, p2, "recache", sink_frames=3, window=6, sink="keep")
+    refresh, out_refresh = _run(model, [p1] * 5, p2, "recache", sink_frames=3, window=6, sink="refresh")
+    sink_tokens = 3 * 6
+    assert not torch.allclose(out_keep, out_refresh)
+    assert not torch.equal(keep.cache.k[:, :, :sink_tokens], refresh.cache.k[:, :, :sink_tokens])
+
+
+@torch.no_grad()
+def test_cut_drops_history_but_keeps_the_sink(model):
+    """Two streams sharing their first chunk (the sink) but not what follows give the same chunk after a cut."""
+    p1, p2, p3 = text(seed=1), text(seed=2), text(seed=3)
+    a, out_a = _run(model, [p1, p1, p1], p3, "cut", sink_frames=3, window=9)
+    b, out_b = _run(model, [p1, p2, p2], p3, "cut", sink_frames=3, window=9)
+    assert (out_a - out_b).abs().max() < 1e-6
+    assert a.cache.resident_frames == 3 + 3  # sink + the new chunk
+    _, soft_a = _run(model, [p1, p1, p1], p3, "soft", sink_frames=3, window=9)
+    _, soft_b = _run(model, [p1, p2, p2], p3, "soft", sink_frames=3, window=9)
+    assert not torch.allclose(soft_a, soft_b)
+
+
+def test_switch_and_session_errors(model):
+    s = session(model)
+    with pytest.raises(ValueError, match="switch mode"):
+        s.set_prompt(text(), "fade")
+    with pytest.raises(ValueError, match="sink policy"):
+        s.set_prompt(text(), "recache", sink="maybe")
+    with pytest.raises(ValueError, match="prompt embeddings"):
+        s.set_prompt(torch.randn(1, 8, 7))
+    with pytest.raises(ValueError, match="window_frames"):
+        session(model, window=2)
+    with pytest.raises(ValueError, match="channels"):
+        StreamingSession(model, text(), latent_shape=(16, 4, 6))
