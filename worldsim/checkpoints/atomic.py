@@ -1,0 +1,43 @@
+"""Crash-safe file replacement: a checkpoint on disk is either the old complete file or the new complete file.
+
+The data goes to a temporary file in the target's own directory (so the final rename never crosses a file
+system), is fsynced, and then ``os.replace`` swaps it in; the directory is fsynced so the rename itself survives
+a power loss. A failure part-way leaves the previous file untouched and removes the temporary one.
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from collections.abc import Callable
+from pathlib import Path
+
+
+def atomic_write(path: str | os.PathLike, write: Callable[[Path], None]) -> Path:
+    """Call ``write(tmp_path)`` to produce the file, then move it to ``path`` atomically. Returns ``path``."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp_name = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    os.close(fd)
+    tmp = Path(tmp_name)
+    try:
+        write(tmp)
+        with open(tmp, "rb+") as f:
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+    _fsync_dir(path.parent)
+    return path
+
+
+def _fsync_dir(directory: Path) -> None:
+    """Persist a rename on POSIX; directories cannot be opened for fsync on Windows, where this is a no-op."""
+    if os.name != "posix":
+        return
+    fd = os.open(directory, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
