@@ -1,0 +1,1 @@
+"""Latent codecs: streaming decoders (and encoders) between DiT latents and RGB frames."""
