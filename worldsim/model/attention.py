@@ -38,6 +38,12 @@ def _have(module: str) -> bool:
 
 def available_backends(device: torch.device) -> list[str]:
     """Backends usable on ``device`` in this environment, best first."""
+    return _available(device.type, device.index)
+
+
+@functools.cache
+def _available(device_type: str, index: int | None) -> list[str]:
+    device = torch.device(device_type, index)
     out = []
     if device.type == "cuda":
         major, _ = torch.cuda.get_device_capability(device)
