@@ -36,13 +36,13 @@ def _have(module: str) -> bool:
     return importlib.util.find_spec(module) is not None
 
 
-def available_backends(device: torch.device) -> list[str]:
+def available_backends(device: torch.device) -> tuple[str, ...]:
     """Backends usable on ``device`` in this environment, best first."""
     return _available(device.type, device.index)
 
 
 @functools.cache
-def _available(device_type: str, index: int | None) -> list[str]:
+def _available(device_type: str, index: int | None) -> tuple[str, ...]:
     device = torch.device(device_type, index)
     out = []
     if device.type == "cuda":
@@ -53,7 +53,7 @@ def _available(device_type: str, index: int | None) -> list[str]:
             out.append("fa2")
         out.append("flex")
     out.append("sdpa")
-    return out
+    return tuple(out)
 
 
 def select_backend(requested: str, device: torch.device, dtype: torch.dtype, masked: bool) -> str:
