@@ -72,8 +72,14 @@ class Block(nn.Module):
         self.ffn = nn.Sequential(nn.Linear(d, cfg.ffn_dim), nn.GELU(approximate="tanh"), nn.Linear(cfg.ffn_dim, d))
         self.modulation = nn.Parameter(torch.randn(1, 6, d) / d**0.5)
 
-    def forward(self, x, e0, frames, rope, self_kv, cross_kv, mask, backend):
-        """x: [B, F*T, dim]; e0: [B, F, 6, dim] float32; self_kv(k, v) -> attended k, v; cross_kv() -> text k, v."""
+    def text_kv(self, ctx: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Cross-attention keys and values of the embedded text ctx [B, L, dim] -> two [B, L, H, D]."""
+        ca = self.cross_attn
+        return ca.heads(ca.norm_k(ca.k(ctx))), ca.heads(ca.v(ctx))
+
+    def forward(self, x, e0, frames, rope, self_kv, text_k, text_v, mask, backend):
+        """x: [B, F*T, dim]; e0: [B, F, 6, dim] float32; self_kv(k, v) -> the k, v to attend to;
+        text_k, text_v: [B, L, H, D] cross-attention keys and values."""
         b, n, d = x.shape
         shift_sa, scale_sa, gate_sa, shift_ff, scale_ff, gate_ff = (self.modulation[:, None] + e0).chunk(6, dim=2)
 
@@ -93,8 +99,7 @@ class Block(nn.Module):
 
         ca = self.cross_attn
         q = ca.heads(ca.norm_q(ca.q(self.norm3(x))))
-        k, v = cross_kv()
-        x = x + ca.o(attention(q, k, v, None, backend).flatten(2))
+        x = x + ca.o(attention(q, text_k, text_v, None, backend).flatten(2))
 
         y = self.ffn(modulate(self.norm2(x), shift_ff, scale_ff))
         return (x.float() + gated(y, gate_ff)).type_as(x)
@@ -190,18 +195,19 @@ class CausalWanDiT(nn.Module):
         out = out.view(b, f, h // ph, w // pw, pt, ph, pw, c)
         return torch.einsum("bfhwpqrc->bcfphqwr", out).reshape(b, c, f * pt, h, w)
 
-    def _run_blocks(self, x, e0, frames, rope, self_kv, cross_kv, mask):
+    def _run_blocks(self, x, e0, frames, rope, self_kv, text_kv, mask):
+        """self_kv(i) -> layer i's k/v hook; text_kv: per-layer (k, v) of the text."""
         for i, block in enumerate(self.blocks):
-            args = (x, e0, frames, rope, self_kv(i), cross_kv(i), mask, self.attn_backend)
+            args = (x, e0, frames, rope, self_kv(i), *text_kv[i], mask, self.attn_backend)
             if self.gradient_checkpointing and self.training and torch.is_grad_enabled():
                 x = checkpoint(block, *args, use_reentrant=False)
             else:
                 x = block(*args)
         return x
 
-    def _cross_kv_fn(self, layer: int, ctx: torch.Tensor):
-        ca = self.blocks[layer].cross_attn
-        return lambda: (ca.heads(ca.norm_k(ca.k(ctx))), ca.heads(ca.v(ctx)))
+    def _text_kv(self, context: torch.Tensor) -> list[tuple[torch.Tensor, torch.Tensor]]:
+        ctx = self.text_embedding(context)
+        return [block.text_kv(ctx) for block in self.blocks]
 
     # ---- training path: whole clip, block-causal ------------------------------------------------------------
     def forward(self, x: torch.Tensor, t: torch.Tensor, context: torch.Tensor, *, start_frame: int = 0,
@@ -222,8 +228,7 @@ class CausalWanDiT(nn.Module):
         rope = rope_cos_sin(self.cfg.head_dim, frame_positions.to(x.device), h // self.cfg.patch_size[1],
                             w // self.cfg.patch_size[2])
         tokens, e, e0 = self._embed(x, t, controls)
-        ctx = self.text_embedding(context)
-        out = self._run_blocks(tokens, e0, f, rope, lambda i: (lambda k, v: (k, v)), lambda i: self._cross_kv_fn(i, ctx),
+        out = self._run_blocks(tokens, e0, f, rope, lambda i: (lambda k, v: (k, v)), self._text_kv(context),
                                None if mask.allowed.all() else mask)
         return self._unpatchify(self.head(out, e, f), f, h, w)
 
@@ -243,10 +248,10 @@ class CausalWanDiT(nn.Module):
         positions = torch.arange(start_frame, start_frame + f, device=x.device)
         rope = rope_cos_sin(self.cfg.head_dim, positions, h // self.cfg.patch_size[1], w // self.cfg.patch_size[2])
         tokens, e, e0 = self._embed(x, t, controls)
-        ctx = None if cache.cross_valid else self.text_embedding(context)
+        if not cache.cross_valid:
+            cache.set_text(self._text_kv(context))
         out = self._run_blocks(tokens, e0, f, rope, lambda i: (lambda k, v: cache.write_read(i, k, v)),
-                               lambda i: (lambda: cache.cross_kv(i, self._cross_kv_fn(i, ctx))), None)
-        cache.cross_valid = True
+                               cache.text_kv(), None)
         return self._unpatchify(self.head(out, e, f), f, h, w)
 
 

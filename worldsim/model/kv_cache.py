@@ -17,8 +17,6 @@ frame e sees frames [e - window, e) plus the sink — the same rule as the block
 
 from __future__ import annotations
 
-from collections.abc import Callable
-
 import torch
 
 
@@ -119,14 +117,17 @@ class KVCache:
     def invalidate_text(self) -> None:
         self.cross_valid = False
 
-    def cross_kv(self, layer: int, make: Callable[[], tuple[torch.Tensor, torch.Tensor]]) -> tuple[torch.Tensor, torch.Tensor]:
-        """Cached text K/V for ``layer``; ``make()`` computes them when the prompt changed."""
-        if not self.cross_valid:
-            k, v = make()
-            if self.cross_k is None or self.cross_k.shape[1:] != k.shape:
-                shape = (self.k.shape[0],) + tuple(k.shape)
-                self.cross_k = torch.empty(shape, device=k.device, dtype=k.dtype)
-                self.cross_v = torch.empty(shape, device=k.device, dtype=k.dtype)
+    def set_text(self, per_layer: list[tuple[torch.Tensor, torch.Tensor]]) -> None:
+        """Store the text cross-attention K/V of every layer (each [B, L_text, H, D]) for the following chunks."""
+        k0 = per_layer[0][0]
+        shape = (len(per_layer),) + tuple(k0.shape)
+        if self.cross_k is None or self.cross_k.shape != shape:
+            self.cross_k = torch.empty(shape, device=k0.device, dtype=k0.dtype)
+            self.cross_v = torch.empty(shape, device=k0.device, dtype=k0.dtype)
+        for layer, (k, v) in enumerate(per_layer):
             self.cross_k[layer].copy_(k)
             self.cross_v[layer].copy_(v)
-        return self.cross_k[layer], self.cross_v[layer]
+        self.cross_valid = True
+
+    def text_kv(self) -> list[tuple[torch.Tensor, torch.Tensor]]:
+        return list(zip(self.cross_k, self.cross_v))
