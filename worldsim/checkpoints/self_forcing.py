@@ -10,7 +10,6 @@ stores no architecture config: the caller supplies one (a preset or the Wan2.1 f
 from __future__ import annotations
 
 import logging
-import pickle
 import re
 from collections.abc import Mapping
 from pathlib import Path
@@ -38,7 +37,7 @@ def read_self_forcing_pt(path: Path, use_ema: bool = True) -> Checkpoint:
     ``generator`` then ``model`` with ``use_ema=False``."""
     try:
         data = torch.load(path, map_location="cpu", weights_only=True)
-    except (OSError, EOFError, RuntimeError, ValueError, pickle.UnpicklingError) as err:
+    except Exception as err:  # a corrupt pickle can fail in any way (IndexError, KeyError, ...): all mean "unreadable"
         raise CheckpointError(f"{path}: cannot read this torch checkpoint ({_reason(err)}); it is truncated or "
                               f"corrupt, or pickles objects other than tensors and containers, which are not "
                               f"unpickled for safety. Re-download or re-save it.") from err
