@@ -100,12 +100,98 @@ def _bench_run(args: argparse.Namespace) -> int:
     return 0 if rc is None else int(rc)
 
 
+# --- generate / inspect ----------------------------------------------------------------------------------------
+
+
+def _generate_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--model", type=Path, required=True,
+                   help="model folder: Wan2.1-T2V-1.3B as published, or its diffusers layout")
+    p.add_argument("--checkpoint", type=Path, help="Self-Forcing checkpoint replacing the DiT weights "
+                                                   "(checkpoints/self_forcing_dmd.pt)")
+    p.add_argument("--no-ema", dest="use_ema", action="store_false",
+                   help="load the checkpoint's 'generator' instead of its EMA weights")
+    p.add_argument("--prompt", help="text prompt (the prompt for chunk 0 when --schedule starts later)")
+    p.add_argument("--schedule", type=Path, help="JSONL prompt schedule: worldsim {prompt, chunk|seconds, mode} "
+                                                 "lines or LongLive {prompts, switch_frame_indices} lines")
+    p.add_argument("--schedule-index", type=int, default=0, help="which line of a LongLive schedule (default 0)")
+    p.add_argument("--switch-frames", type=lambda s: [int(x) for x in s.split(",") if x.strip()],
+                   help="LongLive switch indices in latent frames, e.g. 40,80 (when the file has none)")
+    p.add_argument("--switch-mode", default="recache", choices=("soft", "recache", "cut"),
+                   help="how a scheduled prompt switch is made when its line names no mode (default recache)")
+    length = p.add_mutually_exclusive_group()
+    length.add_argument("--seconds", type=float, default=5.0, help="video length, rounded up to whole chunks (5)")
+    length.add_argument("--chunks", type=int, help="video length in chunks (12 frames each, 9 for the first)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--decoder", default="wan", choices=("wan", "taehv"), help="Wan VAE (default) or TAEHV")
+    p.add_argument("--taehv", type=Path, help="TAEHV weights (default: taew2_1.pth or .safetensors in --model)")
+    p.add_argument("--out", type=Path, default=Path("video.mp4"), help="output mp4 (default video.mp4)")
+    p.add_argument("--height", type=int, default=480)
+    p.add_argument("--width", type=int, default=832)
+    p.add_argument("--fps", type=int, default=16)
+    p.add_argument("--crf", type=int, default=18, help="H.264 quality, lower is better (default 18)")
+    p.add_argument("--window", type=int, default=21, help="rolling KV window in latent frames (default 21)")
+    p.add_argument("--sink", type=int, default=0, help="sink latent frames kept forever (default 0)")
+    p.add_argument("--device", default="auto", help="auto (cuda if available), cpu, cuda, cuda:1, ...")
+    p.add_argument("--dtype", default="auto", choices=("auto", "bf16", "fp16", "fp32"),
+                   help="DiT and decoder precision; auto: bf16 on a GPU, fp32 on the CPU")
+    p.add_argument("--attn", default="auto", choices=("auto", "fa3", "fa2", "flex", "sdpa"),
+                   help="attention backend (default auto)")
+    p.add_argument("--compile", action="store_true", help="torch.compile the DiT blocks")
+    p.add_argument("--offload-text-encoder", action="store_true",
+                   help="load UMT5 into CPU RAM; it visits the GPU only to encode the prompts")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+
+
+def _generate_run(args: argparse.Namespace) -> int:
+    from worldsim.pipeline.generate import GenerateConfig, generate
+
+    cfg = GenerateConfig(
+        model=args.model, prompt=args.prompt, out=args.out, seconds=args.seconds, chunks=args.chunks, seed=args.seed,
+        schedule=args.schedule, schedule_index=args.schedule_index, switch_frames=args.switch_frames,
+        switch_mode=args.switch_mode, checkpoint=args.checkpoint, use_ema=args.use_ema, decoder=args.decoder,
+        taehv=args.taehv, height=args.height, width=args.width, fps=args.fps, window_frames=args.window,
+        sink_frames=args.sink, device=args.device, dtype=args.dtype, attn=args.attn, compile=args.compile,
+        offload_text_encoder=args.offload_text_encoder, crf=args.crf, progress=not args.quiet)
+    try:
+        r = generate(cfg)
+    except (ValueError, RuntimeError, OSError) as err:  # model-folder and checkpoint errors are ValueErrors
+        print(f"error: {err}", file=sys.stderr)
+        return 1
+    print(f"wrote {r.path}: {r.frames} frames {r.width}x{r.height} at {r.fps} fps ({r.frames / r.fps:.2f} s of video, "
+          f"{r.chunks} chunks{', prompt switches at chunks ' + str(r.switch_chunks) if r.switch_chunks else ''}); "
+          f"loading {r.load_s:.1f} s, streaming {r.stream_s:.1f} s = {r.realtime_fps:.2f} frames/s, "
+          f"first frames after {r.first_frame_s:.2f} s")
+    return 0
+
+
+def _inspect_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("model", type=Path, help="model folder to check")
+    p.add_argument("--checkpoint", type=Path, help="a Self-Forcing checkpoint to check too")
+    p.add_argument("--taehv", type=Path, help="TAEHV weights to check (default: taew2_1.* in the folder)")
+
+
+def _inspect_run(args: argparse.Namespace) -> int:
+    from worldsim.pipeline.folders import ModelFolderError, find_model_folder
+
+    try:
+        folder = find_model_folder(args.model, checkpoint=args.checkpoint, taehv=args.taehv)
+    except ModelFolderError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 1
+    print(folder.report())
+    return 1 if folder.missing("wan") else 0
+
+
 # --- registry and entry point ----------------------------------------------------------------------------------
 
 COMMANDS: list[Command] = [
     Command("presets", "list the model presets in configs/model", _presets_arguments, _presets_run),
     Command("bench", "streaming latency benchmark (arguments go to benchmarks/stream_latency.py)",
             _bench_arguments, _bench_run, passthrough=True),
+    Command("generate", "text-to-video from a Wan2.1 model folder (+ Self-Forcing checkpoint) into an mp4",
+            _generate_arguments, _generate_run),
+    Command("inspect", "check a model folder: what is there, what is missing and how to download it",
+            _inspect_arguments, _inspect_run),
 ]
 
 

@@ -1,0 +1,46 @@
+"""Device, precision and compilation choices shared by ``worldsim generate`` and the end-to-end benchmark."""
+
+from __future__ import annotations
+
+import torch
+
+DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
+
+
+def resolve_device(name: str = "auto") -> torch.device:
+    """``auto``: the first CUDA device if there is one, else the CPU."""
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    device = torch.device(name)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError(f"device {name!r} requested but CUDA is not available")
+    return device
+
+
+def resolve_dtype(name: str, device: torch.device) -> torch.dtype:
+    """``auto``: bf16 on a GPU, fp32 on the CPU (CPU kernels for half precision are slow or missing)."""
+    if name == "auto":
+        return torch.bfloat16 if device.type == "cuda" else torch.float32
+    if name not in DTYPES:
+        raise ValueError(f"unknown dtype {name!r}; choose auto or one of {sorted(DTYPES)}")
+    if device.type == "cpu" and name != "fp32":
+        raise ValueError(f"--dtype {name} is for GPUs; use fp32 (or auto) on the CPU")
+    return DTYPES[name]
+
+
+def text_encoder_dtype(device: torch.device) -> torch.dtype:
+    """UMT5 runs in bf16 on a GPU (its published precision; fp16 overflows in T5) and fp32 on the CPU."""
+    return torch.bfloat16 if device.type == "cuda" else torch.float32
+
+
+def compile_blocks(model: torch.nn.Module) -> None:
+    """``torch.compile`` every transformer block's forward in place (shapes are static per chunk; the growing
+    attention length while the cache fills costs a few recompiles, hence the raised limit)."""
+    torch._dynamo.config.recompile_limit = max(torch._dynamo.config.recompile_limit, 64)
+    for block in model.blocks:
+        block.forward = torch.compile(block.forward)
+
+
+def synchronize(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
