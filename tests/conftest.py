@@ -12,6 +12,8 @@ from worldsim.model.dit import CausalWanDiT
 
 torch.set_num_threads(2)
 
+pytest_plugins = ["serve_helpers"]  # daemon fixtures: backend, make_daemon
+
 CONTROL = ControlConfig(keys=("W", "A", "S", "D"), axes=("mouse_dx", "mouse_dy"), embedding_dim=5, frames_per_latent=4)
 
 

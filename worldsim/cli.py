@@ -182,12 +182,57 @@ def _inspect_run(args: argparse.Namespace) -> int:
     return 1 if folder.missing("wan") else 0
 
 
+# --- serve / keys / play ---------------------------------------------------------------------------------------
+# The work lives in worldsim.serve.command and clients.play.command; both import torch/pygame only inside run.
+
+
+def _serve_arguments(p: argparse.ArgumentParser) -> None:
+    from worldsim.serve.command import add_serve_arguments
+
+    add_serve_arguments(p)
+
+
+def _serve_run(args: argparse.Namespace) -> int:
+    from worldsim.serve.command import run_serve
+
+    return run_serve(args)
+
+
+def _keys_arguments(p: argparse.ArgumentParser) -> None:
+    from worldsim.serve.command import add_keys_arguments
+
+    add_keys_arguments(p)
+
+
+def _keys_run(args: argparse.Namespace) -> int:
+    from worldsim.serve.command import run_keys
+
+    return run_keys(args)
+
+
+def _play_arguments(p: argparse.ArgumentParser) -> None:
+    from clients.play.command import add_arguments
+
+    add_arguments(p)
+
+
+def _play_run(args: argparse.Namespace) -> int:
+    from clients.play.command import run
+
+    return run(args)
+
+
 # --- registry and entry point ----------------------------------------------------------------------------------
 
 COMMANDS: list[Command] = [
     Command("presets", "list the model presets in configs/model", _presets_arguments, _presets_run),
     Command("bench", "streaming latency benchmark (arguments go to benchmarks/stream_latency.py)",
             _bench_arguments, _bench_run, passthrough=True),
+    Command("serve", "run the generation daemon (ZeroMQ, protocol v1; see bridge/PROTOCOL.md)",
+            _serve_arguments, _serve_run),
+    Command("play", "the pygame client: play a stream with keyboard and mouse, switch prompts, record",
+            _play_arguments, _play_run),
+    Command("keys", "make CurveZMQ keys for serving beyond this machine", _keys_arguments, _keys_run),
     Command("generate", "text-to-video from a Wan2.1 model folder (+ Self-Forcing checkpoint) into an mp4",
             _generate_arguments, _generate_run),
     Command("inspect", "check a model folder: what is there, what is missing and how to download it",

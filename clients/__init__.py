@@ -1,0 +1,1 @@
+"""Reference clients of the worldsim daemon; they speak only the protocol (through ``worldsim.client``)."""

@@ -1,0 +1,1 @@
+"""``worldsim play``: the pygame reference client (app.py, controls.py, hud.py, recorder.py, command.py)."""

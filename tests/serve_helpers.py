@@ -1,0 +1,125 @@
+"""Shared pieces of the daemon tests: a tiny backend, daemons on ephemeral endpoints, raw sockets, memory."""
+
+from __future__ import annotations
+
+import dataclasses
+import time
+from pathlib import Path
+
+import msgpack
+import pytest
+import zmq
+
+from worldsim.serve.backend import BackendOptions, build_backend
+from worldsim.serve.daemon import Daemon, DaemonConfig
+from worldsim.serve.protocol import PROTOCOL_VERSION, Limits
+
+TEST_LIMITS = Limits(max_message_bytes=256 << 10, idle_timeout_s=10.0, heartbeat_s=1.0, rate_per_s=5000,
+                     rate_burst=5000)
+
+
+def tiny_backend(size: int = 32, embedding_dim: int = 5, **kw):
+    """The tiny preset with a control schema (6 keys, 2 axes, an engine embedding) at ``size`` x ``size`` pixels."""
+    return build_backend(BackendOptions(preset="tiny", height=size, width=size, embedding_dim=embedding_dim,
+                                        window_frames=6, sink_frames=0, **kw))
+
+
+@pytest.fixture(scope="module")
+def one_torch_thread():
+    """The engine thread shares 2 busy cores with the socket loop and the clients: with 2 torch threads a chunk can
+    stall for seconds while one thread spins waiting for the other, so daemon tests run torch single-threaded."""
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+@pytest.fixture(scope="module")
+def backend(one_torch_thread):
+    return tiny_backend()
+
+
+@pytest.fixture
+def make_daemon(one_torch_thread):
+    """make_daemon(backend, **limit_overrides) -> a started Daemon on tcp://127.0.0.1:<free port>; stopped after."""
+    started: list[Daemon] = []
+
+    def make(backend, keys_dir: str | None = None, **limits) -> Daemon:
+        config = DaemonConfig(bind="tcp://127.0.0.1:*", limits=dataclasses.replace(TEST_LIMITS, **limits),
+                              keys_dir=keys_dir, stats_interval_s=0)
+        daemon = Daemon(backend, config).start()
+        started.append(daemon)
+        return daemon
+
+    yield make
+    for d in started:
+        d.stop()
+
+
+class RawPeer:
+    """A bare DEALER for sending arbitrary bytes and reading raw replies."""
+
+    def __init__(self, endpoint: str, rcvhwm: int = 1000):
+        self.ctx = zmq.Context()
+        self.sock = self.ctx.socket(zmq.DEALER)
+        self.sock.setsockopt(zmq.LINGER, 0)
+        self.sock.setsockopt(zmq.RCVHWM, rcvhwm)
+        self.sock.connect(endpoint)
+        self.seq = 0
+
+    def send(self, msg: dict | bytes | list) -> int:
+        if isinstance(msg, list):
+            self.sock.send_multipart(msg)
+        else:
+            self.sock.send(msg if isinstance(msg, bytes) else msgpack.packb(msg, use_bin_type=True))
+        return self.seq
+
+    def request(self, kind: str, **fields) -> int:
+        self.seq += 1
+        self.send({"type": kind, "seq": self.seq, **fields})
+        return self.seq
+
+    def hello(self) -> dict:
+        seq = self.request("hello", protocol=PROTOCOL_VERSION, client="raw")
+        return self.reply(seq)
+
+    def recv(self, timeout: float = 10.0) -> list[bytes] | None:
+        if not self.sock.poll(int(timeout * 1000)):
+            return None
+        return self.sock.recv_multipart()
+
+    def reply(self, seq: int | None = None, timeout: float = 10.0) -> dict:
+        """The next single-part message (answering ``seq`` if given), skipping frames."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            parts = self.recv(deadline - time.monotonic())
+            if parts is None:
+                break
+            if len(parts) == 1:
+                msg = msgpack.unpackb(parts[0], raw=False)
+                if seq is None or msg.get("re") == seq:
+                    return msg
+        raise TimeoutError(f"no reply to seq {seq} within {timeout} s")
+
+    def close(self) -> None:
+        self.sock.close()
+        self.ctx.term()
+
+
+def rss_mb() -> float:
+    """Resident memory of this process in MiB (Linux)."""
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) / 1024
+    raise RuntimeError("no VmRSS in /proc/self/status")
+
+
+def wait_for(predicate, timeout: float, step: float = 0.05) -> bool:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if predicate():
+            return True
+        time.sleep(step)
+    return predicate()

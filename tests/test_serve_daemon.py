@@ -1,0 +1,326 @@
+"""The daemon over real sockets: handshake, session lifecycle, concurrency, limits, vanished and slow clients."""
+
+from __future__ import annotations
+
+import asyncio
+import gc
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import numpy as np
+import pytest
+
+from serve_helpers import TEST_LIMITS, RawPeer, rss_mb, tiny_backend, wait_for
+from worldsim.client import AsyncClient, Client, ConnectionLost, ServerError
+from worldsim.serve.protocol import PROTOCOL_VERSION
+
+
+def frames_for(client: Client, session: int, n: int, timeout: float = 30.0) -> list:
+    out, deadline = [], time.monotonic() + timeout
+    while len(out) < n and time.monotonic() < deadline:
+        f = client.frame(timeout=1.0)
+        if f is not None and f.session == session:
+            out.append(f)
+    assert len(out) == n, f"got {len(out)} of {n} frames in {timeout} s"
+    return out
+
+
+def test_handshake_announces_capabilities(backend, make_daemon):
+    d = make_daemon(backend)
+    with Client(d.endpoint, name="caps") as c:
+        w = c.welcome
+        assert w.protocol == PROTOCOL_VERSION and w.server.startswith("worldsim")
+        assert w.formats == ["rgb24", "jpeg"]
+        assert w.video == {"width": 32, "height": 32, "fps": 16.0, "chunk_latents": 3, "frames_per_latent": 4,
+                           "frames_per_chunk": 12, "first_chunk_frames": 9}
+        assert w.control.keys == ("W", "A", "S", "D", "Space", "Shift") and w.control.embedding_dim == 5
+        assert w.model["untrained"] is True and w.prompt["modes"] == ["soft", "recache", "cut"]
+        assert w.limits["max_sessions"] == 8 and c.ping() < 5
+
+
+def test_version_mismatch_and_hello_required(backend, make_daemon):
+    d = make_daemon(backend)
+    peer = RawPeer(d.endpoint)
+    try:
+        seq = peer.request("open", prompt="x")
+        assert peer.reply(seq)["code"] == "hello_required"
+        seq = peer.request("hello", protocol="2.1.0", client="future")
+        err = peer.reply(seq)
+        assert err["type"] == "error" and err["code"] == "version_mismatch"
+        assert "2.1.0" in err["message"] and PROTOCOL_VERSION in err["message"]
+        assert "upgrade the daemon" in err["message"]
+        assert not d.clients  # refused clients leave no state
+        assert peer.hello()["type"] == "welcome"
+    finally:
+        peer.close()
+
+
+def test_full_session_lifecycle(backend, make_daemon):
+    d = make_daemon(backend)
+    with Client(d.endpoint) as c:
+        start = np.zeros((32, 32, 3), np.uint8)
+        start[:, :16] = 255
+        s = c.open("a red fox", seed=3, fps=0, echo_controls=True, start_frame=start)
+        first = frames_for(c, s, 13)  # the start frame, then the first chunk's 12
+        assert [f.index for f in first] == list(range(13)) and first[0].control is None
+        assert first[0].image.shape == (32, 32, 3) and first[0].image[:, :16].mean() > first[0].image[:, 16:].mean()
+
+        keys = [[1, 0, 0, 0, 0, 1]] * 12
+        seq = c.send(s, controls={"keys": keys, "axes": [[0.25, -0.5]] * 12,
+                                  "embedding": np.ones((12, 5), np.float32)})
+        made = next(f for f in iter(lambda: c.frame(10), None) if f.header["input_seq"] == seq)
+        assert made.control["keys"].tolist() == [1, 0, 0, 0, 0, 1]
+        assert made.control["axes"].tolist() == [0.25, -0.5] and made.control["embedding"].shape == (5,)
+        assert made.input_latency_s is not None and made.input_latency_s > 0
+
+        pseq = c.send(s, prompt="a snowy city at night", mode="recache")
+        assert next(f for f in iter(lambda: c.frame(10), None) if f.header["prompt_seq"] == pseq)
+
+        assert c.pause(s)["paused"] is True
+        c.frames_ready()
+        time.sleep(0.6)
+        stale = c.frames_ready()  # at most what was in flight when the pause landed
+        time.sleep(0.6)
+        assert c.frames_ready() == [] and len(stale) <= 40
+        assert c.resume(s)["paused"] is False
+        assert frames_for(c, s, 1)
+
+        assert c.reset(s)["epoch"] == 1
+        after = frames_for(c, s, 2)
+        assert all(f.epoch == 1 for f in after) and after[0].index == 0
+
+        st = c.stats(s)["sessions"][str(s)]
+        assert st["chunks"] >= 3 and st["frames_sent"] >= 20 and st["prompt_switches"] == 1
+        final = c.close_session(s)
+        assert final["frames_generated"] >= final["frames_sent"] > 0
+        with pytest.raises(ServerError) as e:
+            c.pause(s)
+        assert e.value.code == "unknown_session"
+    assert wait_for(lambda: not d.sessions and not d.clients, 5)
+
+
+def test_four_clients_get_their_own_frames(backend, make_daemon):
+    d = make_daemon(backend)
+    clients = [Client(d.endpoint, name=f"c{i}") for i in range(4)]
+    try:
+        sessions = [c.open(f"world {i}", seed=i, fps=0, format="jpeg" if i % 2 else "rgb24")
+                    for i, c in enumerate(clients)]
+        assert len(set(sessions)) == 4
+        got = {i: [] for i in range(4)}
+        deadline = time.monotonic() + 60
+        while min(len(v) for v in got.values()) < 20 and time.monotonic() < deadline:
+            for i, c in enumerate(clients):
+                got[i] += c.frames_ready()
+            time.sleep(0.01)
+        for i, frames in got.items():
+            assert len(frames) >= 20 and {f.session for f in frames} == {sessions[i]}
+            assert [f.index for f in frames] == list(range(len(frames)))  # in order, none lost
+            assert frames[0].header["format"] == ("jpeg" if i % 2 else "rgb24") and frames[0].image.shape == (32, 32, 3)
+        a, b = got[0][5].image, got[2][5].image  # different seeds and prompts: different streams
+        assert not np.array_equal(a, b)
+    finally:
+        for c in clients:
+            c.close()
+
+
+def test_session_limits_answer_busy(backend, make_daemon):
+    d = make_daemon(backend, max_sessions=3, max_sessions_per_client=2)
+    with Client(d.endpoint) as a, Client(d.endpoint) as b:
+        a.open(fps=1), a.open(fps=1)
+        with pytest.raises(ServerError, match="busy: this connection already has 2 sessions"):
+            a.open()
+        s = b.open(fps=1)
+        with pytest.raises(ServerError, match="busy: the daemon is at capacity"):
+            b.open()
+        b.close_session(s)
+        assert wait_for(lambda: len(d.sessions) == 2, 5)
+        b.open(fps=1)
+
+
+KILLED_CLIENT = """
+import sys, time
+from worldsim.client import Client
+c = Client(sys.argv[1], name="doomed")
+s = c.open("x", fps=0)
+while True:
+    if c.frame(5) is not None:
+        print("streaming", flush=True)
+"""
+
+
+@pytest.mark.parametrize("how", ["kill", "freeze"])
+def test_vanished_client_is_freed(backend, make_daemon, how):
+    """SIGKILL closes the connection (noticed at the next send); SIGSTOP leaves it open, so the idle timeout acts."""
+    d = make_daemon(backend, idle_timeout_s=1.5, heartbeat_s=0.5)
+    proc = subprocess.Popen([sys.executable, "-c", KILLED_CLIENT, d.endpoint], stdout=subprocess.PIPE, text=True)
+    try:
+        assert proc.stdout.readline().strip() == "streaming"
+        assert len(d.sessions) == 1 and len(d.clients) == 1
+        proc.send_signal(signal.SIGKILL if how == "kill" else signal.SIGSTOP)
+        gone = time.monotonic()
+        assert wait_for(lambda: not d.sessions and not d.clients, 10)
+        assert time.monotonic() - gone < 1.5 + 1.5  # within the idle timeout (plus housekeeping slack)
+        assert wait_for(lambda: not d.engine.sessions, 5)  # the engine freed it too
+    finally:
+        proc.kill()
+        proc.wait()
+
+
+def test_connect_disconnect_cycles_leave_memory_flat(backend, make_daemon):
+    d = make_daemon(backend, idle_timeout_s=1.0, heartbeat_s=0.25, max_sessions=64, max_sessions_per_client=1)
+
+    def cycle(i: int) -> None:
+        peer = RawPeer(d.endpoint)
+        peer.hello()
+        s = peer.reply(peer.request("open", prompt=f"p{i % 7}", fps=0))["session"]
+        assert peer.recv(10) is not None  # the stream started
+        if i % 4:  # a polite goodbye; every fourth one just vanishes
+            peer.request("close", session=s)
+            peer.request("bye")
+            time.sleep(0.005)
+        peer.close()
+
+    for i in range(50):
+        cycle(i)
+    assert wait_for(lambda: not d.sessions and not d.clients and not d.engine.sessions, 10)
+    gc.collect()
+    before = rss_mb()
+    for i in range(150):
+        cycle(i)
+    assert wait_for(lambda: not d.sessions and not d.clients and not d.engine.sessions, 10)
+    gc.collect()
+    grown = rss_mb() - before
+    assert grown < 10, f"RSS grew {grown:.1f} MiB over 150 connect/disconnect cycles"
+
+
+def test_client_that_never_reads(make_daemon):
+    big = tiny_backend(size=128)  # 48 KiB frames fill socket buffers quickly
+    d = make_daemon(big, queue_frames=12)
+    sink = RawPeer(d.endpoint, rcvhwm=1)
+    try:
+        sink.hello()
+        stuck = sink.reply(sink.request("open", prompt="never read", fps=48))["session"]
+        with Client(d.endpoint, name="reader") as c:
+            s = c.open("keeps up", fps=16)
+            frames_for(c, s, 12)  # warm up
+            t0, n = time.monotonic(), 0
+            while time.monotonic() - t0 < 4:
+                sink.request("ping")  # the non-reader stays alive, it just never reads
+                n += len(c.frames_ready())
+                time.sleep(0.05)
+            fps = n / (time.monotonic() - t0)
+            assert fps > 12, f"the reading client got {fps:.1f} fps next to a client that never reads"
+            entry = d.sessions[stuck]
+            assert len(entry.frames) <= 12 and entry.stats.frames_dropped > 0
+            assert len(d.clients[sink_ident(d, "raw")].replies) <= 256
+    finally:
+        sink.close()
+
+
+def sink_ident(d, name: str) -> bytes:
+    return next(ident for ident, c in d.clients.items() if c.name == name)
+
+
+def test_shutdown_tells_clients(backend):
+    from worldsim.serve.daemon import Daemon, DaemonConfig
+
+    d = Daemon(backend, DaemonConfig(bind="tcp://127.0.0.1:*", limits=TEST_LIMITS)).start()
+    with Client(d.endpoint) as c:
+        s = c.open(fps=0)
+        frames_for(c, s, 2)
+        d.stop("maintenance")
+        with pytest.raises(ConnectionLost, match="shut down: maintenance"):
+            for _ in range(100):
+                c.frame(0.2)
+
+
+def test_asyncio_client(backend, make_daemon):
+    d = make_daemon(backend)
+
+    async def main():
+        async with await AsyncClient.connect(d.endpoint, name="aio") as c:
+            assert c.welcome.protocol == PROTOCOL_VERSION
+            s = await c.open("async world", fps=0, format="jpeg")
+            await c.send(s, hold={"keys": [0, 1, 0, 0, 0, 0]})
+            got = []
+            async for f in c.frames():
+                got.append(f)
+                if len(got) == 10:
+                    break
+            assert all(f.session == s for f in got) and got[0].image.shape == (32, 32, 3)
+            with pytest.raises(ServerError, match="unknown_session"):
+                await c.pause(s + 100)
+            stats = await c.close_session(s)
+            assert stats["frames_sent"] >= 10
+            assert await c.ping() < 5
+
+    asyncio.run(main())
+
+
+def test_serve_command_stops_cleanly_on_sigterm(tmp_path):
+    endpoint = f"ipc://{tmp_path}/d.sock"
+    proc = subprocess.Popen([sys.executable, "-m", "worldsim", "serve", "--preset", "tiny", "--height", "32",
+                             "--width", "32", "--bind", endpoint], stderr=subprocess.PIPE, text=True)
+    try:
+        with Client(endpoint, timeout=90) as c:
+            s = c.open("x", fps=0)
+            frames_for(c, s, 3, timeout=60)
+            proc.send_signal(signal.SIGTERM)
+            with pytest.raises(ConnectionLost, match="SIGTERM"):
+                for _ in range(200):
+                    c.frame(0.2)
+        assert proc.wait(30) == 0
+        err = proc.stderr.read()
+        assert "UNTRAINED" in err and "daemon_stopped" in err
+    finally:
+        proc.kill()
+        proc.wait()
+
+
+def test_client_library_does_not_import_torch():
+    code = "import sys, worldsim.client, clients.play.command; print('torch' in sys.modules)"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
+                         env={**os.environ, "PYGAME_HIDE_SUPPORT_PROMPT": "1"})
+    assert out.stdout.strip() == "False"
+
+
+def test_readme_client_example_runs(backend, make_daemon):
+    import re
+    from pathlib import Path
+
+    text = (Path(__file__).resolve().parents[1] / "README.md").read_text()
+    code = re.search(r"Python programs use .*?```python\n(.*?)```", text, re.S)
+    assert code, "README lost its client example"
+    d = make_daemon(backend)
+    scope: dict = {}
+    exec(compile(code.group(1).replace("tcp://127.0.0.1:5555", d.endpoint), "README.md", "exec"), scope)
+    assert scope["frame"] is not None and scope["frame"].image.shape == (32, 32, 3)
+
+
+def test_backend_from_a_checkpoint(tmp_path, one_torch_thread):
+    from worldsim.checkpoints import save_worldsim
+    from worldsim.serve.backend import BackendOptions, build_backend
+
+    trained = tiny_backend(embedding_dim=0).model  # stands in for trained weights with a control module
+    save_worldsim(trained, tmp_path / "m.safetensors")
+    b = build_backend(BackendOptions(model=str(tmp_path / "m.safetensors"), height=32, width=64))
+    assert not b.untrained and b.schema.keys == ("W", "A", "S", "D", "Space", "Shift") and b.schema.embedding_dim == 0
+    assert b.latent_shape == (4, 4, 8) and b.video_info()["width"] == 64
+    with pytest.raises(ValueError, match="multiple of 16"):
+        build_backend(BackendOptions(preset="tiny", height=40, width=32))
+
+
+def test_inputs_to_a_paused_session_do_not_look_like_a_dead_daemon(backend, make_daemon):
+    d = make_daemon(backend, heartbeat_s=0.2, idle_timeout_s=1.0)
+    with Client(d.endpoint) as c:
+        s = c.open(fps=0)
+        c.pause(s)
+        t0 = time.monotonic()
+        while time.monotonic() - t0 < 2.5:  # inputs only: the daemon answers none of them
+            c.send(s, hold={"keys": [1, 0, 0, 0, 0, 0]})
+            c.frames_ready()
+            time.sleep(0.05)
+        assert c.resume(s)["paused"] is False and len(d.clients) == 1

@@ -1,0 +1,166 @@
+"""What the daemon serves: the model, a decoder per session, the prompt embedder and the stream geometry.
+
+``build_backend(BackendOptions(...))`` loads a checkpoint (``model=PATH``) or builds a preset with random weights
+(untrained: the frames depict nothing, but respond to prompts and controls, which exercises the whole path).
+Frames come from the weight-free :class:`~worldsim.codecs.preview.PreviewDecoder` until the VAE/TAEHV decoders
+are wired in.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from ..codecs.base import StreamingDecoder
+from ..codecs.preview import PreviewDecoder
+from ..model.config import ControlConfig, load_preset
+from ..model.dit import CausalWanDiT
+from .prompt_embedder import HashingPromptEmbedder, PromptEmbedder
+from .protocol import ControlSchema
+
+DEFAULT_KEYS = ("W", "A", "S", "D", "Space", "Shift")
+DEFAULT_AXES = ("mouse_dx", "mouse_dy")
+SPATIAL_STRIDE = 8  # video pixels per latent pixel (Wan VAE, preview decoder)
+
+
+def default_video(dim: int) -> tuple[int, int]:
+    """832 x 480 for Wan2.1-sized models (dim >= 1536), else 128 x 128 (latent 16 x 16) for CPU-sized ones."""
+    return (480, 832) if dim >= 1536 else (128, 128)
+
+
+@dataclass
+class BackendOptions:
+    preset: str = "small"
+    model: str | None = None  # checkpoint path; a preset gives random (untrained) weights
+    config: str | None = None  # architecture for a checkpoint that stores none (a preset name or a Wan folder)
+    height: int | None = None  # video pixels; latent = video / 8
+    width: int | None = None
+    device: str = "auto"
+    dtype: str = "auto"  # fp32 | bf16 | fp16 | auto (bf16 on CUDA, fp32 on CPU)
+    keys: tuple[str, ...] = DEFAULT_KEYS  # control schema of a preset's (untrained) control module
+    axes: tuple[str, ...] = DEFAULT_AXES
+    embedding_dim: int = 0
+    fps: float = 16.0
+    sink_frames: int = 3
+    window_frames: int = 12
+    seed: int = 0  # random weights of a preset
+
+
+@dataclass
+class Backend:
+    model: CausalWanDiT
+    name: str
+    untrained: bool
+    latent_shape: tuple[int, int, int]  # (C, h, w) of one latent frame
+    video_shape: tuple[int, int]  # (H, W) pixels
+    fps: float
+    sink_frames: int
+    window_frames: int
+    make_decoder: Callable[[], StreamingDecoder]
+    embed_prompt: PromptEmbedder
+    encode_start: Callable[[np.ndarray], torch.Tensor] | None  # [H, W, 3] uint8 -> clean latents [1, C, 1, h, w]
+    schema: ControlSchema  # the controls sessions accept (empty when the model has no control module)
+    decoder_name: str = "preview"
+
+    @property
+    def device(self) -> torch.device:
+        return next(self.model.parameters()).device
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return next(self.model.parameters()).dtype
+
+    def video_info(self) -> dict:
+        k, n = self.schema.frames_per_latent, self.model.cfg.chunk_frames
+        return {"width": self.video_shape[1], "height": self.video_shape[0], "fps": self.fps, "chunk_latents": n,
+                "frames_per_latent": k, "frames_per_chunk": k * n, "first_chunk_frames": 1 + k * (n - 1)}
+
+
+def _device_dtype(opts: BackendOptions) -> tuple[torch.device, torch.dtype]:
+    device = torch.device("cuda" if opts.device == "auto" and torch.cuda.is_available() else
+                          "cpu" if opts.device == "auto" else opts.device)
+    dtypes = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
+    if opts.dtype == "auto":
+        return device, torch.bfloat16 if device.type == "cuda" else torch.float32
+    if opts.dtype not in dtypes:
+        raise ValueError(f"unknown dtype {opts.dtype!r}; choose one of {['auto', *dtypes]}")
+    return device, dtypes[opts.dtype]
+
+
+def _random_model(opts: BackendOptions, device: torch.device, dtype: torch.dtype) -> CausalWanDiT:
+    """A preset with seeded random weights; head and control output are made non-zero so frames respond."""
+    control = ControlConfig(keys=opts.keys, axes=opts.axes, embedding_dim=opts.embedding_dim) \
+        if (opts.keys or opts.axes or opts.embedding_dim) else None
+    cfg = load_preset(opts.preset).with_control(control)
+    g = torch.Generator().manual_seed(opts.seed)
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(opts.seed)
+        model = CausalWanDiT(cfg)
+    with torch.no_grad():
+        outs = [model.head.head] + ([model.control_embedding.mlp[2]] if model.control_embedding is not None else [])
+        for layer in outs:
+            layer.weight.copy_(torch.randn(layer.weight.shape, generator=g) * 0.02)
+    return model.to(device=device, dtype=dtype).eval()
+
+
+def preview_encoder(decoder: PreviewDecoder,
+                    latent_shape: tuple[int, int, int]) -> Callable[[np.ndarray], torch.Tensor]:
+    """The least-squares inverse of the preview decoder: an image -> the latent frame it previews as."""
+    c, h, w = latent_shape
+    pinv = torch.linalg.pinv(decoder.proj)  # [C, 3]
+
+    def encode(image: np.ndarray) -> torch.Tensor:
+        rgb = torch.from_numpy(np.array(image, np.float32)).div(255).permute(2, 0, 1)[None]  # [1, 3, H, W]
+        rgb = F.adaptive_avg_pool2d(rgb, (h, w))
+        lat = torch.einsum("co,bohw->bchw", pinv, (rgb - 0.5) / 0.25)  # PreviewDecoder: rgb = proj @ z * 0.25 + 0.5
+        return lat[:, :, None]  # [1, C, 1, h, w]
+
+    return encode
+
+
+def build_backend(opts: BackendOptions) -> Backend:
+    device, dtype = _device_dtype(opts)
+    if opts.model:
+        from ..checkpoints import load_model
+
+        model = load_model(opts.model, config=opts.config, dtype=dtype, device=device)
+        name, untrained = str(opts.model), False
+    else:
+        model, name, untrained = _random_model(opts, device, dtype), opts.preset, True
+    cfg = model.cfg
+    default_h, default_w = default_video(cfg.dim)
+    height, width = opts.height or default_h, opts.width or default_w
+    stride = 4 if cfg.control is None else cfg.control.frames_per_latent
+    spatial = SPATIAL_STRIDE
+    unit = spatial * cfg.patch_size[1]
+    if height % unit or width % unit or height <= 0 or width <= 0:
+        raise ValueError(f"video size {height}x{width} must be a positive multiple of {unit} "
+                         f"(decoder stride {spatial} x patch {cfg.patch_size[1]})")
+    latent_shape = (cfg.in_dim, height // spatial, width // spatial)
+    if opts.window_frames < cfg.chunk_frames:
+        raise ValueError(f"window_frames ({opts.window_frames}) must hold a chunk ({cfg.chunk_frames} latent frames)")
+
+    def make_decoder() -> PreviewDecoder:
+        return PreviewDecoder(cfg.in_dim, temporal_stride=stride, spatial_stride=spatial)
+
+    c = cfg.control
+    schema = ControlSchema(frames_per_latent=stride) if c is None else \
+        ControlSchema(c.keys, c.axes, c.embedding_dim, c.frames_per_latent)
+    return Backend(model=model, name=name, untrained=untrained, latent_shape=latent_shape, video_shape=(height, width),
+                   fps=opts.fps, sink_frames=opts.sink_frames, window_frames=opts.window_frames,
+                   make_decoder=make_decoder, embed_prompt=HashingPromptEmbedder(cfg.text_len, cfg.text_dim),
+                   encode_start=preview_encoder(make_decoder(), latent_shape), schema=schema)
+
+
+def describe(backend: Backend) -> dict:
+    """Model facts for ``welcome`` and the start-up log."""
+    cfg = backend.model.cfg
+    return {"name": backend.name, "untrained": backend.untrained, "decoder": backend.decoder_name,
+            "dim": cfg.dim, "layers": cfg.num_layers, "device": str(backend.device),
+            "dtype": str(backend.dtype).removeprefix("torch."), "text_encoder": "hashing",
+            "sink_frames": backend.sink_frames, "window_frames": backend.window_frames}
+

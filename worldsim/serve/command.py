@@ -1,0 +1,133 @@
+"""``worldsim serve`` and ``worldsim keys``: argument parsing and start-up (the work lives in the serve modules).
+
+Imports torch only inside :func:`run_serve`, so building the CLI parser stays fast.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import signal
+import sys
+
+from .protocol import PROTOCOL_VERSION, Limits
+
+DEFAULT_BIND = "tcp://127.0.0.1:5555"
+
+
+def default_threads() -> int:
+    return max(1, (os.cpu_count() or 2) - 1)
+
+
+def _names(text: str) -> tuple[str, ...]:
+    return tuple(n.strip() for n in text.split(",") if n.strip())
+
+
+def add_serve_arguments(p: argparse.ArgumentParser) -> None:
+    lim = Limits()
+    m = p.add_argument_group("model")
+    m.add_argument("--preset", default="small", help="model preset with random, untrained weights (default: small)")
+    m.add_argument("--model", metavar="PATH", help="checkpoint to serve (Wan2.1 / diffusers folder, Self-Forcing .pt, "
+                                                   "worldsim .safetensors) instead of a preset")
+    m.add_argument("--config", help="architecture for a checkpoint that stores none (preset name or Wan folder)")
+    m.add_argument("--height", type=int, help="video height in pixels (default 128; 480 for Wan2.1-sized models)")
+    m.add_argument("--width", type=int, help="video width in pixels (default 128; 832 for Wan2.1-sized models)")
+    m.add_argument("--fps", type=float, default=16.0, help="frame rate sessions are paced at (default 16)")
+    m.add_argument("--sink", type=int, default=3, help="KV-cache sink, latent frames (default 3)")
+    m.add_argument("--window", type=int, default=12, help="KV-cache rolling window, latent frames (default 12)")
+    m.add_argument("--control-keys", type=_names, default=("W", "A", "S", "D", "Space", "Shift"), metavar="K1,K2,..",
+                   help="control keys of a preset's control module (default W,A,S,D,Space,Shift)")
+    m.add_argument("--control-axes", type=_names, default=("mouse_dx", "mouse_dy"), metavar="A1,A2,..",
+                   help="control axes of a preset's control module (default mouse_dx,mouse_dy)")
+    m.add_argument("--embedding-dim", type=int, default=0, help="engine embedding width of a preset (default 0)")
+    m.add_argument("--device", default="auto", help="auto (cuda if available), cpu, cuda, cuda:1, ...")
+    m.add_argument("--dtype", default="auto", choices=["auto", "fp32", "bf16", "fp16"])
+    m.add_argument("--threads", type=int, default=default_threads(),
+                   help=f"torch CPU threads (default {default_threads()}: all cores but one, which the socket loop and "
+                        "a local client need; oversubscribed torch threads stall for seconds)")
+    n = p.add_argument_group("network and limits")
+    n.add_argument("--bind", default=DEFAULT_BIND, help=f"ZeroMQ endpoint (default {DEFAULT_BIND}; "
+                                                        "tcp://127.0.0.1:* picks a free port)")
+    n.add_argument("--keys", metavar="DIR", help="CurveZMQ key directory from `worldsim keys DIR`: encrypt and accept "
+                                                 "only the clients in DIR/authorized")
+    n.add_argument("--insecure", action="store_true", help="allow a non-loopback --bind without --keys (unsafe)")
+    n.add_argument("--max-sessions", type=int, default=lim.max_sessions, help=f"(default {lim.max_sessions})")
+    n.add_argument("--max-sessions-per-client", type=int, default=lim.max_sessions_per_client,
+                   help=f"(default {lim.max_sessions_per_client})")
+    n.add_argument("--max-clients", type=int, default=lim.max_clients, help=f"(default {lim.max_clients})")
+    n.add_argument("--queue-frames", type=int, default=lim.queue_frames,
+                   help=f"frames buffered per session for a slow client (default {lim.queue_frames})")
+    n.add_argument("--idle-timeout", type=float, default=lim.idle_timeout_s,
+                   help=f"drop clients silent this many seconds (default {lim.idle_timeout_s:g})")
+    n.add_argument("--max-message-bytes", type=int, help="inbound message size limit (default: fits a start frame "
+                                                         "or max_samples control rows for this model)")
+    o = p.add_argument_group("logs")
+    o.add_argument("--log-format", choices=["text", "json"], default="text")
+    o.add_argument("--log-level", default="INFO")
+    o.add_argument("--stats-interval", type=float, default=30.0, help="seconds between per-session stats logs (0: off)")
+
+
+def run_serve(args: argparse.Namespace) -> int:
+    import dataclasses
+
+    import torch
+
+    from .backend import BackendOptions, build_backend
+    from .daemon import Daemon, DaemonConfig
+    from .logs import configure
+
+    configure(args.log_format, args.log_level)
+    torch.set_num_threads(args.threads)
+    try:
+        backend = build_backend(BackendOptions(
+            preset=args.preset, model=args.model, config=args.config, height=args.height, width=args.width,
+            device=args.device, dtype=args.dtype, keys=args.control_keys, axes=args.control_axes,
+            embedding_dim=args.embedding_dim, fps=args.fps, sink_frames=args.sink, window_frames=args.window))
+        lim = dataclasses.replace(Limits(), max_sessions=args.max_sessions, max_clients=args.max_clients,
+                                  max_sessions_per_client=args.max_sessions_per_client, queue_frames=args.queue_frames,
+                                  idle_timeout_s=args.idle_timeout, heartbeat_s=min(2.0, args.idle_timeout / 4),
+                                  max_message_bytes=args.max_message_bytes)
+        daemon = Daemon(backend, DaemonConfig(bind=args.bind, limits=lim, keys_dir=args.keys, insecure=args.insecure,
+                                              stats_interval_s=args.stats_interval))
+    except (OSError, ValueError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        return 130
+    if backend.untrained:
+        print(f"worldsim serve: NOTE the model is the {backend.name!r} preset with RANDOM, UNTRAINED weights "
+              "(no trained default model ships yet). Frames are abstract patterns that respond to prompts and "
+              "controls but depict nothing. Serve real weights with --model PATH.", file=sys.stderr)
+    h, w = backend.video_shape
+    print(f"worldsim serve: listening on {daemon.endpoint} (protocol {PROTOCOL_VERSION}, {w}x{h} at {backend.fps:g} "
+          f"fps, {'CURVE' if args.keys else 'no encryption'}); "
+          f"connect with `worldsim play --connect {daemon.endpoint}`",
+          file=sys.stderr, flush=True)
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, lambda num, _frame: daemon.request_stop(f"daemon stopping ({signal.Signals(num).name})"))
+    try:
+        daemon.serve_forever()
+    finally:
+        daemon.close()
+    return 0
+
+
+def add_keys_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("dir", help="key directory (created if needed; the daemon's key pair is made once)")
+    p.add_argument("--client", default="client", help="name of the client key pair to add (default: client)")
+
+
+def run_keys(args: argparse.Namespace) -> int:
+    from .security import create_keys
+
+    try:
+        paths = create_keys(args.dir, args.client)
+    except (OSError, ValueError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    print(f"daemon key pair:   {paths['server_secret']} (keep on the daemon host) and {paths['server_public']}\n"
+          f"client {args.client!r}: {paths['client_secret']} (give to that client with {paths['server_public'].name}); "
+          f"authorised as {paths['client_public']}\n"
+          f"serve:  worldsim serve --bind tcp://0.0.0.0:5555 --keys {args.dir}\n"
+          f"play:   worldsim play --connect tcp://HOST:5555 --keys {args.dir} --key-name {args.client}")
+    return 0
