@@ -1,0 +1,183 @@
+"""The toy world: determinism, state round trips, controls, themes, datasets, metrics, the CLI and the player."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from dataclasses import replace
+
+import numpy as np
+import pytest
+
+from worldsim.dataset import load_dataset, read_info
+from worldsim.world import KEYS, THEMES, World, key_row, theme_for_prompt
+from worldsim.world.episodes import EpisodeConfig, generate_episode, themes_per_frame, write_dataset
+from worldsim.world.metrics import motion_agreement, motion_breakdown, stat_drift
+
+NO_KEYS = np.zeros(len(KEYS), np.float32)
+
+
+def _controls(n: int, pressed=(), dx: float = 0.0, dy: float = 0.0) -> tuple[np.ndarray, np.ndarray]:
+    return np.repeat(key_row(pressed)[None], n, 0), np.tile(np.array([dx, dy], np.float32), (n, 1))
+
+
+@pytest.fixture(scope="module")
+def world() -> World:
+    return World()
+
+
+@pytest.fixture(scope="module")
+def episode():
+    return generate_episode(1, EpisodeConfig(frames=120))
+
+
+def test_deterministic_for_a_seed(world):
+    keys, axes = _controls(12, ("W", "D"), dx=0.4)
+    a = world.rollout(world.start_state(7, "snow"), keys, axes)
+    b = World().rollout(World().start_state(7, "snow"), keys, axes)
+    assert a.frames.dtype == np.uint8 and a.frames.shape == (13, 64, 64, 3)
+    np.testing.assert_array_equal(a.frames, b.frames)
+    assert a.states == b.states
+    c = world.rollout(world.start_state(8, "snow"), keys, axes)
+    assert not np.array_equal(a.frames, c.frames)
+
+
+def test_set_state_and_render_reproduce_frames(world):
+    world.reset(seed=2, theme="desert")
+    frames, states = [], []
+    for t in range(10):
+        frames.append(world.step(key_row(["W"]), [0.3 * np.sin(t), 0.1]))
+        states.append(world.state)
+    for t in (0, 4, 9):
+        np.testing.assert_array_equal(world.render(states[t]), frames[t])
+    other = World()
+    np.testing.assert_array_equal(other.set_state(states[4]), frames[4])
+    np.testing.assert_array_equal(other.step(key_row(["W"]), [0.3 * np.sin(5), 0.1]), frames[5])
+
+
+def test_controls_move_the_state_the_right_way(world):
+    s0 = world.start_state(1, "forest")
+    walk = world.rollout(s0, *_controls(5, ("W",))).states
+    step = np.array([walk[1].x - walk[0].x, walk[1].y - walk[0].y])
+    heading = np.array([np.cos(s0.heading), np.sin(s0.heading)])
+    assert step @ heading == pytest.approx(world.config.physics.walk, rel=1e-6)  # forward along the heading
+    run = world.rollout(s0, *_controls(1, ("W", "Shift"))).states[1]
+    assert np.hypot(run.x - s0.x, run.y - s0.y) == pytest.approx(2 * np.linalg.norm(step))
+    back = world.rollout(s0, *_controls(1, ("S",))).states[1]
+    assert np.array([back.x - s0.x, back.y - s0.y]) @ heading < 0
+    right = world.rollout(s0, *_controls(1, ("D",))).states[1]
+    assert np.array([right.x - s0.x, right.y - s0.y]) @ np.array([-heading[1], heading[0]]) > 0
+    turned = world.rollout(s0, *_controls(1, dx=0.5)).states[1]
+    assert (turned.heading - s0.heading) % (2 * np.pi) == pytest.approx(0.5 * world.config.physics.turn)
+    looked = world.rollout(s0, *_controls(1, dy=0.5)).states[1]
+    assert looked.pitch < 0  # mouse moved down: the view tilts down
+    jumped = world.rollout(s0, *_controls(3, ("Space",))).states
+    assert world.eye_height(jumped[2]) > world.eye_height(s0)
+    idle = world.rollout(s0, *_controls(3)).frames
+    assert (idle[1:] == idle[0]).all()
+
+
+def test_turning_and_walking_change_the_view(world):
+    s0 = world.start_state(4, "forest")
+    turn = world.rollout(s0, *_controls(1, dx=1.0)).frames
+    walk = world.rollout(s0, *_controls(1, ("W",))).frames
+    for frames in (turn, walk):
+        assert np.abs(frames[1].astype(int) - frames[0]).mean() > 2
+
+
+def test_themes_differ_and_follow_prompts(world):
+    s0 = world.start_state(0, "forest")
+    means = {t: world.render(replace(s0, theme=t)).reshape(-1, 3).mean(0) for t in THEMES}
+    names = list(means)
+    for i, a in enumerate(names):
+        for b in names[i + 1:]:
+            assert np.abs(means[a] - means[b]).sum() > 30, (a, b)
+    assert theme_for_prompt("a snowy field at noon") == "snow"
+    assert theme_for_prompt("a volcano erupting") == "lava"
+    assert theme_for_prompt("hello there") == "forest"  # no keyword: the default
+    for name, theme in THEMES.items():
+        assert all(theme_for_prompt(p) == name for p in theme.prompts)
+    with pytest.raises(ValueError, match="unknown theme"):
+        world.set_state(replace(s0, theme="moon"))
+
+
+def test_episode_plan_is_varied(episode):
+    keys, axes = episode.keys, episode.axes
+    assert not keys[0].any() and not axes[0].any()
+    idle = ~keys[1:].any(1) & (axes[1:] == 0).all(1)
+    assert idle.any() and (~idle).any()
+    assert (np.abs(axes[:, 0]) > 0.1).any()
+    assert len({tuple(k) for k in keys}) >= 3
+    starts = [p["from_frame"] for p in episode.prompts]
+    assert starts[0] == 0 and all(s % 3 == 0 for s in starts)
+    themes = themes_per_frame(episode.prompts, len(episode.frames))
+    assert [s.theme for s in episode.states] == themes
+
+
+def test_dataset_round_trip(tmp_path, world):
+    cfg = EpisodeConfig(frames=40, chunk_frames=3, switches=3)
+    dirs = write_dataset(tmp_path / "ds", 2, cfg, seed=5)
+    info = read_info(tmp_path / "ds")
+    assert info["control"] == {"keys": list(KEYS), "axes": ["mouse_dx", "mouse_dy"], "embedding_dim": 0,
+                               "frames_per_latent": 1}
+    episodes = load_dataset(tmp_path / "ds")
+    assert len(episodes) == 2 == len(dirs)
+    for ep, directory in zip(episodes, dirs):
+        assert ep.frames.shape == (40, 64, 64, 3)
+        assert not ep.control_present[0] and ep.control_present[1:].all()
+        np.testing.assert_array_equal(ep.chunk, np.arange(40) // 3)
+        assert ep.prompts[0]["mode"] == "open" and all(p["from_frame"] == 3 * p["chunk"] for p in ep.prompts)
+        # the ground truth replays from the stored start state, controls and prompts
+        start = world.start_state(ep.meta["world"]["start"]["seed"], ep.meta["world"]["start"]["theme"])
+        assert ep.meta["world"]["start"]["x"] == start.x
+        truth = world.rollout(start, ep.keys[1:], ep.axes[1:], themes=themes_per_frame(ep.prompts, 40)[1:])
+        np.testing.assert_array_equal(truth.frames, ep.frames)
+        saved = np.load(directory / "world.npz")
+        np.testing.assert_allclose(saved["poses"], truth.poses)
+    # the same seed generates the same data
+    again = load_dataset(write_dataset(tmp_path / "again", 2, cfg, seed=5)[0].parent)
+    for a, b in zip(episodes, again):
+        np.testing.assert_array_equal(a.frames, b.frames)
+        np.testing.assert_array_equal(a.keys, b.keys)
+
+
+def test_cli_dataset_and_headless_play(tmp_path):
+    out = tmp_path / "cli"
+    run = subprocess.run([sys.executable, "-m", "worldsim", "world", "dataset", "--episodes", "2", "--out", str(out),
+                          "--frames-per-episode", "12", "--seed", "1", "--size", "32", "--workers", "2", "--quiet"],
+                         capture_output=True, text=True, timeout=120)
+    assert run.returncode == 0, run.stderr
+    episodes = load_dataset(out)
+    assert [ep.frames.shape for ep in episodes] == [(12, 32, 32, 3)] * 2
+    from worldsim.cli import main
+
+    assert main(["world", "play", "--headless", "--frames", "5", "--fps", "0", "--scale", "2"]) == 0
+
+
+def test_motion_agreement_high_on_truth_low_on_shuffled_or_still(episode):
+    frames, keys, axes = episode.frames, episode.keys, episode.axes
+    counts = motion_breakdown(frames, keys, axes)
+    assert counts["turn"][1] >= 10 and counts["move"][1] >= 10
+    assert counts["turn"][0] / counts["turn"][1] > 0.9
+    assert motion_agreement(frames, keys, axes) > 0.85
+    shuffled = frames[np.random.default_rng(0).permutation(len(frames))]
+    assert motion_agreement(shuffled, keys, axes) < 0.4
+    still = np.repeat(frames[:1], len(frames), 0)
+    assert motion_agreement(still, keys, axes) == 0.0
+
+
+def test_stat_drift(world):
+    frames = world.rollout(world.start_state(0, "desert"), *_controls(59, ("W",), dx=0.2)).frames
+    assert stat_drift(frames, frames, paired=True).moments.max() == 0
+    faded = (frames * np.linspace(1, 0.3, len(frames))[:, None, None, None]).astype(np.uint8)
+    drift = stat_drift(faded)
+    assert drift.moments[-1] > 20 > drift.moments[0] and drift.histogram[-1] > drift.histogram[0]
+    assert drift.final(8)[0] > stat_drift(frames).final(8)[0]
+    with pytest.raises(ValueError, match="paired"):
+        stat_drift(frames, frames[:10], paired=True)
+
+
+def test_world_never_imports_torch():
+    code = ("import sys, worldsim.world, worldsim.world.episodes, worldsim.world.metrics, worldsim.world.play; "
+            "sys.exit('torch' in sys.modules)")
+    assert subprocess.run([sys.executable, "-c", code], timeout=60).returncode == 0
