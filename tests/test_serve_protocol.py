@@ -13,7 +13,7 @@ from hypothesis import strategies as st
 
 from worldsim.serve import frame_format
 from worldsim.serve.controls import ControlBuffer
-from worldsim.serve.prompt_embedder import HashingPromptEmbedder
+from worldsim.text.hashing import HashingPromptEmbedder
 from worldsim.serve.protocol import (ERROR_CODES, PROTOCOL_VERSION, ControlRows, ControlSchema, Input, Limits, Open,
                                      ProtocolError, check_compatible, decode, pack, parse)
 

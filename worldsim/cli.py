@@ -29,6 +29,9 @@ class Command:
     # Passthrough commands receive every argument after their name, unparsed, in ``args.rest``
     # (their own ``-h``/``--help`` included).
     passthrough: bool = False
+    # Commands with trailing positionals (``train``'s key=value overrides) also get the ones argparse could not place
+    # after an option in ``args.rest``, instead of an "unrecognized arguments" error.
+    extra_positionals: bool = False
 
 
 # --- presets ---------------------------------------------------------------------------------------------------
@@ -222,6 +225,97 @@ def _play_run(args: argparse.Namespace) -> int:
     return run(args)
 
 
+# --- train -----------------------------------------------------------------------------------------------------
+
+
+def _train_arguments(p: argparse.ArgumentParser) -> None:
+    from worldsim.train.stages import STAGES  # a name table only: no torch
+
+    p.add_argument("stage", choices=sorted(STAGES), help="what to train (README: Training)")
+    p.add_argument("overrides", nargs="*", metavar="KEY=VALUE",
+                   help="recipe overrides with dotted keys and YAML values, e.g. optim.lr=3e-4 data.batch_size=8")
+    p.add_argument("--config", type=Path, help="recipe YAML (default configs/train/<stage>.yaml)")
+    p.add_argument("--data", help="dataset directory (overrides data.path)")
+    p.add_argument("--out", help="output directory: checkpoints, metrics, samples, final weights (overrides out)")
+    p.add_argument("--resume", action="store_true", help="continue from the newest complete checkpoint in --out")
+    p.add_argument("--max-steps", type=int, help="optimizer steps to train to (overrides max_steps)")
+    p.add_argument("--init", type=Path, help="start the trained model from this checkpoint (any supported format; "
+                                             "a missing control module starts at zero: the control fine-tune path)")
+
+
+def _train_run(args: argparse.Namespace) -> int:
+    import logging
+    import os
+
+    from worldsim.checkpoints import CheckpointError
+    from worldsim.train.config import load_recipe
+    from worldsim.train.trainer import train
+
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    recipe = args.config or REPO_ROOT / "configs" / "train" / f"{args.stage.replace('-', '_')}.yaml"
+    overrides = list(args.overrides) + list(args.rest)
+    for key, value in (("data.path", args.data), ("out", args.out), ("max_steps", args.max_steps)):
+        if value is not None:
+            overrides.append(f"{key}={value}")
+    try:
+        result = train(args.stage, load_recipe(recipe, overrides), resume=args.resume, init=args.init)
+    except (ValueError, OSError, CheckpointError) as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 1
+    if int(os.environ.get("RANK", "0")):  # torchrun / accelerate launch: one summary, from the main process
+        return 0
+    shown = ", ".join(f"{k} {v:.4g}" for k, v in result.last_metrics.items())
+    print(f"trained {args.stage} to step {result.step}{': ' + shown if shown else ''}; outputs in {result.out}")
+    return 0
+
+
+# --- world (the toy game) ---------------------------------------------------------------------------------------
+
+
+def _world_arguments(p: argparse.ArgumentParser) -> None:
+    sub = p.add_subparsers(dest="world_command", metavar="SUBCOMMAND", required=True)
+    play = sub.add_parser("play", help="play the toy world in a window (WASD + mouse, 1-5 switch themes)")
+    play.add_argument("--seed", type=int, default=0, help="world seed (default 0)")
+    play.add_argument("--prompt", default="", help="picks the starting theme by keyword (default: forest)")
+    play.add_argument("--fps", type=float, default=16.0, help="frame rate (default 16; 0: as fast as it renders)")
+    play.add_argument("--scale", type=int, default=8, help="window pixels per frame pixel (default 8)")
+    play.add_argument("--sensitivity", type=float, default=0.02, help="mouse pixels to axis units (default 0.02)")
+    play.add_argument("--frames", type=int, default=0, help="stop after N frames (default 0: until closed)")
+    play.add_argument("--headless", action="store_true", help="no window (SDL dummy video driver)")
+    data = sub.add_parser("dataset", help="write toy-world episodes in the dataset format (docs/DATASET.md)")
+    data.add_argument("--episodes", type=int, required=True, help="how many episodes to add")
+    data.add_argument("--out", type=Path, required=True, help="dataset directory (created, or appended to)")
+    data.add_argument("--frames-per-episode", type=int, default=192, help="frames per episode (default 192)")
+    data.add_argument("--seed", type=int, default=0, help="dataset seed (default 0)")
+    data.add_argument("--size", type=int, default=64, help="frame height and width (default 64)")
+    data.add_argument("--chunk-frames", type=int, default=3, help="video frames per chunk (default 3)")
+    data.add_argument("--workers", type=int, default=1, help="generating processes (default 1)")
+    data.add_argument("--quiet", action="store_true", help="no progress bar")
+
+
+def _world_run(args: argparse.Namespace) -> int:
+    if args.world_command == "play":
+        from worldsim.world.play import PlayConfig, play
+
+        shown = play(PlayConfig(seed=args.seed, prompt=args.prompt, fps=args.fps, scale=args.scale,
+                                sensitivity=args.sensitivity, frames=args.frames, headless=args.headless))
+        print(f"played {shown} frames")
+        return 0
+    from worldsim.world import Camera, WorldConfig
+    from worldsim.world.episodes import EpisodeConfig, write_dataset
+
+    cfg = EpisodeConfig(frames=args.frames_per_episode, chunk_frames=args.chunk_frames,
+                        world=WorldConfig(camera=Camera(height=args.size, width=args.size)))
+    try:
+        dirs = write_dataset(args.out, args.episodes, cfg, seed=args.seed, workers=args.workers,
+                             progress=not args.quiet)
+    except (ValueError, OSError) as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 1
+    print(f"wrote {len(dirs)} episodes of {cfg.frames} frames ({args.size}x{args.size}) to {args.out}")
+    return 0
+
+
 # --- registry and entry point ----------------------------------------------------------------------------------
 
 COMMANDS: list[Command] = [
@@ -237,6 +331,10 @@ COMMANDS: list[Command] = [
             _generate_arguments, _generate_run),
     Command("inspect", "check a model folder: what is there, what is missing and how to download it",
             _inspect_arguments, _inspect_run),
+    Command("train", "train a stage (codec, teacher, ode-init, self-forcing) from a recipe in configs/train",
+            _train_arguments, _train_run, extra_positionals=True),
+    Command("world", "the procedural toy world: play it, or write training episodes from it",
+            _world_arguments, _world_run),
 ]
 
 
@@ -258,7 +356,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if cmd is None:
         parser.print_help()
         return 2
-    if rest and not cmd.passthrough:
+    if rest and not (cmd.passthrough or (cmd.extra_positionals and not any(a.startswith("-") for a in rest))):
         parser.error(f"unrecognized arguments: {' '.join(rest)}")
     args.rest = rest
     return cmd.run(args)

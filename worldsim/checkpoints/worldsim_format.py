@@ -41,7 +41,9 @@ def read_worldsim(path: Path) -> Checkpoint:
     return Checkpoint(tensors, cfg, "worldsim", path, {k: (path, k) for k in tensors})
 
 
-def save_worldsim(model, path: str | Path) -> Path:
-    """Save a ``CausalWanDiT`` (weights in their current dtype, and ``model.cfg``) to ``path`` atomically."""
+def save_worldsim(model, path: str | Path, state_dict: dict | None = None) -> Path:
+    """Save a ``CausalWanDiT`` (weights in their current dtype, and ``model.cfg``) to ``path`` atomically.
+
+    state_dict: other weights for the same model (an EMA, a gathered FSDP state) to save instead of its own."""
     meta = {FORMAT_KEY: FORMAT_VERSION, "config": json.dumps(model.cfg.to_dict())}
-    return save_tensors(model.state_dict(), Path(path), meta)
+    return save_tensors(model.state_dict() if state_dict is None else state_dict, Path(path), meta)

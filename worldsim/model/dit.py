@@ -212,13 +212,20 @@ class CausalWanDiT(nn.Module):
     # ---- training path: whole clip, block-causal ------------------------------------------------------------
     def forward(self, x: torch.Tensor, t: torch.Tensor, context: torch.Tensor, *, start_frame: int = 0,
                 frame_positions: torch.Tensor | None = None, chunk_frames: int | None = None, sink_frames: int = 0,
-                window_frames: int | None = None, controls: Controls | None = None) -> torch.Tensor:
+                window_frames: int | None = None, controls: Controls | None = None, cache: KVCache | None = None,
+                write: bool = True) -> torch.Tensor:
         """Flow prediction for a whole clip; frame i attends to frames of its own and earlier chunks.
 
         chunk_frames: chunk size in latent frames (default cfg.chunk_frames; F gives full attention).
         window_frames / sink_frames: optional local window, as in :class:`KVCache`.
         frame_positions: [F] RoPE time positions (default start_frame + arange(F)).
+        cache: run :meth:`forward_chunk` instead (x is one chunk at ``start_frame``), so that training wrappers
+        (DDP, FSDP), which only see calls of the module itself, also see streaming forwards.
         """
+        if cache is not None:
+            if frame_positions is not None or chunk_frames is not None or sink_frames or window_frames is not None:
+                raise ValueError("with a cache, positions and the attention window come from the cache")
+            return self.forward_chunk(x, t, context, cache, start_frame, controls, write=write)
         self._check_inputs(x, t, context)
         b, _, f, h, w = x.shape
         tpf = self.tokens_per_frame(h, w)
@@ -234,24 +241,29 @@ class CausalWanDiT(nn.Module):
 
     # ---- inference path: one chunk against the KV cache ----------------------------------------------------
     def forward_chunk(self, x: torch.Tensor, t: torch.Tensor, context: torch.Tensor, cache: KVCache, start_frame: int,
-                      controls: Controls | None = None) -> torch.Tensor:
+                      controls: Controls | None = None, *, write: bool = True) -> torch.Tensor:
         """Flow prediction for frames [start_frame, start_frame + F); writes their K/V into ``cache``.
 
         Re-running the same chunk (next denoising step, or the clean re-run) overwrites its own slots.
+        write=False attends to the same keys without touching the cache (text K/V are computed from ``context``):
+        a forward that carries gradient (Self Forcing's exit step) must not store into the shared buffers.
         """
         self._check_inputs(x, t, context)
         b, _, f, h, w = x.shape
         if cache.tokens_per_frame != self.tokens_per_frame(h, w) or cache.k.shape[1] != b:
             raise ValueError(f"cache was built for batch {cache.k.shape[1]} and {cache.tokens_per_frame} tokens per frame; "
                              f"got batch {b} and latents {h}x{w}")
-        cache.begin(start_frame, f)
+        if write:
+            cache.begin(start_frame, f)
+            if not cache.cross_valid:
+                cache.set_text(self._text_kv(context))
+            read, text_kv = cache.write_read, cache.text_kv()
+        else:
+            read, text_kv = cache.overlay(start_frame, f), self._text_kv(context)
         positions = torch.arange(start_frame, start_frame + f, device=x.device)
         rope = rope_cos_sin(self.cfg.head_dim, positions, h // self.cfg.patch_size[1], w // self.cfg.patch_size[2])
         tokens, e, e0 = self._embed(x, t, controls)
-        if not cache.cross_valid:
-            cache.set_text(self._text_kv(context))
-        out = self._run_blocks(tokens, e0, f, rope, lambda i: (lambda k, v: cache.write_read(i, k, v)),
-                               cache.text_kv(), None)
+        out = self._run_blocks(tokens, e0, f, rope, lambda i: (lambda k, v: read(i, k, v)), text_kv, None)
         return self._unpatchify(self.head(out, e, f), f, h, w)
 
 

@@ -49,7 +49,10 @@ class KVCache:
     @property
     def resident_frames(self) -> int:
         """Frames currently attended to: the filled sink plus the filled part of the ring."""
-        return min(self.sink, self.end) + max(0, min(self.window, self.end - self.origin))
+        return self._resident_frames(self.end)
+
+    def _resident_frames(self, end: int) -> int:
+        return min(self.sink, end) + max(0, min(self.window, end - self.origin))
 
     @property
     def valid_tokens(self) -> int:
@@ -75,6 +78,11 @@ class KVCache:
         Frames already written may be rewritten (a denoising step re-running its chunk) while still resident;
         new frames must follow on without a gap.
         """
+        self._runs = self._plan(start_frame, num_frames)
+        self.end = max(self.end, start_frame + num_frames)
+
+    def _plan(self, start_frame: int, num_frames: int) -> list[tuple[int, int, int]]:
+        """Check that frames [start_frame, start_frame + num_frames) can be written; return their slot runs."""
         if num_frames > self.window:
             raise ValueError(f"a chunk of {num_frames} frames does not fit a window of {self.window} frames")
         if start_frame > self.end:
@@ -90,8 +98,7 @@ class KVCache:
                 runs[-1] = (runs[-1][0], runs[-1][1], runs[-1][2] + 1)
             else:
                 runs.append((i, slot, 1))
-        self._runs = runs
-        self.end = max(self.end, start_frame + num_frames)
+        return runs
 
     def write_read(self, layer: int, k: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Store this layer's new k, v [B, n*T, H, D] in the slots chosen by ``begin``; return resident k, v."""
@@ -101,6 +108,27 @@ class KVCache:
             self.v[layer, :, slot * t:(slot + length) * t] = v[:, offset * t:(offset + length) * t]
         n = self.valid_tokens
         return self.k[layer, :, :n], self.v[layer, :, :n]
+
+    def overlay(self, start_frame: int, num_frames: int):
+        """A reader for a forward that must not write (Self Forcing's grad-carrying exit step): returns
+        ``read(layer, k, v)`` -> the k, v that ``write_read`` would return, built out of place, with the cache left
+        untouched. Grad-carrying keys never enter the shared buffers, so later in-place writes cannot break
+        autograd or leak gradient into other frames. The slot plan is fixed now, so a gradient-checkpointing
+        recompute attends to the same frames (as long as the cache has not rolled over them before backward).
+        """
+        runs = self._plan(start_frame, num_frames)
+        t = self.tokens_per_frame
+        n = self._resident_frames(max(self.end, start_frame + num_frames)) * t
+
+        def read(layer: int, k: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+            ks, vs = self.k[layer, :, :n], self.v[layer, :, :n]
+            for offset, slot, length in runs:
+                new = slice(offset * t, (offset + length) * t)
+                ks = ks.slice_scatter(k[:, new].to(ks.dtype), dim=1, start=slot * t, end=(slot + length) * t)
+                vs = vs.slice_scatter(v[:, new].to(vs.dtype), dim=1, start=slot * t, end=(slot + length) * t)
+            return ks, vs
+
+        return read
 
     # ---- history edits (prompt switches) ------------------------------------------------------------------
     def restart_window(self, from_frame: int) -> None:

@@ -19,7 +19,7 @@ from ..codecs.base import StreamingDecoder
 from ..codecs.preview import PreviewDecoder
 from ..model.config import ControlConfig, load_preset
 from ..model.dit import CausalWanDiT
-from .prompt_embedder import HashingPromptEmbedder, PromptEmbedder
+from ..text.hashing import HashingPromptEmbedder, PromptEmbedder
 from .protocol import ControlSchema
 
 DEFAULT_KEYS = ("W", "A", "S", "D", "Space", "Shift")

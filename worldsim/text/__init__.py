@@ -1,1 +1,2 @@
-"""Text encoders: prompt cleaning and the UMT5-XXL encoder Wan2.1 is conditioned on."""
+"""Text encoders: prompt cleaning, the UMT5-XXL encoder Wan2.1 is conditioned on, and the fixed hashing encoder
+of the toy model (``hashing.py``)."""

@@ -1,0 +1,237 @@
+"""Self Forcing training: the rollout streams exactly like inference, gradient reaches the student only through each
+chunk's exit step (never through the cache or earlier denoising steps), the exit step is random but shared; the
+ode-init and self-forcing stages train, and resume where they left off."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+from train_helpers import CONTROL as DATA_CONTROL
+from train_helpers import write_dataset
+
+from conftest import CONTROL, make_model, randomize, text
+from worldsim.checkpoints import save_worldsim
+from worldsim.codecs.toy_codec import ToyCodec, ToyCodecConfig
+from worldsim.model.config import ControlConfig, load_preset
+from worldsim.model.dit import CausalWanDiT
+from worldsim.model.control import Controls
+from worldsim.sampling.schedule import FlowMatchSchedule, SamplerConfig
+from worldsim.sampling.session import StreamingSession
+from worldsim.train.config import load_recipe
+from worldsim.train.ode import ode_regression_loss, ode_trajectory
+from worldsim.train.rollout import sample_exit_step, self_forcing_rollout
+from worldsim.train.trainer import Trainer, train
+
+RECIPES = Path(__file__).resolve().parents[1] / "configs" / "train"
+
+
+@pytest.fixture(autouse=True, scope="module")
+def one_thread():
+    """Tiny tensors: a second intra-op thread only adds synchronisation (and stalls badly on a busy machine)."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+SHAPE = (4, 4, 6)  # latent (C, H, W)
+FRAMES = 9  # three chunks
+
+
+def control_model(seed: int = 0):
+    """A tiny DiT whose control path is random too (zero-initialised it would hide control bugs)."""
+    model = make_model(seed, control=CONTROL)
+    g = torch.Generator().manual_seed(seed + 1)
+    with torch.no_grad():
+        for p in model.control_embedding.parameters():
+            p.copy_(torch.randn(p.shape, generator=g) * 0.3)
+    return model
+
+
+def controls(batch: int = 2, frames: int = FRAMES, seed: int = 0) -> Controls:
+    g = torch.Generator().manual_seed(seed)
+    k = CONTROL.frames_per_latent
+    return Controls(keys=(torch.rand(batch, frames, k, 4, generator=g) > 0.5).float(),
+                    axes=torch.randn(batch, frames, k, 2, generator=g), embedding=None)
+
+
+def prompts(batch: int = 2):
+    """Per-chunk prompts with a switch before the last chunk."""
+    a, b = text(batch, seed=0), text(batch, seed=1)
+    return [a, a, b]
+
+
+def rollout(model, exit_step, seed=0, **kw):
+    return self_forcing_rollout(model, prompts(), num_frames=FRAMES, latent_shape=SHAPE, sampler=SamplerConfig(),
+                                exit_step=exit_step, controls=controls(), generator=torch.Generator().manual_seed(seed),
+                                **kw)
+
+
+@torch.no_grad()
+def test_rollout_equals_streaming_session():
+    """Full denoising without grad reproduces the inference loop bit for bit (prompt switch and controls included)."""
+    model = control_model()
+    out = rollout(model, exit_step=3, seed=5).latents
+    session = StreamingSession(model, prompts()[0], latent_shape=SHAPE, seed=5, window_frames=FRAMES)
+    chunks = []
+    for i, ctx in enumerate(prompts()):
+        if i and ctx is not prompts()[i - 1]:
+            session.set_prompt(ctx, mode="soft")
+        chunks.append(session.step(controls().slice_frames(3 * i, 3 * i + 3)))
+    assert torch.equal(out, torch.cat(chunks, dim=2))
+
+
+def exit_inputs(model, exit_step):
+    """Run a grad rollout, recording the inputs of every exit-step forward (the only ones that do not write)."""
+    seen, chunk = [], model.forward_chunk
+
+    def spy(x, t, context, cache, start_frame, controls=None, *, write=True):
+        if not write:
+            seen.append((x.detach().clone(), t.clone(), start_frame))
+        return chunk(x, t, context, cache, start_frame, controls, write=write)
+
+    model.forward_chunk = spy
+    try:
+        out = rollout(model, exit_step)
+    finally:
+        del model.forward_chunk
+    return out, seen
+
+
+def grads(model, loss):
+    model.zero_grad(set_to_none=True)
+    loss.backward()
+    return {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
+
+
+@pytest.mark.parametrize("exit_step,checkpointing", [(0, False), (2, False), (3, True)])
+def test_gradient_reaches_student_only_through_exit_steps(exit_step, checkpointing):
+    """The rollout's parameter gradient equals that of re-running only the exit steps, each on its recorded input
+    against a cache of the detached clean earlier chunks: no gradient through earlier chunks' K/V or earlier steps."""
+    model = control_model().train()
+    model.gradient_checkpointing = checkpointing
+    weight = torch.randn(2, *SHAPE[:1], FRAMES, *SHAPE[1:], generator=torch.Generator().manual_seed(9))
+    out, seen = exit_inputs(model, exit_step)
+    assert [s for _, _, s in seen] == [0, 3, 6] and out.exit_step == exit_step
+    got = grads(model, (out.latents * weight).sum())
+
+    schedule, ctx, ctrl = FlowMatchSchedule(), prompts(), controls()
+    clean = out.latents.detach()
+    loss = 0
+    for c, (x, t, start) in enumerate(seen):
+        cache = model.new_cache(batch=2, height=SHAPE[1], width=SHAPE[2], sink_frames=0, window_frames=FRAMES)
+        with torch.no_grad():
+            for j in range(c):
+                model.forward_chunk(clean[:, :, 3 * j:3 * j + 3], torch.zeros(2, 3), ctx[j], cache, 3 * j,
+                                    ctrl.slice_frames(3 * j, 3 * j + 3))
+        flow = model.forward_chunk(x, t, ctx[c], cache, start, ctrl.slice_frames(start, start + 3), write=False)
+        loss = loss + (schedule.x0_from_flow(flow, x, float(t[0, 0])) * weight[:, :, start:start + 3]).sum()
+    want = grads(model, loss)
+    assert got.keys() == want.keys() and "control_embedding.mlp.0.weight" in got
+    for name in want:
+        assert torch.allclose(got[name], want[name], rtol=1e-4, atol=1e-6), name
+
+
+def test_cache_never_holds_gradient():
+    """Exit steps read the cache out of place, so its buffers never join the autograd graph."""
+    model = control_model().train()
+    seen = []
+    new_cache = model.new_cache
+    model.new_cache = lambda **kw: seen.append(new_cache(**kw)) or seen[-1]
+    out = rollout(model, exit_step=1)
+    del model.new_cache
+    cache = seen[0]
+    assert out.latents.requires_grad
+    assert not cache.k.requires_grad and cache.k.grad_fn is None and not cache.cross_k.requires_grad
+    out.latents.sum().backward()  # and backward works although every slot was overwritten after its exit step
+
+
+def test_exit_step_is_random_seeded_and_shared_by_chunks():
+    draws = [sample_exit_step(4, torch.Generator().manual_seed(0)) for _ in range(2)]
+    assert draws[0] == draws[1]
+    g = torch.Generator().manual_seed(0)
+    assert len({sample_exit_step(4, g) for _ in range(30)}) == 4
+    model = control_model()
+    with torch.no_grad():  # different exit steps give different rollouts from the same noise
+        assert not torch.allclose(rollout(model, 0).latents, rollout(model, 3).latents)
+    with pytest.raises(ValueError, match="exit_step"):
+        rollout(model, 4)
+
+
+def test_ode_trajectory_keeps_student_timesteps_and_regression_trains():
+    """Teacher states land exactly on 1000/937.5/833.3/625; regressing the student onto them lowers the loss."""
+    schedule = FlowMatchSchedule()
+    timesteps = schedule.sampling_timesteps(SamplerConfig())
+    teacher, student = make_model(0), make_model(1).train()
+    ctx = text(2)
+    seen = []
+
+    def flow(x, t):
+        seen.append(float(t[0, 0]))
+        return teacher(x, t, ctx)
+
+    states = ode_trajectory(flow, torch.randn(2, 4, 6, 4, 6, generator=torch.Generator().manual_seed(0)), schedule,
+                            timesteps, num_steps=8)
+    assert states.shape == (5, 2, 4, 6, 4, 6) and len(seen) == 8
+    assert all(any(abs(s - t) < 1e-3 for s in seen) for t in timesteps)
+    opt = torch.optim.AdamW(student.parameters(), lr=3e-3)
+    losses = []
+    for i in range(12):
+        loss = ode_regression_loss(student, states, timesteps, ctx, None, schedule, 3,
+                                   generator=torch.Generator().manual_seed(i))
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        losses.append(loss.item())
+    assert sum(losses[-3:]) < 0.7 * sum(losses[:3])
+
+
+# ---- the stages, through the trainer ----------------------------------------------------------------------------
+@pytest.fixture(scope="module")
+def workdir(tmp_path_factory) -> Path:
+    """A synthetic dataset, an untrained codec (4x4x4 latents) and a random tiny teacher with the data's controls."""
+    root = tmp_path_factory.mktemp("distill")
+    write_dataset(root / "data")
+    ToyCodec(ToyCodecConfig(latent_channels=4, channels=(8, 8))).save(root / "codec.safetensors")
+    teacher = randomize(CausalWanDiT(load_preset("tiny").with_control(ControlConfig(**DATA_CONTROL))), seed=3)
+    with torch.no_grad():
+        for p in teacher.control_embedding.parameters():
+            p.normal_(0, 0.3, generator=torch.Generator().manual_seed(4))
+    save_worldsim(teacher, root / "teacher.safetensors")
+    return root
+
+
+def recipe(stage: str, root: Path, out: str, *overrides: str):
+    return load_recipe(RECIPES / f"{stage.replace('-', '_')}_micro.yaml",
+                       [f"data.path={root / 'data'}", f"data.codec={root / 'codec.safetensors'}",
+                        f"stage.teacher={root / 'teacher.safetensors'}", f"out={root / out}", *overrides])
+
+
+@pytest.mark.parametrize("stage,key", [("ode-init", "loss"), ("self-forcing", "critic_loss")])
+def test_stage_loss_falls_on_a_fixed_batch(workdir, stage, key):
+    tr = Trainer(stage, recipe(stage, workdir, f"fixed-{stage}"))
+    batch = tr.data.batch(0)
+    losses = []
+    for i in range(8):
+        torch.manual_seed(i % 2)  # the same noise every other step: the loss moves only with the weights
+        with tr.acc.accumulate(*tr.stage.models.values()):
+            metrics = tr.stage.step(batch, i)
+        losses.append(metrics[key])
+    assert losses[-2] + losses[-1] < 0.85 * (losses[0] + losses[1])
+    if stage == "self-forcing":  # the generator stepped every update_ratio steps, the critic every step
+        assert "dmd_loss" in metrics or "dmd_loss" in tr.stage.step(batch, 10)
+
+
+@pytest.mark.parametrize("stage", ["ode-init", "self-forcing"])
+def test_stage_resume_gives_the_same_next_losses(workdir, stage):
+    whole = train(stage, recipe(stage, workdir, f"whole-{stage}")).out
+    part = workdir / f"part-{stage}"
+    train(stage, recipe(stage, workdir, part.name, "max_steps=2"))
+    train(stage, recipe(stage, workdir, part.name), resume=True)
+    rows = [{r["step"]: r for r in map(json.loads, (out / "metrics.jsonl").read_text().splitlines())
+             if "val/" not in "".join(r)} for out in (whole, part)]
+    key = "loss" if stage == "ode-init" else "critic_loss"
+    assert rows[0][3][key] == rows[1][3][key] and rows[0][4][key] == rows[1][4][key]  # bit-exact on the CPU
+    assert (whole / "final" / "generator.safetensors").is_file()

@@ -1,0 +1,310 @@
+"""Evaluation of trained toy models against the ground-truth world: do generated motions follow the commanded
+direction, and how far do image statistics drift over a rollout much longer than the training clips?
+
+Protocol, per held-out episode (generated fresh by the world's own episode generator, from a seed the training
+data does not use) and per model:
+
+1. the episode's first chunk (``chunk_frames`` frames) is encoded with the codec and pushed into a
+   :class:`~worldsim.sampling.session.StreamingSession` as clean context, with its controls;
+2. the session generates ``chunks`` more chunks, each driven by the episode's controls for its frames and by the
+   prompt in effect at the chunk's first frame, exactly as the training data pairs them (``worldsim.train.data``:
+   latent frame l takes control row l, row t driving frame t-1 -> t; a prompt switch is "soft", as in training);
+3. the decoded frames are scored against the episode's ground truth.
+
+The scored span starts at the last context frame, so the first transition scored is context -> first generated
+frame. Three references are scored the same way: the ground truth itself (the ceiling of motion agreement), the
+codec's reconstruction of it (what the codec alone loses) and a frozen video, the span's first frame repeated (the
+floor). Motion counts are pooled over episodes; drift, MSE and PSNR are per generated chunk, averaged over episodes.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image
+from tqdm import tqdm
+
+from ..checkpoints import load_model
+from ..codecs.toy_codec import ToyCodec
+from ..model.control import Controls
+from ..model.dit import CausalWanDiT
+from ..sampling.schedule import FlowMatchSchedule, SamplerConfig, evenly_spaced_steps
+from ..sampling.session import StreamingSession
+from ..text.hashing import HashingPromptEmbedder
+from ..world import AXES, KEYS
+from ..world.episodes import EpisodeConfig, episode_seeds, generate_episode
+from ..world.metrics import KINDS, motion_breakdown, stat_drift
+
+REFERENCES = ("ground_truth", "codec", "frozen")
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    """A model to evaluate: ``NAME=PATH[:STEPS]`` on the command line."""
+
+    name: str
+    path: Path
+    steps: int = 4  # denoising steps per chunk: 4 = the served few-step sampler; more for a multi-step teacher
+
+    @classmethod
+    def parse(cls, text: str) -> "ModelSpec":
+        name, sep, rest = text.partition("=")
+        if not sep or not name or not rest:
+            raise ValueError(f"expected NAME=PATH[:STEPS], got {text!r}")
+        path, colon, steps = rest.rpartition(":")
+        if colon and steps.isdigit():
+            return cls(name, Path(path), int(steps))
+        return cls(name, Path(rest))
+
+
+@dataclass(frozen=True)
+class EvalConfig:
+    """How the evaluation runs. The cache defaults to the training attention span: a training clip has
+    ``2 * chunk_frames`` = 6 latent frames and no sink, so a chunk saw at most itself and one chunk before it."""
+
+    episodes: int = 8
+    chunks: int = 20  # generated chunks per episode; 10x the 2-chunk training clips
+    seed: int = 10_000  # held-out episode seeds (training data uses dataset seed 0) and sampler noise
+    window_frames: int = 6  # the rolling KV window in latent frames (the daemon serves 12)
+    sink_frames: int = 0  # the daemon serves 3
+    shift: float = 5.0  # the samplers' timestep shift, as trained
+    strip_episodes: int = 3  # episodes shown in each model's PNG strip
+    strip_every: int = 3  # every Nth frame in the strips
+    device: str = "cpu"
+
+
+@dataclass
+class HeldOutEpisode:
+    """A ground-truth episode of (chunks + 1) chunks: one of context, then the frames to generate."""
+
+    seed: int
+    frames: np.ndarray  # [N, H, W, 3] uint8
+    keys: np.ndarray  # [N, 6], row t drives frame t-1 -> t (row 0 unused)
+    axes: np.ndarray  # [N, 2]
+    prompts: list[str]  # the prompt of each chunk
+    pitch: float  # view pitch at the scored span's first frame (the last context frame)
+
+
+def held_out_episodes(cfg: EvalConfig, chunk_frames: int) -> list[HeldOutEpisode]:
+    """Fresh episodes from the world's episode generator, long enough for the context and ``cfg.chunks`` chunks."""
+    ep_cfg = EpisodeConfig(frames=(cfg.chunks + 1) * chunk_frames, chunk_frames=chunk_frames)
+    out = []
+    for seed in episode_seeds(cfg.seed, cfg.episodes):
+        ep = generate_episode(seed, ep_cfg)
+        starts = [p["from_frame"] for p in ep.prompts]
+        prompts = [ep.prompts[int(np.searchsorted(starts, c * chunk_frames, side="right")) - 1]["text"]
+                   for c in range(cfg.chunks + 1)]
+        out.append(HeldOutEpisode(seed, ep.frames, ep.keys, ep.axes, prompts, ep.states[chunk_frames - 1].pitch))
+    return out
+
+
+def episode_controls(ep: HeldOutEpisode, start: int, stop: int, device) -> Controls:
+    """Controls of latent frames [start, stop) as the training data builds them for a per-frame codec: frame l
+    takes control row l; frame 0 has none (absent)."""
+    keys = torch.from_numpy(ep.keys[start:stop]).float()[None, :, None]  # [1, F, 1, 6]
+    axes = torch.from_numpy(ep.axes[start:stop]).float()[None, :, None]  # [1, F, 1, 2]
+    present = (torch.arange(start, stop) > 0)[None]  # [1, F]
+    return Controls(keys.to(device), axes.to(device), None, present.to(device))
+
+
+def check_compatible(model: CausalWanDiT, codec: ToyCodec, name: str) -> None:
+    """Refuse a model that does not take the toy world's controls per frame in this codec's latent space."""
+    c = model.cfg.control
+    if c is None or tuple(c.keys) != KEYS or tuple(c.axes) != AXES or c.frames_per_latent != 1:
+        raise ValueError(f"{name}: the model's control schema {c} is not the toy world's (keys {list(KEYS)}, "
+                         f"axes {list(AXES)}, frames_per_latent 1)")
+    if model.cfg.in_dim != codec.cfg.latent_channels:
+        raise ValueError(f"{name}: the model takes {model.cfg.in_dim} latent channels, the codec gives "
+                         f"{codec.cfg.latent_channels}")
+
+
+def to_tensor(frames: np.ndarray, device) -> torch.Tensor:
+    """Frames [T, H, W, 3] uint8 -> [1, T, 3, H, W] in [0, 1] (what the codec encodes)."""
+    return torch.from_numpy(frames).permute(0, 3, 1, 2).float().div(255)[None].to(device)
+
+
+def to_uint8(frames: torch.Tensor) -> np.ndarray:
+    """Decoded frames [B=1, T, 3, H, W] in [0, 1] -> [T, H, W, 3] uint8 (what the world metrics read)."""
+    return (frames[0].permute(0, 2, 3, 1).clamp(0, 1) * 255).round().byte().cpu().numpy()
+
+
+class Generator:
+    """One model, its sampler and the shared codec and text encoder: rolls out a held-out episode."""
+
+    def __init__(self, spec: ModelSpec, codec: ToyCodec, cfg: EvalConfig):
+        self.spec, self.codec, self.cfg = spec, codec, cfg
+        self.model = load_model(spec.path, device=cfg.device)
+        check_compatible(self.model, codec, spec.name)
+        self.sampler = SamplerConfig(shift=cfg.shift, denoising_steps=evenly_spaced_steps(spec.steps))
+        self.text = HashingPromptEmbedder(self.model.cfg.text_len, self.model.cfg.text_dim)  # as in training
+        self.n = self.model.cfg.chunk_frames
+
+    @property
+    def timesteps(self) -> list[float]:
+        """The timesteps each chunk is denoised at (after the shift warp)."""
+        return FlowMatchSchedule.from_config(self.sampler).sampling_timesteps(self.sampler)
+
+    @torch.no_grad()
+    def rollout(self, ep: HeldOutEpisode, seed: int, tick=lambda: None) -> tuple[np.ndarray, list[float]]:
+        """Generated frames of chunks 1..K [K*n, H, W, 3] uint8, and the seconds each chunk's step took."""
+        n, device = self.n, self.cfg.device
+        latents = self.codec.encode(to_tensor(ep.frames[:n], device))  # [1, C, n, h, w]
+        ch, _, h, w = latents.shape[1:]
+        session = StreamingSession(self.model, self.text(ep.prompts[0]).to(device), latent_shape=(ch, h, w), seed=seed,
+                                   sink_frames=self.cfg.sink_frames, window_frames=self.cfg.window_frames,
+                                   sampler=self.sampler)
+        session.push_context(latents, episode_controls(ep, 0, n, device))
+        frames, seconds = [], []
+        for c in range(1, self.cfg.chunks + 1):
+            if ep.prompts[c] != ep.prompts[c - 1]:
+                session.set_prompt(self.text(ep.prompts[c]).to(device), mode="soft")
+            t0 = time.perf_counter()
+            chunk = session.step(episode_controls(ep, c * n, (c + 1) * n, device))
+            seconds.append(time.perf_counter() - t0)
+            frames.append(to_uint8(self.codec.decode(chunk)))
+            tick()
+        return np.concatenate(frames), seconds
+
+
+@dataclass
+class Tally:
+    """Running sums of one video source (a model or a reference) over episodes."""
+
+    chunks: int
+    chunk_frames: int
+    hits: dict[str, int] = field(default_factory=lambda: dict.fromkeys(KINDS, 0))
+    rows: dict[str, int] = field(default_factory=lambda: dict.fromkeys(KINDS, 0))
+    moments: list[np.ndarray] = field(default_factory=list)  # per episode [K]
+    histogram: list[np.ndarray] = field(default_factory=list)
+    mse: list[np.ndarray] = field(default_factory=list)
+    seconds: list[float] = field(default_factory=list)
+
+    def add(self, span: np.ndarray, ep: HeldOutEpisode) -> None:
+        """Score a video of the span: the last context frame, then the K generated chunks' frames."""
+        first = self.chunk_frames - 1
+        for kind, (h, r) in motion_breakdown(span, ep.keys[first:], ep.axes[first:], pitch=ep.pitch).items():
+            self.hits[kind] += h
+            self.rows[kind] += r
+        video, truth = span[1:], ep.frames[first + 1:]
+        drift = stat_drift(video, truth, paired=True)
+        err = ((video.astype(np.float64) - truth) / 255) ** 2
+        self.moments.append(self._per_chunk(drift.moments))
+        self.histogram.append(self._per_chunk(drift.histogram))
+        self.mse.append(self._per_chunk(err.mean(axis=(1, 2, 3))))
+
+    def _per_chunk(self, per_frame: np.ndarray) -> np.ndarray:
+        return per_frame.reshape(self.chunks, self.chunk_frames).mean(1)
+
+    def summary(self) -> dict:
+        """JSON-ready metrics: motion agreement per kind and overall; per-chunk curves with early (first two
+        chunks: the training length) and late (last two) means."""
+        motion = {k: _agreement(self.hits[k], self.rows[k]) for k in KINDS}
+        motion["all"] = _agreement(sum(self.hits.values()), sum(self.rows.values()))
+        mse = np.mean(self.mse, axis=0)
+        psnr = [-10 * math.log10(m) if m > 0 else None for m in mse]
+        out = {"motion": motion, "drift_moments": _curve(np.mean(self.moments, axis=0)),
+               "drift_histogram": _curve(np.mean(self.histogram, axis=0)), "mse": _curve(mse),
+               "psnr": {**_curve(mse, psnr=True), "per_chunk": psnr}}
+        if self.seconds:
+            out["seconds_per_chunk"] = float(np.mean(self.seconds))
+        return out
+
+
+def _agreement(hits: int, rows: int) -> dict:
+    return {"hits": hits, "rows": rows, "agreement": hits / rows if rows else None}
+
+
+def _curve(per_chunk: np.ndarray, psnr: bool = False) -> dict:
+    """Early / late means of a per-chunk curve (for PSNR: of the MSE, then converted)."""
+    def mean(values: np.ndarray) -> float | None:
+        m = float(values.mean())
+        return (-10 * math.log10(m) if m > 0 else None) if psnr else m
+
+    return {"early": mean(per_chunk[:2]), "late": mean(per_chunk[-2:]), "per_chunk": per_chunk.tolist()}
+
+
+def strip_image(rows: list[tuple[np.ndarray, np.ndarray]], every: int) -> Image.Image:
+    """One PNG strip: per episode a ground-truth row above a generated row, every ``every``-th frame."""
+    gap = 4
+    blocks = []
+    for truth, video in rows:
+        pair = [np.concatenate(list(v[::every]), axis=1) for v in (truth, video)]
+        blocks += [pair[0], pair[1], np.full((gap, pair[0].shape[1], 3), 255, np.uint8)]
+    return Image.fromarray(np.concatenate(blocks[:-1]))
+
+
+def evaluate(specs: list[ModelSpec], codec_path: str | Path, cfg: EvalConfig = EvalConfig(),
+             out: str | Path | None = None, progress: bool = True) -> dict:
+    """Score each model and the references on the same held-out episodes; returns the results (also written to
+    ``out/results.json`` with a ``strip_<model>.png`` per model when ``out`` is given)."""
+    if not specs or len({s.name for s in specs}) != len(specs):
+        raise ValueError(f"need at least one model, each with its own name; got {[s.name for s in specs]}")
+    codec = ToyCodec.load(codec_path, device=cfg.device)
+    generators = [Generator(s, codec, cfg) for s in specs]
+    sizes = {g.n for g in generators}
+    if len(sizes) > 1:
+        raise ValueError(f"the models generate chunks of different sizes {sorted(sizes)}; evaluate them apart")
+    n = sizes.pop()
+    episodes = held_out_episodes(cfg, n)
+    refs = {name: Tally(cfg.chunks, n) for name in REFERENCES}
+    tallies = {g.spec.name: Tally(cfg.chunks, n) for g in generators}
+    strips: dict[str, list] = {g.spec.name: [] for g in generators}
+    bar = tqdm(total=len(generators) * len(episodes) * cfg.chunks, unit="chunk", disable=not progress)
+    for i, ep in enumerate(episodes):
+        span = ep.frames[n - 1:]
+        recon = to_uint8(codec.decode(codec.encode(to_tensor(span, cfg.device))))
+        refs["ground_truth"].add(span, ep)
+        refs["codec"].add(recon, ep)
+        refs["frozen"].add(np.repeat(span[:1], len(span), axis=0), ep)
+        for g in generators:
+            bar.set_description(g.spec.name)
+            frames, seconds = g.rollout(ep, cfg.seed + i, tick=bar.update)
+            video = np.concatenate([recon[:1], frames])
+            tallies[g.spec.name].add(video, ep)
+            tallies[g.spec.name].seconds += seconds
+            if i < cfg.strip_episodes:
+                strips[g.spec.name].append((span, video))
+    bar.close()
+    results = {"config": {**asdict(cfg), "chunk_frames": n, "codec": str(codec_path)},
+               "episodes": [{"seed": ep.seed, "prompts": ep.prompts} for ep in episodes],
+               "references": {name: t.summary() for name, t in refs.items()},
+               "models": {g.spec.name: {"path": str(g.spec.path), "steps": g.spec.steps,
+                                        "timesteps": g.timesteps, **tallies[g.spec.name].summary()}
+                          for g in generators}}
+    if out is not None:
+        out = Path(out)
+        out.mkdir(parents=True, exist_ok=True)
+        (out / "results.json").write_text(json.dumps(results, indent=1) + "\n")
+        for name, rows in strips.items():
+            strip_image(rows, cfg.strip_every).save(out / f"strip_{name}.png")
+    return results
+
+
+def format_table(results: dict) -> str:
+    """A plain-text table of the models, then the references."""
+    head = (f"{'model':<14} {'steps':>5}  {'turn':>5} {'move':>5} {'strafe':>6} {'all':>5}  "
+            f"{'drift early/late':>16}  {'hist early/late':>15}  {'PSNR early/late':>15}  {'s/chunk':>7}")
+    lines = [head, "-" * len(head)]
+
+    def fmt(v, spec: str) -> str:
+        return format(v, spec) if v is not None else format("-", ">" + spec.split(".")[0])
+
+    def row(name: str, r: dict, steps: str) -> str:
+        m = r["motion"]
+        agree = " ".join(fmt(m[k]["agreement"], w) for k, w in (("turn", "5.2f"), ("move", "5.2f"),
+                                                               ("strafe", "6.2f"), ("all", "5.2f")))
+        pair = {k: f"{fmt(r[k]['early'], f)} / {fmt(r[k]['late'], f)}" for k, f in
+                (("drift_moments", ".1f"), ("drift_histogram", ".3f"), ("psnr", ".1f"))}
+        secs = fmt(r.get("seconds_per_chunk"), ".3f")
+        return (f"{name:<14} {steps:>5}  {agree}  {pair['drift_moments']:>16}  {pair['drift_histogram']:>15}  "
+                f"{pair['psnr']:>15}  {secs:>7}")
+
+    lines += [row(name, r, str(r["steps"])) for name, r in results["models"].items()]
+    lines += [row(f"({name})", r, "") for name, r in results["references"].items()]
+    return "\n".join(lines)

@@ -1,0 +1,52 @@
+"""Denoiser calls shared by the distillation objectives: whole clips with per-chunk prompts, and classifier-free
+guidance on text and controls.
+
+A denoiser is called as ``model(x_t, t, context, controls=controls) -> flow`` (see :mod:`.flow_matching`).
+"""
+
+from __future__ import annotations
+
+import torch
+
+from ..model.control import Controls
+
+
+def clip_flow(model, x: torch.Tensor, t: torch.Tensor, text: torch.Tensor, controls: Controls | None = None):
+    """The model's flow over a clip x [B, C, F, H, W] whose chunks may each have their own prompt.
+
+    text: [B, L, D] (one prompt per sample) or [B, n_chunks, L, D] (a batch's per-chunk prompts). Chunks whose
+    prompts agree across the batch are predicted in one call under that prompt (usually a single call), and each
+    frame keeps the prediction made under its own chunk's prompt. For a causal student this means earlier frames
+    are re-read under the later prompt, like a "recache" switch.
+    """
+    if text.dim() == 3:
+        return model(x, t, text, controls=controls)
+    n_chunks, frames = text.shape[1], x.shape[2]
+    groups: list[list[int]] = []
+    for c in range(n_chunks):
+        same = next((g for g in groups if torch.equal(text[:, g[0]], text[:, c])), None)
+        if same is None:
+            groups.append([c])
+        else:
+            same.append(c)
+    chunk_of_frame = torch.arange(frames, device=x.device) * n_chunks // frames  # [F]
+    out = None
+    for g in groups:
+        flow = model(x, t, text[:, g[0]], controls=controls)
+        mine = torch.isin(chunk_of_frame, torch.tensor(g, device=x.device))[None, None, :, None, None]
+        out = flow if out is None else torch.where(mine, flow, out)
+    return out
+
+
+def guided_flow(model, x: torch.Tensor, t: torch.Tensor, text: torch.Tensor, controls: Controls | None,
+                uncond_text: torch.Tensor, scale: float) -> torch.Tensor:
+    """Classifier-free guidance, standard form: uncond + scale * (cond - uncond); scale 1 is the plain conditional flow.
+
+    The unconditional branch drops both the text (``uncond_text`` [B, L, D], the empty prompt's embedding) and the
+    controls, so guidance sharpens prompt and control following together.
+    """
+    cond = clip_flow(model, x, t, text, controls)
+    if scale == 1:
+        return cond
+    uncond = model(x, t, uncond_text, controls=None)
+    return uncond + scale * (cond - uncond)

@@ -1,0 +1,100 @@
+"""Self Forcing's training rollout (paper Algorithm 1): the student generates a clip chunk by chunk exactly as a
+:class:`~worldsim.sampling.session.StreamingSession` does, and the loss reaches it through one denoising step per chunk.
+
+Per chunk: start from fresh noise, denoise at the sampler's timesteps (x0 from the flow, re-noised with fresh noise
+to the next timestep) up to the rollout's exit step, then write the chunk's clean x0 into the KV cache with a
+re-run at ``context_noise``. Only the exit step's forward carries gradient; the earlier steps and the re-run run
+under no_grad, so the cache holds detached keys and a chunk's output depends on the student's parameters only
+through its own exit step (the paper's "stochastic gradient truncation", not the official code's leak through
+in-place cache writes, reference §5.3). The exit step reads the cache without writing it (``write=False``), so no
+grad-carrying tensor ever lands in the shared buffers.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Sequence
+
+import torch
+import torch.distributed as dist
+from torch import nn
+from torch.nn.parallel import DistributedDataParallel
+
+from ..model.control import Controls
+from ..sampling.schedule import FlowMatchSchedule, SamplerConfig
+
+
+@dataclass
+class Rollout:
+    latents: torch.Tensor  # [B, C, F, H, W] clean latents; chunk c carries gradient from its exit step only
+    exit_step: int  # index into the sampler's timesteps at which every chunk stopped
+
+
+def sample_exit_step(num_steps: int, generator: torch.Generator | None = None) -> int:
+    """The rollout's exit step, uniform over the denoising steps and shared by all chunks and all processes
+    (drawn here, then broadcast from rank 0 when torch.distributed is running)."""
+    step = torch.randint(num_steps, (1,), generator=generator)
+    if dist.is_available() and dist.is_initialized():
+        device = torch.device("cuda", torch.cuda.current_device()) if dist.get_backend() == "nccl" else "cpu"
+        step = step.to(device)
+        dist.broadcast(step, src=0)
+    return int(step.item())
+
+
+def self_forcing_rollout(model: nn.Module, context: torch.Tensor | Sequence[torch.Tensor], *, num_frames: int,
+                         latent_shape: tuple[int, int, int], sampler: SamplerConfig, exit_step: int,
+                         controls: Controls | None = None, generator: torch.Generator | None = None) -> Rollout:
+    """Generate ``num_frames`` latent frames with the student, chunk by chunk, through a fresh KV cache.
+
+    model: the causal DiT or its training wrapper (every forward goes through ``model(...)`` so DDP/FSDP see it).
+    context: text embeddings [B, L, text_dim], or one per chunk (a prompt switch at a chunk boundary, "soft":
+    earlier frames keep the K/V they were made with). controls: Controls for all ``num_frames`` latent frames.
+    latent_shape: (C, H, W). generator: draws the noise in the same order as a StreamingSession, so with
+    ``exit_step`` the last step and no grad the rollout reproduces the session's output for the same seed.
+    The cache holds the whole rollout (no rolling), as Self Forcing trains.
+    """
+    net = model.module if isinstance(model, DistributedDataParallel) else model
+    n = net.cfg.chunk_frames
+    if num_frames % n:
+        raise ValueError(f"num_frames ({num_frames}) must be a multiple of the chunk size ({n})")
+    per_chunk = not isinstance(context, torch.Tensor)
+    if per_chunk and len(context) != num_frames // n:
+        raise ValueError(f"got {len(context)} per-chunk contexts for {num_frames // n} chunks")
+    schedule = FlowMatchSchedule.from_config(sampler)
+    timesteps = schedule.sampling_timesteps(sampler)
+    if not 0 <= exit_step < len(timesteps):
+        raise ValueError(f"exit_step must be in [0, {len(timesteps)}), got {exit_step}")
+    ref = context[0] if per_chunk else context
+    batch, (c, h, w) = ref.shape[0], latent_shape
+    param = next(net.parameters())
+    cache = net.new_cache(batch=batch, height=h, width=w, sink_frames=0, window_frames=num_frames)
+    grad = torch.is_grad_enabled()
+
+    def noise() -> torch.Tensor:
+        return torch.randn((batch, c, n, h, w), generator=generator, device=param.device, dtype=param.dtype)
+
+    def run(x, t, start, ctx, ctrl, write):
+        tt = torch.full((batch, n), t, device=param.device, dtype=torch.float32)
+        return model(x, tt, ctx, cache=cache, start_frame=start, controls=ctrl, write=write)
+
+    chunks = []
+    for i, start in enumerate(range(0, num_frames, n)):
+        ctx = context[i] if per_chunk else context
+        ctrl = None if controls is None else controls.slice_frames(start, start + n)
+        if per_chunk:
+            cache.invalidate_text()
+        x = noise()  # [B, C, n, H, W]
+        for step, t in enumerate(timesteps[:exit_step + 1]):
+            exit_now = step == exit_step
+            with torch.set_grad_enabled(grad and exit_now):
+                x0 = schedule.x0_from_flow(run(x, t, start, ctx, ctrl, write=not exit_now), x, t)
+            if not exit_now:
+                x = schedule.add_noise(x0, noise(), timesteps[step + 1])
+        chunks.append(x0)
+        if start + n < num_frames:  # write the clean chunk into the cache for the chunks that follow
+            with torch.no_grad():
+                clean = x0.detach()
+                if sampler.context_noise > 0:
+                    clean = schedule.add_noise(clean, noise(), sampler.context_noise)
+                run(clean, sampler.context_noise, start, ctx, ctrl, write=True)
+    return Rollout(torch.cat(chunks, dim=2), exit_step)

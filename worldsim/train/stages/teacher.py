@@ -1,0 +1,115 @@
+"""Stage ``teacher``: flow-matching training of the causal DiT on data, conditioned on text and controls.
+
+The teacher is **causal and teacher-forced**: one block-causal forward over the whole clip (the DiT's training
+path), every chunk at its own noise level (diffusion forcing), and with probability ``clean_context_prob`` a
+sample's chunks before a random chunk j are clean (t = 0) and excluded from the loss — so the model learns both to
+denoise from noisy history and from the clean history a KV cache holds at inference. A causal teacher is what
+Self Forcing's DMD needs here (the same network family as the student, per-chunk prompts, controls per frame), and
+sampled chunk by chunk it is the "teacher forcing" baseline the report compares Self Forcing against.
+
+Condition dropout for classifier-free guidance: per sample, the text becomes the empty prompt's embedding with
+probability ``text_dropout`` and the controls are marked absent (presence gate 0, exactly the no-control model)
+with probability ``control_dropout``, independently.
+
+Control fine-tune: ``--init CHECKPOINT`` starts from any text-to-video checkpoint; the control module it lacks
+starts at zero, so training begins from the pretrained model's exact behaviour.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from ...model.control import Controls
+from ...sampling.schedule import FlowMatchSchedule, SamplerConfig, evenly_spaced_steps
+from ..data import LatentBatch
+from ..flow_matching import add_noise, sample_timesteps
+from ..guidance import clip_flow
+from .base import Stage
+
+
+@dataclass
+class TeacherOptions:
+    shift: float = 5.0
+    timestep_sampling: str = "uniform"  # or "logit_normal"
+    clean_context_prob: float = 0.5
+    text_dropout: float = 0.1
+    control_dropout: float = 0.1
+    sample_steps: int = 16  # denoising steps per chunk of the sample strips (autoregressive, KV cache)
+    sample_count: int = 2  # clips in a sample strip
+
+
+class TeacherStage(Stage):
+    name = "teacher"
+    Options = TeacherOptions
+    ema_model = "teacher"
+
+    def build(self) -> None:
+        self.schedule = FlowMatchSchedule(self.opts.shift)
+        self.models["teacher"] = self.build_dit(self.ctx.init)
+        self.optimizers["teacher"] = self.adamw(self.models["teacher"])
+        self.empty_text = self.ctx.data.text_encoder("")[0]  # [L, D]: the unconditional prompt
+
+    def _timesteps(self, b: int, frames: int, device) -> torch.Tensor:
+        """Per-frame timesteps [B, F]: one per chunk, 0 for the clean context before a random chunk."""
+        n = self.unwrap("teacher").cfg.chunk_frames
+        chunks = frames // n
+        t = sample_timesteps(self.schedule, (b, chunks), sampling=self.opts.timestep_sampling, device=device)
+        first_noisy = torch.randint(chunks, (b, 1), device=device)
+        clean = (torch.arange(chunks, device=device) < first_noisy) & \
+            (torch.rand(b, 1, device=device) < self.opts.clean_context_prob)
+        return torch.where(clean, torch.zeros_like(t), t).repeat_interleave(n, dim=1)
+
+    def _conditions(self, batch: LatentBatch, dropout: bool) -> tuple[torch.Tensor, Controls | None]:
+        text, c = batch.text, batch.controls  # text [B, n_chunks, L, D]
+        if not c.sources():
+            c = None
+        if not dropout:
+            return text, c
+        b, device = text.shape[0], text.device
+        drop_text = torch.rand(b, device=device) < self.opts.text_dropout
+        text = torch.where(drop_text[:, None, None, None], self.empty_text.to(device), text)
+        if c is not None:
+            keep = torch.rand(b, device=device) >= self.opts.control_dropout
+            present = c.present if c.present is not None else torch.ones(c.sources()[0].shape[:2], dtype=torch.bool,
+                                                                           device=device)
+            c = Controls(c.keys, c.axes, c.embedding, present & keep[:, None])
+        return text, c
+
+    def loss(self, batch: LatentBatch, dropout: bool) -> torch.Tensor:
+        x0 = batch.latents  # [B, C, F, H, W]
+        b, _, f = x0.shape[:3]
+        text, controls = self._conditions(batch, dropout)
+        t = self._timesteps(b, f, x0.device)
+        noise = torch.randn_like(x0)
+        flow = clip_flow(self.models["teacher"], add_noise(self.schedule, x0, noise, t), t, text, controls)
+        err = (flow.float() - (noise - x0).float()).pow(2).mean(dim=(1, 3, 4))  # [B, F]
+        weight = (t > 0).float()  # clean context frames carry no loss
+        return (err * weight).sum() / weight.sum()
+
+    def step(self, batch: LatentBatch, step: int) -> dict[str, float]:
+        loss = self.loss(batch, dropout=True)
+        self.update(loss, "teacher")
+        return {"loss": loss.item()}
+
+    def validate(self, batch: LatentBatch) -> dict[str, float]:
+        return {"loss": self.loss(batch, dropout=False).item()}
+
+    def sample(self, batch: LatentBatch) -> torch.Tensor:
+        """Autoregressive generation with the current weights (KV cache, ``sample_steps`` per chunk, the clip's
+        prompts and controls) above the decoded ground truth: [2k, F, 3, H, W]."""
+        from ..rollout import self_forcing_rollout
+
+        k = min(self.opts.sample_count, batch.latents.shape[0])
+        model = self.unwrap("teacher")
+        steps = evenly_spaced_steps(self.opts.sample_steps)
+        sampler = SamplerConfig(shift=self.opts.shift, denoising_steps=steps)
+        c = batch.controls
+        controls = Controls(*(None if v is None else v[:k] for v in (c.keys, c.axes, c.embedding, c.present)))
+        text = batch.text[:k]
+        _, c_lat, frames, h, w = batch.latents.shape
+        out = self_forcing_rollout(model, [text[:, j] for j in range(text.shape[1])], num_frames=frames,
+                                   latent_shape=(c_lat, h, w), sampler=sampler, exit_step=len(steps) - 1,
+                                   controls=controls if controls.sources() else None)
+        return torch.cat([self.decode(out.latents), self.decode(batch.latents[:k])])

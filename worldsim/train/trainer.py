@@ -1,0 +1,290 @@
+"""The one training loop every stage runs in, through accelerate (single device, DDP, FSDP2, multi-node).
+
+The trainer owns what all stages share: the Accelerator (gradient accumulation, bf16 autocast), the data, the
+learning-rate warmup, EMA, logging (tqdm, ``metrics.jsonl`` always, TensorBoard when installed), validation,
+sample strips, checkpoints and resume. The stage (see :mod:`worldsim.train.stages.base`) owns its models and
+objective. Everything a run writes lands in ``cfg.out``::
+
+    OUT/config.yaml  metrics.jsonl  tensorboard/  samples/step_XXXXXXX.png  checkpoints/  final/<model>.safetensors
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+import yaml
+
+from . import checkpoint as ckpt
+from .config import TrainConfig
+from .data import TrainData
+from .ema import EMA
+from .stages import stage_class
+from .stages.base import Stage, StageContext
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class RunResult:
+    out: Path
+    step: int  # optimizer steps done
+    last_metrics: dict[str, float]
+
+
+def model_config(cfg: TrainConfig, init: Path | None):
+    """The DiT architecture: the one in ``--init``'s header for a worldsim file, else the recipe's ``model`` preset
+    (name the published model's preset, e.g. ``model=wan2.1-t2v-1.3b``; loading checks that the weights fit)."""
+    from ..checkpoints.detect import resolve
+    from ..checkpoints.worldsim_format import read_worldsim_config
+    from ..model.config import load_preset
+
+    if init is not None:
+        fmt, where = resolve(init)
+        if fmt == "worldsim":
+            return read_worldsim_config(where)
+    return load_preset(cfg.model)
+
+
+class Trainer:
+    def __init__(self, stage_name: str, cfg: TrainConfig, *, resume: bool = False, init: str | Path | None = None):
+        from accelerate import Accelerator
+        from accelerate.state import AcceleratorState
+        from accelerate.utils import set_seed
+
+        # accelerate keeps one AcceleratorState per process; let a later run in the same process (tests, notebooks)
+        # choose its own precision. The process group (PartialState) is kept.
+        AcceleratorState._reset_state()
+
+        self.cfg, self.out = cfg, Path(cfg.out)
+        self.ckpt_root = self.out / "checkpoints"
+        self.acc = acc = Accelerator(gradient_accumulation_steps=cfg.grad_accum, mixed_precision=cfg.mixed_precision)
+        log.info("%s on %s: %d process(es), device %s, mixed precision %s", stage_name, acc.distributed_type,
+                 acc.num_processes, acc.device, acc.mixed_precision)
+        cls = stage_class(stage_name)
+        init = Path(init) if init is not None else None
+        model_cfg = self._open_data(cls.data_kind, init)
+
+        self.loaded = None
+        found = ckpt.latest_checkpoint(self.ckpt_root)
+        if found is not None and not resume:
+            raise ValueError(f"{self.out} already holds checkpoints (newest {found.name}); pass --resume to continue "
+                             f"that run, or choose another --out")
+        if resume:
+            if found is None:
+                log.warning("--resume: no complete checkpoint in %s; starting from scratch", self.ckpt_root)
+            else:
+                self.loaded = ckpt.Loaded(found)
+                init = None  # the checkpoint has the weights
+                log.info("resuming from %s (step %d)", found, self.loaded.step)
+
+        set_seed(cfg.seed)  # the same initial weights in every process
+        self.stage: Stage = cls(StageContext(cfg, acc, self.data.info, model_cfg, init))
+        self.stage.build()
+        st = self.stage
+        if set(st.optimizers) - set(st.models):
+            raise ValueError(f"stage {stage_name!r}: optimizers {sorted(st.optimizers)} must be named after models "
+                             f"{sorted(st.models)}")
+        for m in st.models.values():
+            if hasattr(m, "gradient_checkpointing"):
+                m.gradient_checkpointing = cfg.gradient_checkpointing
+            m.train()
+        for m in st.frozen.values():
+            m.requires_grad_(False).eval().to(acc.device)
+        if self.loaded:
+            for name, m in st.models.items():
+                m.load_state_dict(self.loaded.model(name))
+        self.ema = EMA(st.models[cls.ema_model], cfg.ema_decay, cfg.ema_start) if cls.ema_model else None
+        if self.ema and self.loaded and (saved := self.loaded.ema(cls.ema_model)) is not None:
+            self.ema.load(saved)
+
+        names = list(st.models)
+        prepared = acc.prepare(*[st.models[n] for n in names], *[st.optimizers[n] for n in st.optimizers])
+        prepared = prepared if isinstance(prepared, (list, tuple)) else [prepared]
+        st.models = dict(zip(names, prepared[:len(names)]))
+        st.optimizers = dict(zip(st.optimizers, prepared[len(names):]))
+        for opt in st.optimizers.values():
+            for g in opt.param_groups:
+                g.setdefault("initial_lr", g["lr"])
+        self.step = 0
+        set_seed(cfg.seed + acc.process_index)  # different noise per process from here on
+        if self.loaded:
+            self._load_optimizers()
+            self.step = self.loaded.step
+            if (rng := self.loaded.rng(acc.process_index)) is not None:  # absent: resumed on more processes
+                ckpt.set_rng(rng)
+        if self.ema:
+            self.ema.shadow = {k: v.to(acc.device) for k, v in self.ema.shadow.items()}
+        self.tb = None
+        if acc.is_main_process:
+            self.out.mkdir(parents=True, exist_ok=True)
+            (self.out / "config.yaml").write_text(yaml.safe_dump({"stage": stage_name, **cfg.to_dict()}))
+            try:
+                from torch.utils.tensorboard import SummaryWriter
+
+                self.tb = SummaryWriter(str(self.out / "tensorboard"))
+            except ImportError:
+                log.info("tensorboard is not installed: metrics go to %s only", self.out / "metrics.jsonl")
+        self.stage_name = stage_name
+
+    def _open_data(self, kind: str, init: Path | None):
+        """Load the dataset as ``self.data``; return the DiT config (with the data's controls) for latent stages."""
+        cfg, model_cfg, text_encoder = self.cfg, None, None
+        if cfg.data.path is None:
+            raise ValueError("no dataset: set data.path in the recipe or pass --data DIR")
+        if kind == "latents":
+            from ..text.hashing import HashingPromptEmbedder
+
+            model_cfg = model_config(cfg, init)
+            text_encoder = HashingPromptEmbedder(model_cfg.text_len, model_cfg.text_dim)
+        with self.acc.main_process_first():  # the main process fills the latent/text caches, the others read them
+            self.data = TrainData(cfg.data.path, kind=kind, batch_size=cfg.data.batch_size, seed=cfg.seed,
+                                  val_episodes=cfg.data.val_episodes, clip_frames=cfg.data.clip_frames,
+                                  chunk_frames=model_cfg.chunk_frames if model_cfg else 1,
+                                  clip_chunks=cfg.data.clip_chunks, codec_path=cfg.data.codec,
+                                  text_encoder=text_encoder)
+        if model_cfg is not None and self.data.info.control is not None:
+            model_cfg = model_cfg.with_control(self.data.info.control)
+        return model_cfg
+
+    # ---- optimizer state (full, parameter-name keyed: the same file for DDP, FSDP2 or one device) -------------
+    def _optim_options(self, loading: bool):
+        from accelerate.utils import DistributedType
+        from torch.distributed.checkpoint.state_dict import StateDictOptions
+
+        fsdp = self.acc.distributed_type == DistributedType.FSDP
+        if loading:
+            return StateDictOptions(full_state_dict=True, broadcast_from_rank0=True) if fsdp else StateDictOptions()
+        return StateDictOptions(full_state_dict=True, cpu_offload=True)
+
+    def _load_optimizers(self) -> None:
+        from torch.distributed.checkpoint.state_dict import set_optimizer_state_dict
+
+        for name, opt in self.stage.optimizers.items():
+            set_optimizer_state_dict(self.stage.unwrap(name), opt.optimizer, self.loaded.optimizer(name),
+                                     options=self._optim_options(loading=True))
+
+    def save_checkpoint(self) -> None:
+        from torch.distributed.checkpoint.state_dict import get_optimizer_state_dict
+
+        acc, st = self.acc, self.stage
+        tmp = ckpt.begin(self.ckpt_root, self.step)
+        ckpt.save_rank_rng(tmp, acc.process_index)
+        models = {n: acc.get_state_dict(m) for n, m in st.models.items()}
+        optims = {n: get_optimizer_state_dict(st.unwrap(n), o.optimizer, options=self._optim_options(loading=False))
+                  for n, o in st.optimizers.items()}
+        emas = {st.ema_model: self.ema.state_dict(st.unwrap(st.ema_model))} if self.ema else {}
+        acc.wait_for_everyone()
+        if acc.is_main_process:
+            meta = {"stage": self.stage_name, "config": json.dumps(self.cfg.to_dict())}
+            ckpt.finish(self.ckpt_root, tmp, self.step, models=models, emas=emas, optimizers=optims, meta=meta,
+                        keep=self.cfg.keep_checkpoints)
+        acc.wait_for_everyone()
+
+    # ---- the loop ------------------------------------------------------------------------------------------
+    def _set_lr(self) -> None:
+        warmup = self.cfg.optim.warmup_steps
+        scale = min(1.0, (self.step + 1) / warmup) if warmup else 1.0
+        for opt in self.stage.optimizers.values():
+            for g in opt.param_groups:
+                g["lr"] = g["initial_lr"] * scale
+
+    def _log(self, metrics: dict[str, float]) -> None:
+        if self.acc.is_main_process:
+            with open(self.out / "metrics.jsonl", "a") as f:
+                f.write(json.dumps({"step": self.step, "time": time.time(), **metrics}) + "\n")
+            if self.tb:
+                for k, v in metrics.items():
+                    self.tb.add_scalar(k, v, self.step)
+
+    def _mean_across(self, sums: dict[str, list[float]]) -> dict[str, float]:
+        keys = sorted(sums)
+        local = torch.tensor([float(np.mean(sums[k])) for k in keys], device=self.acc.device, dtype=torch.float64)
+        return dict(zip(keys, self.acc.reduce(local, "mean").tolist())) if keys else {}
+
+    def _eval_rng(self):
+        """Validation and samples use their own seeded RNG, so they never change the training run's randomness."""
+        return torch.random.fork_rng(devices=[self.acc.device] if self.acc.device.type == "cuda" else [])
+
+    def validate(self) -> dict[str, float]:
+        sums: dict[str, list[float]] = {}
+        with self._eval_rng(), torch.no_grad(), self.acc.autocast():
+            torch.manual_seed(self.cfg.seed)
+            for batch in self.data.val_batches(self.cfg.val_batches):
+                for k, v in self.stage.validate(batch.to(self.acc.device)).items():
+                    sums.setdefault(f"val/{k}", []).append(v)
+        return self._mean_across(sums)
+
+    def write_sample(self) -> None:
+        batches = self.data.val_batches(1) or [self.data.batch(0)]
+        with self._eval_rng(), torch.no_grad(), self.acc.autocast():
+            torch.manual_seed(self.cfg.seed)
+            frames = self.stage.sample(batches[0].to(self.acc.device))
+        if frames is None or not self.acc.is_main_process:
+            return
+        from PIL import Image
+
+        b, t, _, h, w = frames.shape  # rows: samples, columns: frames
+        grid = (frames.float().clamp(0, 1) * 255).round().to(torch.uint8).cpu()
+        grid = grid.permute(0, 3, 1, 4, 2).reshape(b * h, t * w, 3).numpy()
+        path = self.out / "samples" / f"step_{self.step:07d}.png"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        Image.fromarray(grid).save(path)
+
+    def run(self, max_steps: int | None = None) -> RunResult:
+        from tqdm.auto import tqdm
+
+        cfg, acc, st = self.cfg, self.acc, self.stage
+        total = cfg.max_steps if max_steps is None else max_steps
+        bar = tqdm(total=total, initial=self.step, disable=not acc.is_main_process, desc=self.stage_name)
+        sums: dict[str, list[float]] = {}
+        last: dict[str, float] = {}
+        models = list(st.models.values())
+        while self.step < total:
+            st.stepped.clear()
+            self._set_lr()
+            for micro in range(cfg.grad_accum):
+                batch = self.data.batch(self.step * cfg.grad_accum + micro, acc.process_index, acc.num_processes)
+                with acc.accumulate(*models), acc.autocast():
+                    for k, v in st.step(batch.to(acc.device), self.step).items():
+                        sums.setdefault(k, []).append(v)
+            if self.ema and st.ema_model in st.stepped:
+                self.ema.update(st.unwrap(st.ema_model), self.step)
+            self.step += 1
+            bar.update(1)
+            if self.step % cfg.log_every == 0 or self.step == total:
+                last = self._mean_across(sums)
+                sums = {}
+                bar.set_postfix({k: f"{v:.4g}" for k, v in last.items()})
+                self._log(last)
+            if self.data.val_clips and (self.step % cfg.val_every == 0 or self.step == total):
+                self._log(self.validate())
+            if cfg.sample_every and self.step % cfg.sample_every == 0:
+                self.write_sample()
+            if self.step % cfg.ckpt_every == 0 or self.step == total:
+                self.save_checkpoint()
+        bar.close()
+        self.export()
+        if self.tb:
+            self.tb.close()
+        return RunResult(self.out, self.step, last)
+
+    def export(self) -> None:
+        """Write each trained model (EMA weights where kept) to ``OUT/final/<name>`` in its serving format."""
+        acc, st = self.acc, self.stage
+        states = {n: self.ema.state_dict(st.unwrap(n)) if self.ema and n == st.ema_model else acc.get_state_dict(m)
+                  for n, m in st.models.items()}
+        if acc.is_main_process:
+            for name, state in states.items():
+                path = st.export(name, state, self.out / "final" / name)
+                log.info("wrote %s", path)
+        acc.wait_for_everyone()
+
+
+def train(stage: str, cfg: TrainConfig, *, resume: bool = False, init: str | Path | None = None) -> RunResult:
+    return Trainer(stage, cfg, resume=resume, init=init).run()
