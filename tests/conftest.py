@@ -14,6 +14,16 @@ torch.set_num_threads(2)
 
 pytest_plugins = ["serve_helpers"]  # daemon fixtures: backend, make_daemon
 
+
+@pytest.fixture(scope="module")
+def one_torch_thread():
+    """Tiny tensors and busy cores: a second intra-op thread only adds synchronisation, and a thread spinning while
+    the daemon's other threads or a training run hold the other core stalls for seconds. Such tests run on one."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
 CONTROL = ControlConfig(keys=("W", "A", "S", "D"), axes=("mouse_dx", "mouse_dy"), embedding_dim=5, frames_per_latent=4)
 
 

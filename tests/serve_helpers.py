@@ -25,18 +25,6 @@ def tiny_backend(size: int = 32, embedding_dim: int = 5, **kw):
 
 
 @pytest.fixture(scope="module")
-def one_torch_thread():
-    """The engine thread shares 2 busy cores with the socket loop and the clients: with 2 torch threads a chunk can
-    stall for seconds while one thread spins waiting for the other, so daemon tests run torch single-threaded."""
-    import torch
-
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
-@pytest.fixture(scope="module")
 def backend(one_torch_thread):
     return tiny_backend()
 

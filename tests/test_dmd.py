@@ -13,17 +13,10 @@ from worldsim.sampling.schedule import FlowMatchSchedule
 from worldsim.train.dmd import critic_loss, dmd_loss
 from worldsim.train.flow_matching import sample_timesteps
 
+pytestmark = pytest.mark.usefixtures("one_torch_thread")  # tiny tensors: one thread (conftest)
+
 MEANS = torch.tensor([[-2.0, 1.0], [2.0, -1.0]])  # two equally likely components
 STD = 0.4
-
-
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """Tiny tensors: a second intra-op thread only adds synchronisation (and stalls badly on a busy machine)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 def mixture_samples(n: int, g: torch.Generator) -> torch.Tensor:

@@ -25,16 +25,10 @@ from worldsim.train.ode import ode_regression_loss, ode_trajectory
 from worldsim.train.rollout import sample_exit_step, self_forcing_rollout
 from worldsim.train.trainer import Trainer, train
 
+pytestmark = pytest.mark.usefixtures("one_torch_thread")  # tiny tensors: one thread (conftest)
+
 RECIPES = Path(__file__).resolve().parents[1] / "configs" / "train"
 
-
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """Tiny tensors: a second intra-op thread only adds synchronisation (and stalls badly on a busy machine)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 SHAPE = (4, 4, 6)  # latent (C, H, W)
 FRAMES = 9  # three chunks

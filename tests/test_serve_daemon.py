@@ -262,8 +262,9 @@ def test_asyncio_client(backend, make_daemon):
 
 def test_serve_command_stops_cleanly_on_sigterm(tmp_path):
     endpoint = f"ipc://{tmp_path}/d.sock"
+    log = tmp_path / "serve.log"  # a file, not a pipe: a full pipe nobody reads would block the daemon
     proc = subprocess.Popen([sys.executable, "-m", "worldsim", "serve", "--preset", "tiny", "--height", "32",
-                             "--width", "32", "--bind", endpoint], stderr=subprocess.PIPE, text=True)
+                             "--width", "32", "--bind", endpoint], stderr=log.open("w"), text=True)
     try:
         with Client(endpoint, timeout=90) as c:
             s = c.open("x", fps=0)
@@ -273,7 +274,7 @@ def test_serve_command_stops_cleanly_on_sigterm(tmp_path):
                 for _ in range(200):
                     c.frame(0.2)
         assert proc.wait(30) == 0
-        err = proc.stderr.read()
+        err = log.read_text()
         assert "UNTRAINED" in err and "daemon_stopped" in err
     finally:
         proc.kill()

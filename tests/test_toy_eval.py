@@ -18,7 +18,8 @@ from worldsim.train.evaluate import EvalConfig, ModelSpec, evaluate, format_tabl
 from worldsim.world import AXES, KEYS
 from worldsim.world.metrics import KINDS
 
-from train_helpers import single_thread  # noqa: F401  (autouse: one torch thread)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")  # tiny tensors: one thread (conftest)
+
 
 TINY = DiTConfig(dim=32, ffn_dim=64, freq_dim=32, text_dim=16, num_heads=4, num_layers=2, in_dim=8, out_dim=8,
                  text_len=8, control=ControlConfig(keys=KEYS, axes=AXES, frames_per_latent=1))

@@ -8,12 +8,14 @@ from types import SimpleNamespace
 import numpy as np
 import pytest
 import torch
-from train_helpers import single_thread, write_dataset  # noqa: F401 (autouse fixture)
+from train_helpers import write_dataset
 
 from worldsim.codecs.toy_codec import ToyCodec, ToyCodecConfig
 from worldsim.dataset import load_episode
 from worldsim.text.hashing import HashingPromptEmbedder
 from worldsim.train.data import TrainData
+
+pytestmark = pytest.mark.usefixtures("one_torch_thread")  # tiny tensors: one thread (conftest)
 
 
 def make_codec(path, seed=0):

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from train_helpers import single_thread, write_dataset  # noqa: F401 (autouse fixture)
+from train_helpers import write_dataset
 
 from worldsim.checkpoints import load_model, save_worldsim
 from worldsim.checkpoints.safetensors_io import read_tensors
@@ -17,6 +17,8 @@ from worldsim.train import checkpoint as ckpt
 from worldsim.train.config import load_recipe
 from worldsim.train.ema import EMA
 from worldsim.train.trainer import Trainer, train
+
+pytestmark = pytest.mark.usefixtures("one_torch_thread")  # tiny tensors: one thread (conftest)
 
 RECIPES = Path(__file__).resolve().parents[1] / "configs" / "train"
 

@@ -44,10 +44,3 @@ def write_dataset(root: Path, episodes: int = 3, frames: int = 24, seed: int = 0
     return Path(root)
 
 
-@pytest.fixture(autouse=True, scope="module")
-def single_thread():
-    """Micro models run fastest on one thread, and far faster than two threads on a busy 2-core machine."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
