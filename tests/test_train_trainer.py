@@ -99,6 +99,39 @@ def test_kill_while_writing_a_checkpoint_keeps_the_previous_one(workdir, monkeyp
     assert losses(out)[4] == losses(train("teacher", recipe("teacher", workdir, "unkilled")).out)[4]
 
 
+def test_kill_9_loses_only_the_steps_since_the_last_checkpoint(workdir):
+    """A real SIGKILL of a training process at a random moment (possibly inside a checkpoint write): --resume
+    starts from the newest complete checkpoint and trains on exactly as a run that was never killed."""
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    out, keys = workdir / "kill9", ["ckpt_every=3", "log_every=1", "val_every=1000000"]
+    proc = subprocess.Popen([sys.executable, "-m", "worldsim", "train", "codec", "--config",
+                             str(RECIPES / "codec_micro.yaml"), "--data", str(workdir / "data"), "--out", str(out),
+                             "max_steps=1000000", *keys], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                            env={**os.environ, "OMP_NUM_THREADS": "1"})
+    try:
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline and proc.poll() is None:
+            found = ckpt.latest_checkpoint(out / "checkpoints") if (out / "checkpoints").is_dir() else None
+            if found is not None and int(found.name.split("_")[1]) >= 6:
+                break
+            time.sleep(0.01)
+    finally:
+        proc.send_signal(signal.SIGKILL)
+        proc.wait()
+    last = ckpt.latest_checkpoint(out / "checkpoints")
+    assert last is not None, "the killed run wrote no complete checkpoint"
+    n = int(last.name.split("_")[1])
+    resumed = train("codec", recipe("codec", workdir, out.name, f"max_steps={n + 2}", *keys), resume=True)
+    whole = train("codec", recipe("codec", workdir, "kill9-whole", f"max_steps={n + 2}", *keys))
+    assert resumed.step == n + 2
+    assert losses(out)[n + 1] == losses(whole.out)[n + 1] and losses(out)[n + 2] == losses(whole.out)[n + 2]
+
+
 def test_ema_follows_the_weights():
     model = torch.nn.Linear(2, 2)
     ema = EMA(model, decay=0.9)
