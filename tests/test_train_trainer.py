@@ -132,6 +132,34 @@ def test_kill_9_loses_only_the_steps_since_the_last_checkpoint(workdir):
     assert losses(out)[n + 1] == losses(whole.out)[n + 1] and losses(out)[n + 2] == losses(whole.out)[n + 2]
 
 
+def test_wan_vae_and_umt5_data_path_for_control_fine_tunes(tmp_path):
+    """A published model's spaces: episodes encoded by the Wan2.1 VAE (4 video frames per latent, whole episodes
+    through its causal encoder) and prompts by UMT5, both read from an official folder's files, train a teacher."""
+    from tiny_models import tiny_dit, write_official_folder
+
+    from worldsim.dataset import load_dataset
+    from worldsim.train.data import TrainData
+    from worldsim.train.trainer import open_text_encoder
+
+    folder = write_official_folder(tmp_path / "wan")
+    data = write_dataset(tmp_path / "data", episodes=2, frames=27, frames_per_latent=4)
+    dit = tiny_dit(0)
+    cfg = load_recipe(RECIPES / "teacher_micro.yaml", [
+        f"data.path={data}", f"out={tmp_path / 'out'}", f"data.codec={folder / 'Wan2.1_VAE.pth'}",
+        f"data.text_encoder={folder / 'models_t5_umt5-xxl-enc-bf16.pth'}", "max_steps=2"])
+    text = open_text_encoder(cfg.data, dit.cfg.text_len, dit.cfg.text_dim)
+    td = TrainData(data, kind="latents", batch_size=2, seed=0, val_episodes=1, codec_path=cfg.data.codec,
+                   text_encoder=text, chunk_frames=dit.cfg.chunk_frames, clip_chunks=2)
+    frames = torch.from_numpy(load_dataset(data)[0].frames[:25]).permute(0, 3, 1, 2).float()[None] / 255
+    assert torch.equal(td.tracks[0]["latents"].transpose(0, 1), td.info.codec.encode(frames)[0])  # 27 -> 25 -> 7
+    batch = td.batch(0)
+    assert tuple(batch.latents.shape[1:]) == (16, 2 * dit.cfg.chunk_frames, 2, 2)
+    assert batch.controls.keys.shape[2] == 4  # four video frames of controls per latent frame
+    assert torch.equal(td.texts["red room"], text.encode("red room")[0].float())
+    result = train("teacher", cfg, init=save_worldsim(dit, tmp_path / "t2v.safetensors"))
+    assert result.step == 2 and all(torch.isfinite(torch.tensor(v)) for v in losses(result.out).values())
+
+
 def test_ema_follows_the_weights():
     model = torch.nn.Linear(2, 2)
     ema = EMA(model, decay=0.9)

@@ -19,9 +19,10 @@ SIZE = 16
 COLOURS = {"red room": (200, 40, 40), "blue room": (40, 40, 200)}
 
 
-def write_dataset(root: Path, episodes: int = 3, frames: int = 24, seed: int = 0) -> Path:
+def write_dataset(root: Path, episodes: int = 3, frames: int = 24, seed: int = 0, frames_per_latent: int = 1) -> Path:
     rng = np.random.default_rng(seed)
-    writer = DatasetWriter(root, CONTROL, fps=16.0, height=SIZE, width=SIZE)
+    writer = DatasetWriter(root, {**CONTROL, "frames_per_latent": frames_per_latent}, fps=16.0, height=SIZE,
+                           width=SIZE)
     for e in range(episodes):
         ep = writer.new_episode(seed=e)
         switch = 12

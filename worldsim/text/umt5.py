@@ -131,7 +131,7 @@ class UMT5TextEncoder:
     """
 
     def __init__(self, model, tokenizer, *, text_len: int = 512, device: str | torch.device | None = None,
-                 offload: bool = False, cache_size: int = 256, batch_size: int = 8):
+                 offload: bool = False, cache_size: int = 256, batch_size: int = 8, identity: str = "umt5"):
         self.model = model.eval()
         self.tokenizer = tokenizer
         self.text_len = text_len
@@ -139,6 +139,7 @@ class UMT5TextEncoder:
         self.offload = offload
         self.cache_size = cache_size
         self.batch_size = batch_size
+        self.identity = identity  # names the weights for on-disk embedding caches (the training data loader's)
         self._cache: OrderedDict[str, torch.Tensor] = OrderedDict()
         self.model.to("cpu" if offload else self.device)
 
@@ -170,6 +171,10 @@ class UMT5TextEncoder:
         while len(self._cache) > self.cache_size:
             self._cache.popitem(last=False)
         return out
+
+    def __call__(self, text: str) -> torch.Tensor:
+        """[1, text_len, d_model] float32 on the CPU: the prompt-embedder interface the training data uses."""
+        return self.encode(text).float().cpu()
 
     def _run(self, texts: list[str]) -> torch.Tensor:
         tokens = self.tokenizer(texts, padding="max_length", truncation=True, max_length=self.text_len,

@@ -42,7 +42,9 @@ class OptimConfig:
 @dataclass
 class DataConfig:
     path: str | None = None  # dataset directory (docs/DATASET.md); --data overrides
-    codec: str | None = None  # codec weights (from `worldsim train codec`); needed by latent stages
+    codec: str | None = None  # latent stages: toy codec (`worldsim train codec`) or Wan2.1_VAE.pth / a vae/ folder
+    text_encoder: str | None = None  # None: the hashing embedder; else UMT5 (Wan's .pth or a text_encoder/ folder)
+    tokenizer: str | None = None  # UMT5 tokenizer folder (default: google/umt5-xxl or tokenizer/ beside the encoder)
     clip_chunks: int = 2  # clip length in chunks of the model's chunk_frames latent frames
     clip_frames: int = 8  # clip length in video frames for frame stages (the codec)
     batch_size: int = 4  # per process

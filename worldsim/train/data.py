@@ -23,6 +23,7 @@ import logging
 import zipfile
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -33,7 +34,6 @@ from ..codecs.toy_codec import ToyCodec
 from ..dataset import Episode, episode_dirs, load_episode, read_info
 from ..model.config import ControlConfig
 from ..model.control import Controls
-from ..text.hashing import HashingPromptEmbedder
 
 log = logging.getLogger(__name__)
 UNREADABLE = (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile, json.JSONDecodeError)
@@ -48,8 +48,8 @@ class DataInfo:
     width: int
     fps: float
     latent_shape: tuple[int, int, int] | None = None  # (C, h, w) of codec latents; None for frame stages
-    codec: ToyCodec | None = None  # decodes latents for sample strips
-    text_encoder: HashingPromptEmbedder | None = None
+    codec: Any = None  # ToyCodec or WanVAEDecoder (load_codec): encodes the episodes, decodes sample strips
+    text_encoder: Any = None  # HashingPromptEmbedder or UMT5TextEncoder: prompt -> [1, L, D], with an identity
 
 
 @dataclass
@@ -75,12 +75,27 @@ class FrameBatch:
 
 
 def file_identity(path: str | Path) -> str:
-    """Short content hash of a weights file: the cache key of everything computed with it."""
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
+    """Short content hash of a weights file (or of every file in a weights folder): the cache key of everything
+    computed with it."""
+    path, h = Path(path), hashlib.sha256()
+    for file in sorted(p for p in path.rglob("*") if p.is_file()) if path.is_dir() else [path]:
+        h.update(str(file.relative_to(path) if path.is_dir() else file.name).encode())
+        with open(file, "rb") as f:
+            for block in iter(lambda: f.read(1 << 20), b""):
+                h.update(block)
     return h.hexdigest()[:16]
+
+
+def load_codec(path: str | Path):
+    """The codec of a latent dataset: the Wan2.1 VAE for ``Wan2.1_VAE.pth`` or a diffusers ``vae/`` folder (4 video
+    frames per latent, the published models' latent space), else worldsim's toy codec (``worldsim train codec``).
+    Both encode [1, T, 3, H, W] frames in [0, 1] to normalised latents and decode them back."""
+    path = Path(path)
+    if path.is_dir() or path.suffix == ".pth":
+        from ..codecs.wan_vae import WanVAEDecoder, load_wan_vae
+
+        return WanVAEDecoder(load_wan_vae(path))
+    return ToyCodec.load(path)
 
 
 def _text_key(text: str) -> str:
@@ -113,7 +128,7 @@ class TrainData:
 
     def __init__(self, root: str | Path, *, kind: str, batch_size: int, seed: int, val_episodes: int = 1,
                  clip_frames: int = 8, chunk_frames: int = 3, clip_chunks: int = 2,
-                 codec_path: str | Path | None = None, text_encoder: HashingPromptEmbedder | None = None):
+                 codec_path: str | Path | None = None, text_encoder: Any = None):
         if kind not in ("latents", "frames"):
             raise ValueError(f"data kind must be 'latents' or 'frames', got {kind!r}")
         self.root, self.kind, self.batch_size, self.seed = Path(root), kind, batch_size, seed
@@ -134,12 +149,12 @@ class TrainData:
         else:
             if codec_path is None or text_encoder is None:
                 raise ValueError("latent data needs a codec (data.codec) and a text encoder")
-            self.info.codec = ToyCodec.load(codec_path)
+            self.info.codec = load_codec(codec_path)
             if self.info.codec.temporal_stride != self.k:
                 raise ValueError(f"codec temporal stride {self.info.codec.temporal_stride} != the dataset's "
                                  f"frames_per_latent {self.k}")
             self.clip_len, self.stride, self.chunk_frames = clip_chunks * chunk_frames, chunk_frames, chunk_frames
-            latent_dir = self.root / ".cache" / f"latents-toy-{file_identity(codec_path)}"
+            latent_dir = self.root / ".cache" / f"latents-{file_identity(codec_path)}"
             self.texts = self._text_table([ep for _, ep in episodes])
             self.tracks = [self._latent_track(name, ep, latent_dir) for name, ep in episodes]
             self.info.latent_shape = tuple(self.tracks[0]["latents"].shape[1:])  # type: ignore[assignment]
@@ -168,8 +183,11 @@ class TrainData:
                 log.warning("recomputing the latent cache %s: %s", path, err)
         if latents is None:
             codec, frames = self.info.codec, torch.from_numpy(ep.frames).permute(0, 3, 1, 2).float() / 255
-            parts = [codec.encode(frames[i:i + 64][None])[0] for i in range(0, len(frames), 64)]  # [C, n, h, w]
-            latents = torch.cat(parts, dim=1).transpose(0, 1).contiguous()  # [N_lat, C, h, w], one per frame
+            if self.k == 1:  # a per-frame codec: any split will do
+                parts = [codec.encode(frames[i:i + 64][None])[0] for i in range(0, len(frames), 64)]  # [C, n, h, w]
+            else:  # a causal video codec: the whole episode in one pass, cut to 1 + k*n frames
+                parts = [codec.encode(frames[:1 + self.k * ((len(frames) - 1) // self.k)][None])[0]]
+            latents = torch.cat(parts, dim=1).transpose(0, 1).contiguous()  # [N_lat, C, h, w]
             try:
                 save_tensors({"latents": latents}, path, {"episode": stamp})
             except OSError as err:

@@ -21,8 +21,8 @@ import torch
 import yaml
 
 from . import checkpoint as ckpt
-from .config import TrainConfig
-from .data import TrainData
+from .config import DataConfig, TrainConfig
+from .data import TrainData, file_identity
 from .ema import EMA
 from .stages import stage_class
 from .stages.base import Stage, StageContext
@@ -49,6 +49,26 @@ def model_config(cfg: TrainConfig, init: Path | None):
         if fmt == "worldsim":
             return read_worldsim_config(where)
     return load_preset(cfg.model)
+
+
+def open_text_encoder(data: DataConfig, text_len: int, text_dim: int):
+    """The prompt embedder of a latent dataset: Wan's UMT5-XXL when ``data.text_encoder`` names it (control
+    fine-tunes of published models), else the fixed hashing embedder of the toy models. Both map a prompt to
+    [1, text_len, text_dim] and carry an ``identity`` that keys the embedding cache."""
+    if data.text_encoder is None:
+        from ..text.hashing import HashingPromptEmbedder
+
+        return HashingPromptEmbedder(text_len, text_dim)
+    from ..text.umt5 import UMT5TextEncoder, load_tokenizer, load_umt5_encoder
+
+    path = Path(data.text_encoder)
+    tokenizer = Path(data.tokenizer) if data.tokenizer else (
+        path.parent / "tokenizer" if path.is_dir() else path.parent / "google" / "umt5-xxl")
+    encoder = UMT5TextEncoder(load_umt5_encoder(path), load_tokenizer(tokenizer), text_len=text_len,
+                              identity=f"umt5-{file_identity(path)}-{text_len}")
+    if encoder.dim != text_dim:
+        raise ValueError(f"{path}: the text encoder gives {encoder.dim}-d embeddings; the DiT takes {text_dim}")
+    return encoder
 
 
 class Trainer:
@@ -138,10 +158,8 @@ class Trainer:
         if cfg.data.path is None:
             raise ValueError("no dataset: set data.path in the recipe or pass --data DIR")
         if kind == "latents":
-            from ..text.hashing import HashingPromptEmbedder
-
             model_cfg = model_config(cfg, init)
-            text_encoder = HashingPromptEmbedder(model_cfg.text_len, model_cfg.text_dim)
+            text_encoder = open_text_encoder(cfg.data, model_cfg.text_len, model_cfg.text_dim)
         with self.acc.main_process_first():  # the main process fills the latent/text caches, the others read them
             self.data = TrainData(cfg.data.path, kind=kind, batch_size=cfg.data.batch_size, seed=cfg.seed,
                                   val_episodes=cfg.data.val_episodes, clip_frames=cfg.data.clip_frames,
