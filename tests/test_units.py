@@ -118,3 +118,12 @@ def test_bad_model_inputs_name_the_problem():
     c = model.new_cache(batch=2, height=4, width=6, sink_frames=0, window_frames=6)
     with pytest.raises(ValueError, match="cache was built for batch 2"):
         model.forward_chunk(x, t, text(), c, 0)
+
+
+def test_configs_found_in_a_checkout_or_an_installed_copy(tmp_path, monkeypatch):
+    import worldsim.resources as resources
+
+    assert (resources.configs_dir() / "model" / "small.yaml").is_file()  # this checkout
+    monkeypatch.setattr(resources, "__file__", str(tmp_path / "site-packages" / "worldsim" / "resources.py"))
+    monkeypatch.setattr(resources.sys, "prefix", str(tmp_path / "venv"))
+    assert resources.configs_dir() == tmp_path / "venv" / "share" / "worldsim" / "configs"  # a wheel install

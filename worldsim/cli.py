@@ -16,6 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from worldsim import __version__
+from worldsim.resources import configs_dir
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 
@@ -252,7 +253,7 @@ def _train_run(args: argparse.Namespace) -> int:
     from worldsim.train.trainer import train
 
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
-    recipe = args.config or REPO_ROOT / "configs" / "train" / f"{args.stage.replace('-', '_')}.yaml"
+    recipe = args.config or configs_dir() / "train" / f"{args.stage.replace('-', '_')}.yaml"
     overrides = list(args.overrides) + list(args.rest)
     for key, value in (("data.path", args.data), ("out", args.out), ("max_steps", args.max_steps)):
         if value is not None:

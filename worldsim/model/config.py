@@ -138,8 +138,10 @@ def to_wan_config(cfg: DiTConfig) -> dict[str, Any]:
 
 
 def preset_dirs() -> list[Path]:
-    """Where presets are looked up: the repository's ``configs/model``."""
-    return [Path(__file__).resolve().parents[2] / "configs" / "model"]
+    """Where presets are looked up: ``configs/model`` (the checkout's, or the installed copy)."""
+    from ..resources import configs_dir
+
+    return [configs_dir() / "model"]
 
 
 def load_preset(name_or_path: str | Path) -> DiTConfig:
