@@ -23,12 +23,12 @@ from tqdm import tqdm
 from worldsim.model.attention import BACKENDS, select_backend
 from worldsim.model.config import load_preset
 from worldsim.model.dit import CausalWanDiT, count_parameters
+from worldsim.pipeline.runtime import DTYPES, resolve_device, resolve_dtype
 from worldsim.sampling.session import StreamingSession
 
 VAE_SPATIAL = 8  # Wan VAE: 8x spatial, 4x temporal compression
 VAE_TEMPORAL = 4
 DEFAULT_VIDEO_SIZE = {"wan2.1-t2v-1.3b": (480, 832), "small": (128, 128), "tiny": (64, 64)}
-DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 BLOCK = 10  # chunks per block in the flatness table
 
 
@@ -55,14 +55,6 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     if args.warmup < 0 or args.sink < 0:
         p.error("--warmup and --sink must be >= 0")
     return args
-
-
-def resolve_device(args: argparse.Namespace) -> tuple[torch.device, torch.dtype]:
-    device = torch.device("cuda" if args.device == "auto" and torch.cuda.is_available() else
-                          "cpu" if args.device == "auto" else args.device)
-    if args.dtype != "auto":
-        return device, DTYPES[args.dtype]
-    return device, torch.bfloat16 if device.type == "cuda" else torch.float32
 
 
 def device_name(device: torch.device) -> str:
@@ -233,7 +225,8 @@ def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
-    device, dtype = resolve_device(args)
+    device = resolve_device(args.device)
+    dtype = resolve_dtype(args.dtype, device, cpu_half=True)
     cfg = load_preset(args.preset)
     default_h, default_w = DEFAULT_VIDEO_SIZE.get(args.preset, (128, 128))
     height, width = args.height or default_h, args.width or default_w

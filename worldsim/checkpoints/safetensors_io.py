@@ -13,7 +13,7 @@ import torch
 from safetensors import SafetensorError, safe_open
 from safetensors.torch import save_file
 
-from .atomic import atomic_write
+from ..atomic_files import atomic_write
 from .base import CheckpointError
 
 

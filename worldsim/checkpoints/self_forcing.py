@@ -16,7 +16,7 @@ from pathlib import Path
 
 import torch
 
-from .atomic import atomic_write
+from ..atomic_files import atomic_write
 from .base import Checkpoint, CheckpointError, key_list
 
 log = logging.getLogger(__name__)

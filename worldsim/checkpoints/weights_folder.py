@@ -14,7 +14,7 @@ from typing import Any
 
 import torch
 
-from .atomic import atomic_write
+from ..atomic_files import atomic_write
 from .base import CheckpointError
 from .safetensors_io import read_tensors, save_tensors
 

@@ -14,7 +14,6 @@ Every file is written to a temporary name and renamed, so a crash loses at most 
 from __future__ import annotations
 
 import json
-import os
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -22,22 +21,25 @@ from typing import Any
 
 import numpy as np
 
+from ..atomic_files import atomic_write
+
 FORMAT = "worldsim-episodes"
 VERSION = 1
 SHARD_FRAMES = 64
 
 
-def _write_atomic(path: Path, write) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    with open(tmp, "wb") as f:
-        write(f)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
-
-
 def _write_json(path: Path, obj: Any) -> None:
-    _write_atomic(path, lambda f: f.write(json.dumps(obj, indent=1).encode()))
+    atomic_write(path, lambda tmp: tmp.write_text(json.dumps(obj, indent=1)))
+
+
+def write_npz(path: Path, arrays: dict[str, np.ndarray]) -> None:
+    """Write ``arrays`` as an .npz, atomically (np.savez given a file object keeps the name as it is)."""
+
+    def write(tmp: Path) -> None:
+        with open(tmp, "wb") as f:
+            np.savez(f, **arrays)
+
+    atomic_write(path, write)
 
 
 @dataclass
@@ -100,7 +102,7 @@ class EpisodeWriter:
             if name != "embedding" or width:
                 arrays[name] = np.stack([r[4][name] for r in rows]).reshape(len(rows), width)
         name = f"shard_{len(self.meta['shards']):06d}.npz"
-        _write_atomic(self.dir / name, lambda f: np.savez(f, **arrays))
+        write_npz(self.dir / name, arrays)
         self.meta["shards"].append(name)
         self.meta["frames"] += len(rows)
         self._write_meta()

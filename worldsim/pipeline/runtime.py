@@ -17,13 +17,14 @@ def resolve_device(name: str = "auto") -> torch.device:
     return device
 
 
-def resolve_dtype(name: str, device: torch.device) -> torch.dtype:
-    """``auto``: bf16 on a GPU, fp32 on the CPU (CPU kernels for half precision are slow or missing)."""
+def resolve_dtype(name: str, device: torch.device, *, cpu_half: bool = False) -> torch.dtype:
+    """``auto``: bf16 on a GPU, fp32 on the CPU (CPU kernels for half precision are slow or missing).
+    cpu_half: allow bf16/fp16 on the CPU anyway (the daemon and the latency benchmark, for experiments)."""
     if name == "auto":
         return torch.bfloat16 if device.type == "cuda" else torch.float32
     if name not in DTYPES:
         raise ValueError(f"unknown dtype {name!r}; choose auto or one of {sorted(DTYPES)}")
-    if device.type == "cpu" and name != "fp32":
+    if device.type == "cpu" and name != "fp32" and not cpu_half:
         raise ValueError(f"--dtype {name} is for GPUs; use fp32 (or auto) on the CPU")
     return DTYPES[name]
 

@@ -19,6 +19,7 @@ from ..codecs.base import StreamingDecoder
 from ..codecs.preview import PreviewDecoder
 from ..model.config import ControlConfig, load_preset
 from ..model.dit import CausalWanDiT
+from ..pipeline.runtime import resolve_device, resolve_dtype
 from ..text.hashing import HashingPromptEmbedder, PromptEmbedder
 from .protocol import ControlSchema
 
@@ -80,17 +81,6 @@ class Backend:
                 "frames_per_latent": k, "frames_per_chunk": k * n, "first_chunk_frames": 1 + k * (n - 1)}
 
 
-def _device_dtype(opts: BackendOptions) -> tuple[torch.device, torch.dtype]:
-    device = torch.device("cuda" if opts.device == "auto" and torch.cuda.is_available() else
-                          "cpu" if opts.device == "auto" else opts.device)
-    dtypes = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
-    if opts.dtype == "auto":
-        return device, torch.bfloat16 if device.type == "cuda" else torch.float32
-    if opts.dtype not in dtypes:
-        raise ValueError(f"unknown dtype {opts.dtype!r}; choose one of {['auto', *dtypes]}")
-    return device, dtypes[opts.dtype]
-
-
 def _random_model(opts: BackendOptions, device: torch.device, dtype: torch.dtype) -> CausalWanDiT:
     """A preset with seeded random weights; head and control output are made non-zero so frames respond."""
     control = ControlConfig(keys=opts.keys, axes=opts.axes, embedding_dim=opts.embedding_dim) \
@@ -123,7 +113,8 @@ def preview_encoder(decoder: PreviewDecoder,
 
 
 def build_backend(opts: BackendOptions) -> Backend:
-    device, dtype = _device_dtype(opts)
+    device = resolve_device(opts.device)
+    dtype = resolve_dtype(opts.dtype, device, cpu_half=True)
     if opts.model:
         from ..checkpoints import load_model
 

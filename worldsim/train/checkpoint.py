@@ -26,7 +26,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from ..checkpoints.atomic import _fsync_dir, atomic_write
+from ..atomic_files import atomic_write, fsync_dir
 from ..checkpoints.safetensors_io import read_metadata, read_tensors, save_tensors
 
 STEP_DIR = re.compile(r"^step_(\d{7})$")
@@ -133,7 +133,7 @@ def finish(root: Path, tmp: Path, step: int, *, models: dict[str, dict], emas: d
     save_tensors({"step": torch.tensor(step)}, tmp / "state.safetensors", {**meta, "step": str(step)})
     final = step_dir(root, step)
     tmp.rename(final)
-    _fsync_dir(root)
+    fsync_dir(root)
     atomic_write(root / "latest", lambda p: p.write_text(final.name + "\n"))
     for old in complete_checkpoints(root)[:-keep] if keep > 0 else []:
         shutil.rmtree(old, ignore_errors=True)

@@ -31,6 +31,7 @@ from PIL import Image
 from tqdm import tqdm
 
 from ..checkpoints import load_model
+from ..codecs.base import to_uint8
 from ..codecs.toy_codec import ToyCodec
 from ..model.control import Controls
 from ..model.dit import CausalWanDiT
@@ -129,9 +130,9 @@ def to_tensor(frames: np.ndarray, device) -> torch.Tensor:
     return torch.from_numpy(frames).permute(0, 3, 1, 2).float().div(255)[None].to(device)
 
 
-def to_uint8(frames: torch.Tensor) -> np.ndarray:
+def decoded_frames(frames: torch.Tensor) -> np.ndarray:
     """Decoded frames [B=1, T, 3, H, W] in [0, 1] -> [T, H, W, 3] uint8 (what the world metrics read)."""
-    return (frames[0].permute(0, 2, 3, 1).clamp(0, 1) * 255).round().byte().cpu().numpy()
+    return to_uint8(frames[0]).numpy()
 
 
 class Generator:
@@ -167,7 +168,7 @@ class Generator:
             t0 = time.perf_counter()
             chunk = session.step(episode_controls(ep, c * n, (c + 1) * n, device))
             seconds.append(time.perf_counter() - t0)
-            frames.append(to_uint8(self.codec.decode(chunk)))
+            frames.append(decoded_frames(self.codec.decode(chunk)))
             tick()
         return np.concatenate(frames), seconds
 
@@ -258,7 +259,7 @@ def evaluate(specs: list[ModelSpec], codec_path: str | Path, cfg: EvalConfig = E
     bar = tqdm(total=len(generators) * len(episodes) * cfg.chunks, unit="chunk", disable=not progress)
     for i, ep in enumerate(episodes):
         span = ep.frames[n - 1:]
-        recon = to_uint8(codec.decode(codec.encode(to_tensor(span, cfg.device))))
+        recon = decoded_frames(codec.decode(codec.encode(to_tensor(span, cfg.device))))
         refs["ground_truth"].add(span, ep)
         refs["codec"].add(recon, ep)
         refs["frozen"].add(np.repeat(span[:1], len(span), axis=0), ep)

@@ -20,6 +20,7 @@ import numpy as np
 import torch
 import yaml
 
+from ..codecs.base import to_uint8
 from . import checkpoint as ckpt
 from .config import DataConfig, TrainConfig
 from .data import TrainData, file_identity
@@ -248,8 +249,7 @@ class Trainer:
         from PIL import Image
 
         b, t, _, h, w = frames.shape  # rows: samples, columns: frames
-        grid = (frames.float().clamp(0, 1) * 255).round().to(torch.uint8).cpu()
-        grid = grid.permute(0, 3, 1, 4, 2).reshape(b * h, t * w, 3).numpy()
+        grid = to_uint8(frames.float()).permute(0, 2, 1, 3, 4).reshape(b * h, t * w, 3).numpy()  # [b, t, h, w, 3]
         path = self.out / "samples" / f"step_{self.step:07d}.png"
         path.parent.mkdir(parents=True, exist_ok=True)
         Image.fromarray(grid).save(path)

@@ -16,7 +16,6 @@ and theme index [N] (into :data:`THEME_NAMES`), and ``meta.json`` a ``world`` en
 
 from __future__ import annotations
 
-import os
 from dataclasses import asdict, dataclass, field, replace
 from functools import partial
 from multiprocessing import Pool
@@ -27,6 +26,7 @@ from tqdm import tqdm
 
 from .. import __version__
 from ..dataset import DatasetWriter
+from ..dataset.episodes import write_npz
 from .game import AXES, KEYS, World, WorldConfig, WorldState, advance, control_schema, key_row
 from .themes import THEMES, theme_for_prompt
 
@@ -172,10 +172,7 @@ def write_episode(writer: DatasetWriter, ep: EpisodeData, cfg: EpisodeConfig) ->
     truth = {"poses": np.array([(s.x, s.y, s.heading, s.pitch) for s in ep.states]),
              "jump": np.array([s.jump for s in ep.states], np.int64),
              "theme": np.array([THEME_NAMES.index(s.theme) for s in ep.states], np.int64)}
-    tmp = out.dir / "world.npz.tmp"
-    with open(tmp, "wb") as f:
-        np.savez(f, **truth)
-    os.replace(tmp, out.dir / "world.npz")
+    write_npz(out.dir / "world.npz", truth)
     return out.dir
 
 

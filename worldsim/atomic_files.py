@@ -1,4 +1,5 @@
-"""Crash-safe file replacement: a checkpoint on disk is either the old complete file or the new complete file.
+"""Crash-safe file replacement: a file on disk (checkpoint, dataset shard, episode metadata) is either the old
+complete file or the new complete file. No torch here: the dataset writer of `worldsim play --record` uses it too.
 
 The data goes to a temporary file in the target's own directory (so the final rename never crosses a file
 system), is fsynced, and then ``os.replace`` swaps it in; the directory is fsynced so the rename itself survives
@@ -28,11 +29,11 @@ def atomic_write(path: str | os.PathLike, write: Callable[[Path], None]) -> Path
     except BaseException:
         tmp.unlink(missing_ok=True)
         raise
-    _fsync_dir(path.parent)
+    fsync_dir(path.parent)
     return path
 
 
-def _fsync_dir(directory: Path) -> None:
+def fsync_dir(directory: Path) -> None:
     """Persist a rename on POSIX; directories cannot be opened for fsync on Windows, where this is a no-op."""
     if os.name != "posix":
         return
