@@ -39,6 +39,7 @@ from .stats import SessionStats
 HOUSEKEEPING_S = 0.25
 MAX_PENDING_REPLIES = 256  # replies queued for a client that does not read; past this it is dropped
 RECV_BATCH = 256  # inbound messages handled per loop turn before sending again
+SHUTDOWN_NOTICE_S = 2.0  # how long a stopping daemon keeps trying to deliver the shutdown notice
 
 
 @dataclass
@@ -211,9 +212,8 @@ class Daemon:
         reason = self.stop_reason
         self._closed = True
         self._stop.set()
-        for ident in list(self.clients):
-            self._send_now(ident, {"type": "shutdown", "reason": reason})
         self.engine.stop()
+        self._tell_shutdown(reason)
         event(self.log, "daemon_stopped", reason=reason, clients=len(self.clients), sessions=len(self.sessions))
         self.sock.setsockopt(zmq.LINGER, 500)  # let the shutdown notices out
         self.sock.close()
@@ -224,6 +224,32 @@ class Daemon:
         os.close(self._wake_w)
         self.clients.clear()
         self.sessions.clear()
+
+    def _tell_shutdown(self, reason: str) -> None:
+        """Queue ``shutdown`` behind each client's pending replies (queued frames give way), then keep sending until
+        every client has it or :data:`SHUTDOWN_NOTICE_S` passed: a client that reads gets it after at most the
+        ``send_hwm`` frames already in its pipe; one that does not read cannot stall the stop."""
+        notice = pack({"type": "shutdown", "reason": reason})
+        for client in self.clients.values():
+            for sid in client.sessions:
+                if sid in self.sessions:
+                    self.sessions[sid].frames.clear()
+            client.replies.append(notice)
+        deadline = time.monotonic() + SHUTDOWN_NOTICE_S
+        pending = list(self.clients.values())
+        while pending and time.monotonic() < deadline:
+            still = []
+            for client in pending:
+                try:
+                    if self._flush_client(client):
+                        still.append(client)
+                except zmq.ZMQError:
+                    pass  # the peer is gone
+            pending = still
+            if pending:
+                time.sleep(0.005)
+        if pending:
+            event(self.log, "shutdown_notice_undelivered", logging.WARNING, clients=[c.tag for c in pending])
 
     # ---- inbound ---------------------------------------------------------------------------------------------
     def _read_batch(self) -> None:
