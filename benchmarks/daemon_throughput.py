@@ -1,15 +1,21 @@
-"""Daemon throughput: frames/s and control-to-photon latency through `worldsim serve` versus in-process, and the
-protocol's per-frame cost for raw RGB and JPEG.
+"""Daemon benchmarks: throughput for 1/2/4/8 sessions, paced control-to-photon against its floor for chunks of 1,
+2 and 3 latent frames, an optional soak, and the protocol's per-frame cost.
 
-    python benchmarks/daemon_throughput.py                      # small preset, 128x128, 1 and 4 clients
-    python benchmarks/daemon_throughput.py --clients 1 --seconds 20 --json runs/daemon.json
+    python benchmarks/daemon_throughput.py                          # throughput + latency + protocol cost
+    python benchmarks/daemon_throughput.py --only latency --chunks 3 --daemon-src ../old-checkout   # another version
+    python benchmarks/daemon_throughput.py --only soak --soak-seconds 3600 --json runs/soak.json
 
-In-process: a StreamingSession + the preview decoder in a loop (what the daemon wraps). Through the daemon: a
-`worldsim serve` subprocess on loopback TCP and N clients in this process, each with an unpaced session (as fast as
-the model goes) and the same decoder. Every client sends a control row 16 times a second (like `worldsim play`);
-a frame's latency is the time from sending the newest control it was made with to receiving it (in-process: to its
-decoded frames existing). Protocol overhead: encode + header + ROUTER->DEALER over loopback TCP + client decode,
-per 832x480 frame, measured on its own with a synthetic image. Weights are random; decode is the preview decoder.
+Every daemon is a `worldsim serve` subprocess on loopback TCP (small preset, random weights, preview decoder);
+clients run in this process.
+- throughput: N unpaced sessions (fps 0, as fast as the model goes), controls at 16 Hz; total frames/s. Sessions
+  are run one chunk at a time (no cross-session batching yet), so the total is the model's rate.
+- latency: one session paced at --fps, shown by a player model (worldsim.client.photon.PlayoutClock), an input
+  every frame period with random jitter. Control-to-photon per input (bridge/PROTOCOL.md): sending it -> showing
+  the first frame made with it or a newer one; also its expectation for a random moment computed from the chunk
+  schedule, and the floor 0.5 x chunk playout + median chunk time (worldsim.serve.pacing.latency_floor_s).
+- soak: one paced session, controls every frame, a prompt switch every 10 s, a reset every 5 min; the daemon's
+  RSS and the chunk time sampled every --soak-interval seconds.
+- in-process: a StreamingSession + preview decoder loop (what the daemon wraps), for comparison.
 """
 
 from __future__ import annotations
@@ -34,12 +40,19 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--preset", default="small")
     p.add_argument("--height", type=int, default=128)
     p.add_argument("--width", type=int, default=128)
-    p.add_argument("--clients", default="1,4", help="client counts to measure (default 1,4)")
+    p.add_argument("--only", choices=["throughput", "latency", "soak", "protocol", "in-process"], action="append",
+                   help="run only these parts (repeatable; default: all but soak)")
+    p.add_argument("--sessions", default="1,2,4,8", help="session counts for throughput (default 1,2,4,8)")
+    p.add_argument("--chunks", default="1,2,3", help="chunk sizes in latent frames for latency (default 1,2,3)")
+    p.add_argument("--fps", type=float, default=16.0, help="paced rate for latency and soak (default 16)")
     p.add_argument("--seconds", type=float, default=12.0, help="measuring time per configuration (default 12)")
     p.add_argument("--warmup", type=float, default=4.0, help="seconds streamed before measuring (default 4)")
+    p.add_argument("--soak-seconds", type=float, default=3600.0, help="soak length (default 3600)")
+    p.add_argument("--soak-interval", type=float, default=60.0, help="soak sampling interval (default 60)")
     p.add_argument("--format", default="rgb24", choices=["rgb24", "jpeg"], help="frame format through the daemon")
     p.add_argument("--threads", type=int, default=max(1, (os.cpu_count() or 2) - 1),
                    help="torch threads, in-process and in the daemon (default: cores - 1, the daemon's default)")
+    p.add_argument("--daemon-src", type=Path, help="run the daemon from this checkout (e.g. a version before a change)")
     p.add_argument("--overhead-frames", type=int, default=300, help="frames per format in the overhead test")
     p.add_argument("--json", type=Path, help="write conditions and results here")
     return p.parse_args(argv)
@@ -95,51 +108,162 @@ def free_endpoint() -> str:
         return f"tcp://127.0.0.1:{s.getsockname()[1]}"
 
 
-def start_daemon(args: argparse.Namespace, endpoint: str) -> subprocess.Popen:
-    cmd = [sys.executable, "-m", "worldsim", "serve", "--preset", args.preset, "--height", str(args.height),
-           "--width", str(args.width), "--bind", endpoint, "--stats-interval", "0", "--log-level", "WARNING",
-           "--threads", str(args.threads)]
-    return subprocess.Popen(cmd, stderr=subprocess.DEVNULL)
+class Daemon:
+    """A `worldsim serve` subprocess (from --daemon-src when given) on a free loopback port."""
+
+    def __init__(self, args: argparse.Namespace, chunk_latents: int | None = None):
+        self.endpoint = free_endpoint()
+        cmd = [sys.executable, "-m", "worldsim", "serve", "--preset", args.preset, "--height", str(args.height),
+               "--width", str(args.width), "--bind", self.endpoint, "--stats-interval", "0", "--log-level",
+               "WARNING", "--threads", str(args.threads), "--fps", str(args.fps), "--max-sessions", "16",
+               "--max-sessions-per-client", "16"]
+        if chunk_latents is not None:
+            cmd += ["--chunk-latents", str(chunk_latents)]
+        env = dict(os.environ)
+        if args.daemon_src is not None:
+            env["PYTHONPATH"] = str(args.daemon_src.resolve())
+        self.proc = subprocess.Popen(cmd, stderr=subprocess.DEVNULL, env=env)
+
+    def rss_mb(self) -> float:
+        for line in Path(f"/proc/{self.proc.pid}/status").read_text().splitlines():
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) / 1024
+        return float("nan")
+
+    def __enter__(self) -> "Daemon":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.proc.terminate()
+        self.proc.wait(30)
 
 
-def through_daemon(args: argparse.Namespace, endpoint: str, clients: int) -> dict:
+def throughput(args: argparse.Namespace, endpoint: str, sessions: int) -> dict:
     from worldsim.client import Client
 
-    cs = [Client(endpoint, name=f"bench{i}", timeout=120) for i in range(clients)]
+    c = Client(endpoint, name="bench", timeout=120)
     try:
-        keys = len(cs[0].welcome.control.keys)
+        keys = len(c.welcome.control.keys)
         row = {"keys": [[1.0] + [0.0] * (keys - 1)]} if keys else None
-        sessions = [c.open("a quiet forest", seed=i, fps=0, format=args.format) for i, c in enumerate(cs)]
-        t_start = time.perf_counter()
-        next_input = t_start
-        measuring_since, counts, latencies = None, [0] * clients, []
+        sids = [c.open("a quiet forest", seed=i, fps=0, format=args.format) for i in range(sessions)]
+        t_start = next_input = time.perf_counter()
+        measuring_since, counts = None, {s: 0 for s in sids}
         while True:
             now = time.perf_counter()
             if measuring_since is None and now - t_start >= args.warmup:
-                measuring_since, counts, latencies = now, [0] * clients, []
+                measuring_since, counts = now, {s: 0 for s in sids}
             if measuring_since is not None and now - measuring_since >= args.seconds:
                 break
             if row and now >= next_input:
-                for c, s in zip(cs, sessions):
+                for s in sids:
                     c.send(s, controls=row)
                 next_input += 1 / CONTROL_HZ
-            for i, c in enumerate(cs):
-                for f in c.frames_ready():
-                    f.image  # decode, as a client would
-                    counts[i] += 1
-                    if f.header["i"] == 0 and f.input_latency_s is not None:
-                        latencies.append(f.input_latency_s)
+            for f in c.frames_ready():
+                f.image  # decode, as a client would
+                counts[f.session] += 1
             time.sleep(0.001)
         elapsed = time.perf_counter() - measuring_since
-        dropped = sum(c.frames_dropped for c in cs)
-        for c, s in zip(cs, sessions):
+        for s in sids:
             c.close_session(s)
     finally:
-        for c in cs:
-            c.close()
-    per_client = [n / elapsed for n in counts]
-    return {"clients": clients, "fps_total": sum(per_client), "fps_per_client": per_client,
-            "latency": summary(latencies), "client_dropped": dropped}
+        c.close()
+    per = [counts[s] / elapsed for s in sids]
+    return {"sessions": sessions, "fps_total": sum(per), "fps_per_session": per, "client_dropped": c.frames_dropped}
+
+
+def paced_latency(args: argparse.Namespace, endpoint: str, seconds: float) -> dict:
+    """One paced session played by a player model; control-to-photon per input, its expectation and the floor."""
+    import random
+
+    from worldsim.client import Client
+    from worldsim.client.photon import PlayoutClock, expected_control_to_photon
+    from worldsim.serve.pacing import latency_floor_s
+
+    rng = random.Random(0)
+    with Client(endpoint, name="latency", timeout=120) as c:
+        keys = len(c.welcome.control.keys)
+        if not keys:
+            raise SystemExit("the latency benchmark sends keys; this daemon's model takes none")
+        s = c.open("a quiet forest", fps=args.fps, format=args.format)
+        clock = PlayoutClock(args.fps)
+        t_start = time.monotonic()
+        next_input = t_start
+        measuring, latencies, chunks, gen_s, shown, frames_per_chunk = False, [], [], [], [], []
+        while time.monotonic() - t_start < args.warmup + seconds:
+            now = time.monotonic()
+            if not measuring and now - t_start >= args.warmup:
+                measuring, latencies, chunks, gen_s, shown = True, [], [], [], []
+            if now >= next_input:  # one control row per frame period, sent at a jittered moment
+                c.send(s, controls={"keys": [[float(rng.random() < 0.5)] + [0.0] * (keys - 1)]})
+                next_input += rng.uniform(0.5, 1.5) / args.fps
+            f = c.frame(max(0.0, min(0.005, next_input - time.monotonic())))
+            if f is None or f.session != s:
+                continue
+            at = clock.show(f)
+            shown.append(at)
+            lat = c.core.inputs_shown(f.header["input_seq"], at)
+            if measuring:
+                latencies += lat
+            if f.header["i"] == 0:
+                chunks.append((f.chunk_started, at))
+                gen_s.append(f.header["gen_ms"] / 1e3)
+                frames_per_chunk.append(f.header["n"])
+        c.close_session(s)
+    n = statistics.median(frames_per_chunk)
+    chunk_s = statistics.median(gen_s)
+    expected = expected_control_to_photon(chunks)
+    return {"latency": summary(latencies), "expected_ms": None if expected is None else 1e3 * expected,
+            "floor_ms": 1e3 * latency_floor_s(int(n), args.fps, chunk_s), "chunk_ms": 1e3 * chunk_s,
+            "frames_per_chunk": n, "shown_fps": (len(shown) - 1) / (shown[-1] - shown[0]) if len(shown) > 1 else 0}
+
+
+def spread(xs: list[float]) -> float | None:
+    """(max - min) / median: how far a series that should stay flat moved."""
+    return (max(xs) - min(xs)) / statistics.median(xs) if xs else None
+
+
+def soak(args: argparse.Namespace, daemon: Daemon) -> dict:
+    """One paced session for --soak-seconds: controls every frame, prompt switches, resets; sampled each interval."""
+    from worldsim.client import Client
+
+    prompts = ["a quiet forest", "a desert at noon", "a snowy pass", "a lava field", "a dungeon corridor"]
+    samples = []
+    with Client(daemon.endpoint, name="soak", timeout=120) as c:
+        keys = len(c.welcome.control.keys)
+        s = c.open(prompts[0], fps=args.fps, format=args.format)
+        t0 = time.monotonic()
+        next_input, next_switch, next_reset, next_sample = t0, t0 + 10, t0 + 300, t0 + args.soak_interval
+        window, switches, resets, frames = [], 0, 0, 0
+        while (now := time.monotonic()) - t0 < args.soak_seconds:
+            if now >= next_input:
+                c.send(s, controls={"keys": [[1.0] + [0.0] * (keys - 1)]} if keys else None)
+                next_input += 1 / args.fps
+            if now >= next_switch:
+                switches += 1
+                c.send(s, prompt=prompts[switches % len(prompts)], mode=["soft", "recache", "cut"][switches % 3])
+                next_switch += 10
+            if now >= next_reset:
+                c.reset(s)
+                resets += 1
+                next_reset += 300
+            for f in c.frames_ready():
+                frames += 1
+                if f.header["i"] == 0:
+                    window.append(f.header["gen_ms"])
+            if now >= next_sample:
+                samples.append({"t_s": round(now - t0, 1), "rss_mb": round(daemon.rss_mb(), 1),
+                                "chunk_ms_median": statistics.median(window) if window else None,
+                                "chunk_ms_p95": sorted(window)[int(0.95 * len(window))] if window else None,
+                                "frames": frames})
+                print(f"soak {samples[-1]}", flush=True)
+                window = []
+                next_sample += args.soak_interval
+            time.sleep(0.002)
+    warm = samples[1:] or samples
+    rss = [x["rss_mb"] for x in warm]
+    chunk = [x["chunk_ms_median"] for x in warm if x["chunk_ms_median"] is not None]
+    return {"samples": samples, "switches": switches, "resets": resets,
+            "rss_spread_after_warmup": spread(rss), "chunk_ms_spread_after_warmup": spread(chunk)}
 
 
 # ---- protocol overhead per frame -----------------------------------------------------------------------------
@@ -205,37 +329,47 @@ def ms(v) -> str:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
-    counts = [int(c) for c in args.clients.split(",") if c.strip()]
+    parts = set(args.only or ["in-process", "throughput", "latency", "protocol"])
     cpu = next((ln.split(":", 1)[1].strip() for ln in Path("/proc/cpuinfo").read_text().splitlines()
                 if ln.startswith("model name")), "cpu") if Path("/proc/cpuinfo").is_file() else "cpu"
     cond = {"preset": args.preset, "video": f"{args.width}x{args.height}", "decoder": "preview",
-            "format": args.format, "device": f"{cpu}, {os.cpu_count()} cores", "seconds": args.seconds,
-            "control_hz": CONTROL_HZ}
+            "format": args.format, "device": f"{cpu}, {os.cpu_count()} cores", "threads": args.threads,
+            "seconds": args.seconds, "fps": args.fps, "daemon_src": str(args.daemon_src or "this checkout")}
     print("conditions: " + ", ".join(f"{k}={v}" for k, v in cond.items()), flush=True)
     results: dict = {"conditions": cond}
-    results["in_process"] = ip = in_process(args)
-    lat = ip["latency"]
-    print(f"in-process          : {ip['fps']:7.1f} frames/s   control-to-frames median {ms(lat['median_ms'])} ms "
-          f"p95 {ms(lat['p95_ms'])} ms   (torch threads {ip['threads']})", flush=True)
-    endpoint = free_endpoint()
-    daemon = start_daemon(args, endpoint)
-    try:
-        results["daemon"] = []
-        for n in counts:
-            r = through_daemon(args, endpoint, n)
-            results["daemon"].append(r)
-            per = " ".join(f"{x:.1f}" for x in r["fps_per_client"])
-            print(f"daemon, {n} client{'s' if n > 1 else ' '}  : {r['fps_total']:7.1f} frames/s total "
-                  f"({per} per client)"
-                  f"   control-to-photon median {ms(r['latency']['median_ms'])} ms p95 {ms(r['latency']['p95_ms'])} ms",
-                  flush=True)
-    finally:
-        daemon.terminate()
-        daemon.wait(30)
-    results["protocol_overhead_832x480"] = po = protocol_overhead(args.overhead_frames)
-    for fmt, r in po.items():
-        print(f"protocol {fmt:5s} 832x480: {r['total_ms']:.2f} ms/frame (encode {r['encode_ms']:.2f}, transfer "
-              f"{r['transfer_ms']:.2f}, decode {r['decode_ms']:.2f}), {r['bytes'] / 1024:.0f} KiB/frame")
+    if "in-process" in parts:
+        results["in_process"] = ip = in_process(args)
+        print(f"in-process              : {ip['fps']:7.1f} frames/s", flush=True)
+    if "throughput" in parts:
+        results["throughput"] = []
+        with Daemon(args) as d:
+            for n in [int(x) for x in args.sessions.split(",") if x.strip()]:
+                r = throughput(args, d.endpoint, n)
+                results["throughput"].append(r)
+                print(f"daemon, {n} session(s)   : {r['fps_total']:7.1f} frames/s total "
+                      f"({' '.join(f'{x:.1f}' for x in r['fps_per_session'])} each), no batching", flush=True)
+    if "latency" in parts:
+        results["latency"] = []
+        for chunk in [int(x) for x in args.chunks.split(",") if x.strip()]:
+            with Daemon(args, None if args.daemon_src else chunk) as d:
+                r = paced_latency(args, d.endpoint, args.seconds) | {"chunk_latents": chunk}
+                results["latency"].append(r)
+                lat = r["latency"]
+                print(f"paced {args.fps:g} fps, chunk {chunk} ({r['frames_per_chunk']:g} frames, "
+                      f"{r['chunk_ms']:.0f} ms): control-to-photon median {ms(lat['median_ms'])} p95 "
+                      f"{ms(lat['p95_ms'])} ms (n={lat['n']}), expected {ms(r['expected_ms'])} ms, floor "
+                      f"{r['floor_ms']:.0f} ms, shown {r['shown_fps']:.2f} fps", flush=True)
+    if "soak" in parts:
+        with Daemon(args) as d:
+            results["soak"] = r = soak(args, d)
+        print(f"soak {args.soak_seconds:g} s: {r['switches']} switches, {r['resets']} resets, RSS spread after "
+              f"warm-up {r['rss_spread_after_warmup']}, chunk-time spread {r['chunk_ms_spread_after_warmup']}",
+              flush=True)
+    if "protocol" in parts:
+        results["protocol_overhead_832x480"] = po = protocol_overhead(args.overhead_frames)
+        for fmt, r in po.items():
+            print(f"protocol {fmt:5s} 832x480: {r['total_ms']:.2f} ms/frame (encode {r['encode_ms']:.2f}, "
+                  f"transfer {r['transfer_ms']:.2f}, decode {r['decode_ms']:.2f}), {r['bytes'] / 1024:.0f} KiB/frame")
     if args.json:
         args.json.parent.mkdir(parents=True, exist_ok=True)
         args.json.write_text(json.dumps(results, indent=1))

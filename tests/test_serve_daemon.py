@@ -8,6 +8,7 @@ import os
 import signal
 import subprocess
 import sys
+import threading
 import time
 
 import numpy as np
@@ -15,6 +16,7 @@ import pytest
 
 from serve_helpers import TEST_LIMITS, RawPeer, rss_mb, tiny_backend, wait_for
 from worldsim.client import AsyncClient, Client, ConnectionLost, ServerError
+from worldsim.client.photon import PlayoutClock, expected_control_to_photon
 from worldsim.serve.protocol import PROTOCOL_VERSION
 
 
@@ -196,45 +198,87 @@ def test_connect_disconnect_cycles_leave_memory_flat(backend, make_daemon):
     assert grown < 10, f"RSS grew {grown:.1f} MiB over 150 connect/disconnect cycles"
 
 
+def paced_stream(c: Client, session: int, fps: float, seconds: float) -> tuple[float, float]:
+    """Play a paced session for ``seconds``: (frames shown per second, expected control-to-photon in s)."""
+    clock, chunks, shown = PlayoutClock(fps), [], []
+    t0 = time.monotonic()
+    while time.monotonic() - t0 < seconds:
+        f = c.frame(0.05)
+        if f is None or f.session != session:
+            continue
+        at = clock.show(f)
+        shown.append(at)
+        if f.header["i"] == 0:
+            chunks.append((f.chunk_started, at))
+    assert len(chunks) >= 4, f"only {len(chunks)} chunks in {seconds} s"
+    return (len(shown) - 1) / (shown[-1] - shown[0]), expected_control_to_photon(chunks)
+
+
 def test_client_that_never_reads(make_daemon):
+    """A paced fps-240 session whose client never reads costs model time only until its queue is full; the
+    reading client keeps its frame rate and control-to-photon latency."""
     big = tiny_backend(size=128)  # 48 KiB frames fill socket buffers quickly
-    d = make_daemon(big, queue_frames=12)
-    sink = RawPeer(d.endpoint, rcvhwm=1)
-    try:
-        sink.hello()
-        stuck = sink.reply(sink.request("open", prompt="never read", fps=48))["session"]
-        with Client(d.endpoint, name="reader") as c:
-            s = c.open("keeps up", fps=16)
-            frames_for(c, s, 12)  # warm up
-            t0, n = time.monotonic(), 0
-            while time.monotonic() - t0 < 4:
-                sink.request("ping")  # the non-reader stays alive, it just never reads
-                n += len(c.frames_ready())
-                time.sleep(0.05)
-            fps = n / (time.monotonic() - t0)
-            assert fps > 12, f"the reading client got {fps:.1f} fps next to a client that never reads"
-            entry = d.sessions[stuck]
-            assert len(entry.frames) <= 12 and entry.stats.frames_dropped > 0
-            assert len(d.clients[sink_ident(d, "raw")].replies) <= 256
-    finally:
-        sink.close()
+    d = make_daemon(big, queue_frames=24)
+    with Client(d.endpoint, name="reader") as c:
+        s = c.open("keeps up", fps=16)
+        frames_for(c, s, 24)  # warm up
+        fps_alone, latency_alone = paced_stream(c, s, 16, 6)
+        sink = RawPeer(d.endpoint, rcvhwm=1)
+        try:
+            sink.hello()
+            stuck = sink.reply(sink.request("open", prompt="never read", fps=240))["session"]
+            fps_next, latency_next = paced_stream(c, s, 16, 6)
+            made = d.sessions[stuck].generation.published["frames_generated"]
+            sink.request("ping")  # the non-reader stays connected, it just never reads
+            t1 = time.monotonic()
+            while time.monotonic() - t1 < 2:
+                c.frame(0.05)
+            assert d.sessions[stuck].generation.published["frames_generated"] == made, "the non-reader still costs"
+            assert len(d.sessions[stuck].frames) <= 24
+        finally:
+            sink.close()
+    print(f"alone {fps_alone:.2f} fps {1e3 * latency_alone:.0f} ms; next to a non-reader {fps_next:.2f} fps "
+          f"{1e3 * latency_next:.0f} ms")
+    assert fps_next >= 0.95 * fps_alone, f"{fps_next:.2f} fps next to a non-reader, {fps_alone:.2f} alone"
+    assert latency_next <= 1.10 * latency_alone, f"control-to-photon {1e3 * latency_next:.0f} ms next to a " \
+                                                 f"non-reader, {1e3 * latency_alone:.0f} ms alone"
 
 
 def sink_ident(d, name: str) -> bytes:
     return next(ident for ident, c in d.clients.items() if c.name == name)
 
 
-def test_shutdown_tells_clients(backend):
-    from worldsim.serve.daemon import Daemon, DaemonConfig
+def test_shutdown_tells_clients_under_load(backend):
+    """Four unpaced sessions whose clients stopped reading (full pipes): each client that reads again gets the
+    notice within the stated SHUTDOWN_NOTICE_S after the model loop stops."""
+    from worldsim.serve.daemon import SHUTDOWN_NOTICE_S, Daemon, DaemonConfig
 
     d = Daemon(backend, DaemonConfig(bind="tcp://127.0.0.1:*", limits=TEST_LIMITS)).start()
-    with Client(d.endpoint) as c:
-        s = c.open(fps=0)
-        frames_for(c, s, 2)
-        d.stop("maintenance")
-        with pytest.raises(ConnectionLost, match="shut down: maintenance"):
-            for _ in range(100):
-                c.frame(0.2)
+    clients = [Client(d.endpoint, name=f"c{i}") for i in range(4)]
+    try:
+        for c in clients:
+            frames_for(c, c.open(fps=0), 2)
+        time.sleep(1.0)  # nobody reads: pipes and socket buffers fill with frames
+        stopper = threading.Thread(target=d.stop, args=("maintenance",))
+        t0 = time.monotonic()
+        stopper.start()
+        told = {}
+        while len(told) < 4 and time.monotonic() - t0 < 10:
+            for i, c in enumerate(clients):
+                if i in told:
+                    continue
+                try:
+                    c.frames_ready()
+                except ConnectionLost as e:
+                    assert "shut down: maintenance" in str(e)
+                    told[i] = time.monotonic() - t0
+            time.sleep(0.005)
+        stopper.join(30)
+        assert len(told) == 4, f"only clients {sorted(told)} were told"
+        assert max(told.values()) < SHUTDOWN_NOTICE_S + 1.0, told
+    finally:
+        for c in clients:
+            c.close()
 
 
 def test_asyncio_client(backend, make_daemon):

@@ -3,6 +3,8 @@ connection), floods are rate-limited, and a well-behaved client keeps streaming 
 
 from __future__ import annotations
 
+import subprocess
+import sys
 import time
 
 import msgpack
@@ -92,23 +94,77 @@ def test_oversized_message_drops_the_connection_only(served):
     still_streaming(good, session)
 
 
+def replies_until_quiet(peer: RawPeer, quiet_s: float = 1.0) -> list[dict]:
+    out = []
+    while (parts := peer.recv(quiet_s)) is not None:
+        out.append(msgpack.unpackb(parts[0], raw=False))
+    return out
+
+
 def test_flood_is_rate_limited(backend, make_daemon):
+    """Past the burst, every refused message is answered rate_limited (naming it); nothing is disconnected."""
     d = make_daemon(backend, rate_per_s=200, rate_burst=100)
     with Client(d.endpoint, name="good") as good:
         session = good.open(fps=0)
         peer = RawPeer(d.endpoint)
         try:
             peer.hello()
-            for i in range(3000):
-                peer.request("ping")
-            codes = set()
-            while (parts := peer.recv(1.0)) is not None:
-                msg = msgpack.unpackb(parts[0], raw=False)
-                codes.add(msg.get("code", msg["type"]))
-            assert "rate_limited" in codes and "pong" in codes
+            seqs = [peer.request("ping") for _ in range(3000)]
+            got = replies_until_quiet(peer)
+            pongs = {m["re"] for m in got if m["type"] == "pong"}
+            limited = {m["re"] for m in got if m.get("code") == "rate_limited"}
+            assert pongs | limited == set(seqs) and not pongs & limited and len(got) == 3000
+            assert 100 <= len(pongs) < 1500  # the burst, and the refill while the flood lasted
+            assert peer.reply(peer.request("ping"), timeout=5)["type"] == "pong"  # still connected
             still_streaming(good, session)
         finally:
             peer.close()
+
+
+def test_burst_within_the_allowance_is_answered(backend, make_daemon):
+    d = make_daemon(backend, rate_per_s=400, rate_burst=800)
+    peer = RawPeer(d.endpoint)
+    try:
+        peer.hello()
+        seqs = [peer.request("ping") for _ in range(300)]
+        got = replies_until_quiet(peer)
+        assert [m["type"] for m in got] == ["pong"] * 300 and [m["re"] for m in got] == seqs
+        assert len(d.clients) == 1
+    finally:
+        peer.close()
+
+
+FLOODER = """
+import sys, zmq
+sock = zmq.Context().socket(zmq.DEALER)
+sock.connect(sys.argv[1])
+print("flooding", flush=True)
+while True:
+    sock.send(b"\\xc1 not msgpack")
+"""
+
+
+def test_flood_before_hello_does_not_lock_others_out(backend, make_daemon):
+    """Peers that have not said hello have their own buckets: one flooding garbage cannot starve handshakes."""
+    d = make_daemon(backend, rate_per_s=400, rate_burst=800)
+    flooder = subprocess.Popen([sys.executable, "-c", FLOODER, d.endpoint], stdout=subprocess.PIPE, text=True)
+    try:
+        assert flooder.stdout.readline().strip() == "flooding"
+        time.sleep(1.0)  # well past the flooder's burst
+        waits = []
+        for i in range(8):
+            peer = RawPeer(d.endpoint)
+            t0 = time.monotonic()
+            try:
+                assert peer.hello()["type"] == "welcome"
+                waits.append(time.monotonic() - t0)
+            finally:
+                peer.close()
+        assert max(waits) < 1.0, f"hello took {max(waits):.2f} s during a flood"
+        assert flooder.poll() is None and len(d._handshakes) <= d.limits.max_pending_handshakes
+    finally:
+        flooder.kill()
+        flooder.wait()
 
 
 # ---- property-based fuzzing of the live daemon -------------------------------------------------------------------

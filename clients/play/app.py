@@ -278,11 +278,12 @@ class PlayApp:
         return self.summary(error)
 
     def _photon(self, frame: Frame) -> None:
-        """A new frame reached the screen: count it and measure control-to-photon latency."""
+        """A new frame reached the screen: count it and measure the control-to-photon latency of every input it is
+        the first to show (bridge/PROTOCOL.md)."""
         self.shown += 1
         self.shown_rate.tick()
-        if frame.input_sent is not None:
-            self.latency.add(time.monotonic() - frame.input_sent)
+        for latency in self.client.core.inputs_shown(frame.header.get("input_seq", -1), time.monotonic()):
+            self.latency.add(latency)
         if self.cfg.max_frames and self.shown >= self.cfg.max_frames:
             self.running = False
 

@@ -48,6 +48,7 @@ class Frame:
     payload: Any  # bytes-like
     received: float  # time.monotonic() on arrival
     input_sent: float | None = None  # time.monotonic() when the input named by header["input_seq"] was sent
+    received_wall: float = 0.0  # time.time() on arrival (to place the daemon's wall-clock stamps)
     _image: np.ndarray | None = field(default=None, repr=False)
 
     @property
@@ -80,6 +81,13 @@ class Frame:
         if c is None:
             return None
         return {k: np.frombuffer(v, "<f4") if isinstance(v, bytes) else np.asarray(v, np.float32) for k, v in c.items()}
+
+    @property
+    def chunk_started(self) -> float:
+        """When the daemon started generating this frame's chunk, on this client's ``time.monotonic()`` clock
+        (from the header's ``t_gen`` and ``gen_ms``; same-host clocks, so exact on loopback)."""
+        start_wall = self.header["t_gen"] - self.header["gen_ms"] / 1e3
+        return self.received - (self.received_wall - start_wall)
 
     @property
     def input_latency_s(self) -> float | None:
@@ -123,6 +131,7 @@ class ClientCore:
         self._seq = 0
         self.welcome: Welcome | None = None
         self._input_sent: OrderedDict[int, float] = OrderedDict()
+        self._shown_upto = -1  # newest input seq already counted by inputs_shown
         self.last_sent = self._last_ping = time.monotonic()
         self._unanswered_since: float | None = None  # first message sent since the daemon last said anything
 
@@ -154,13 +163,20 @@ class ClientCore:
     def input_sent_at(self, seq: int) -> float | None:
         return self._input_sent.get(seq)
 
+    def inputs_shown(self, input_seq: int, shown_at: float) -> list[float]:
+        """Control-to-photon of the inputs first shown at ``shown_at`` by a frame made with ``input_seq``: every
+        input up to that seq not yet counted (bridge/PROTOCOL.md, "Control-to-photon")."""
+        out = [shown_at - sent for seq, sent in self._input_sent.items() if self._shown_upto < seq <= input_seq]
+        self._shown_upto = max(self._shown_upto, input_seq)
+        return out
+
     def parse(self, parts: list) -> Frame | dict:
         """An incoming message: a Frame for ``[header, payload]``, else the decoded control map."""
         now = time.monotonic()
         self._unanswered_since = None
         header = msgpack.unpackb(parts[0], raw=False)
         if len(parts) == 2 and isinstance(header, dict) and header.get("type") == "frame":
-            return Frame(header, parts[1], now, self.input_sent_at(header.get("input_seq", -1)))
+            return Frame(header, parts[1], now, self.input_sent_at(header.get("input_seq", -1)), time.time())
         if not isinstance(header, dict) or len(parts) != 1:
             raise ClientError(f"unexpected message from the daemon: {len(parts)} parts")
         return header

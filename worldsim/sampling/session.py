@@ -52,17 +52,19 @@ class StreamingSession:
     prompt_embeds: [B, L, text_dim] text context (B streams generated in lockstep).
     latent_shape: (C, H, W) of one latent frame. window_frames / sink_frames: cache sizes in latent frames
     (see :class:`~worldsim.model.kv_cache.KVCache`). context_latents: optional clean prefix [B, C, F0, H, W]
-    (an image or video from the engine) pushed through the cache before the first step.
+    (an image or video from the engine) pushed through the cache before the first step. chunk_frames: latent
+    frames per step (default: the model's training chunk size; smaller chunks trade quality for latency).
     """
 
     def __init__(self, model: CausalWanDiT, prompt_embeds: torch.Tensor, *, latent_shape: tuple[int, int, int],
                  seed: int = 0, sink_frames: int = 0, window_frames: int = 21, sampler: SamplerConfig | None = None,
-                 context_latents: torch.Tensor | None = None, context_controls: Controls | None = None):
+                 context_latents: torch.Tensor | None = None, context_controls: Controls | None = None,
+                 chunk_frames: int | None = None):
         self.model = model
         self.sampler = sampler or SamplerConfig()
         self.schedule = FlowMatchSchedule.from_config(self.sampler)
         self.timesteps = self.schedule.sampling_timesteps(self.sampler)
-        self.chunk_frames = model.cfg.chunk_frames
+        self.chunk_frames = chunk_frames or model.cfg.chunk_frames  # another size than trained works at inference
         if window_frames < self.chunk_frames:
             raise ValueError(f"window_frames ({window_frames}) must hold at least one chunk ({self.chunk_frames} frames)")
         c, h, w = latent_shape

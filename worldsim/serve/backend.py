@@ -48,6 +48,7 @@ class BackendOptions:
     fps: float = 16.0
     sink_frames: int = 3
     window_frames: int = 12
+    chunk_latents: int | None = None  # latent frames per chunk (default: the model's training chunk size)
     seed: int = 0  # random weights of a preset
 
 
@@ -61,6 +62,7 @@ class Backend:
     fps: float
     sink_frames: int
     window_frames: int
+    chunk_latents: int
     make_decoder: Callable[[], StreamingDecoder]
     embed_prompt: PromptEmbedder
     encode_start: Callable[[np.ndarray], torch.Tensor] | None  # [H, W, 3] uint8 -> clean latents [1, C, 1, h, w]
@@ -76,7 +78,7 @@ class Backend:
         return next(self.model.parameters()).dtype
 
     def video_info(self) -> dict:
-        k, n = self.schema.frames_per_latent, self.model.cfg.chunk_frames
+        k, n = self.schema.frames_per_latent, self.chunk_latents
         return {"width": self.video_shape[1], "height": self.video_shape[0], "fps": self.fps, "chunk_latents": n,
                 "frames_per_latent": k, "frames_per_chunk": k * n, "first_chunk_frames": 1 + k * (n - 1)}
 
@@ -132,8 +134,11 @@ def build_backend(opts: BackendOptions) -> Backend:
         raise ValueError(f"video size {height}x{width} must be a positive multiple of {unit} "
                          f"(decoder stride {spatial} x patch {cfg.patch_size[1]})")
     latent_shape = (cfg.in_dim, height // spatial, width // spatial)
-    if opts.window_frames < cfg.chunk_frames:
-        raise ValueError(f"window_frames ({opts.window_frames}) must hold a chunk ({cfg.chunk_frames} latent frames)")
+    chunk = opts.chunk_latents or cfg.chunk_frames
+    if chunk < 1:
+        raise ValueError(f"chunk_latents must be at least 1, got {chunk}")
+    if opts.window_frames < chunk:
+        raise ValueError(f"window_frames ({opts.window_frames}) must hold a chunk ({chunk} latent frames)")
 
     def make_decoder() -> PreviewDecoder:
         return PreviewDecoder(cfg.in_dim, temporal_stride=stride, spatial_stride=spatial)
@@ -143,7 +148,8 @@ def build_backend(opts: BackendOptions) -> Backend:
         ControlSchema(c.keys, c.axes, c.embedding_dim, c.frames_per_latent)
     return Backend(model=model, name=name, untrained=untrained, latent_shape=latent_shape, video_shape=(height, width),
                    fps=opts.fps, sink_frames=opts.sink_frames, window_frames=opts.window_frames,
-                   make_decoder=make_decoder, embed_prompt=HashingPromptEmbedder(cfg.text_len, cfg.text_dim),
+                   chunk_latents=chunk, make_decoder=make_decoder,
+                   embed_prompt=HashingPromptEmbedder(cfg.text_len, cfg.text_dim),
                    encode_start=preview_encoder(make_decoder(), latent_shape), schema=schema)
 
 

@@ -35,6 +35,9 @@ def add_serve_arguments(p: argparse.ArgumentParser) -> None:
     m.add_argument("--fps", type=float, default=16.0, help="frame rate sessions are paced at (default 16)")
     m.add_argument("--sink", type=int, default=3, help="KV-cache sink, latent frames (default 3)")
     m.add_argument("--window", type=int, default=12, help="KV-cache rolling window, latent frames (default 12)")
+    m.add_argument("--chunk-latents", type=int, metavar="N",
+                   help="latent frames per chunk (default: the model's, 3 for Wan2.1 Self-Forcing); 1 or 2 cut "
+                        "control-to-photon latency at some cost in quality")
     m.add_argument("--control-keys", type=_names, default=("W", "A", "S", "D", "Space", "Shift"), metavar="K1,K2,..",
                    help="control keys of a preset's control module (default W,A,S,D,Space,Shift)")
     m.add_argument("--control-axes", type=_names, default=("mouse_dx", "mouse_dy"), metavar="A1,A2,..",
@@ -82,7 +85,8 @@ def run_serve(args: argparse.Namespace) -> int:
         backend = build_backend(BackendOptions(
             preset=args.preset, model=args.model, config=args.config, height=args.height, width=args.width,
             device=args.device, dtype=args.dtype, keys=args.control_keys, axes=args.control_axes,
-            embedding_dim=args.embedding_dim, fps=args.fps, sink_frames=args.sink, window_frames=args.window))
+            embedding_dim=args.embedding_dim, fps=args.fps, sink_frames=args.sink, window_frames=args.window,
+            chunk_latents=args.chunk_latents))
         lim = dataclasses.replace(Limits(), max_sessions=args.max_sessions, max_clients=args.max_clients,
                                   max_sessions_per_client=args.max_sessions_per_client, queue_frames=args.queue_frames,
                                   idle_timeout_s=args.idle_timeout, heartbeat_s=min(2.0, args.idle_timeout / 4),

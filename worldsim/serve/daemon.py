@@ -1,14 +1,15 @@
 """The daemon's socket loop: a ZeroMQ ROUTER that speaks protocol v1 and feeds the engine thread.
 
-It owns the client table, the session registry (ids, owners, limits) and one bounded frame queue per session:
-when a client reads too slowly, the oldest queued frames are dropped (and counted), so a slow client gets the
-newest frames and costs bounded memory. Every inbound message is size-limited (ZMQ ``MAXMSGSIZE`` and msgpack
-limits), rate-limited per client and schema-checked; anything wrong gets an ``error`` reply and the loop goes on.
-Clients that stop talking for ``idle_timeout_s`` are dropped and their sessions freed. The loop never runs the
-model: generation happens on the :class:`~worldsim.serve.engine.Engine` thread.
+It owns the client table and every session's lifecycle (id, owner, epoch, pause, close), and one bounded frame
+queue per session; the :class:`~worldsim.serve.engine.Engine` thread only generates, told by commands. Replies
+and notices go before frames (a per-client reply queue sent first; frames wait while a client's pipe is full), so
+control messages are never lost behind frames. Every inbound message is size-limited (ZMQ ``MAXMSGSIZE`` and
+msgpack limits), rate-limited per peer (also before ``hello``) and schema-checked; anything wrong gets an ``error``
+reply and the loop goes on. A client whose replies pile up past ``max_pending_replies`` (it stopped reading) or
+that is silent for ``idle_timeout_s`` is dropped and its sessions freed. The loop never runs the model.
 
     daemon = Daemon(build_backend(BackendOptions()), DaemonConfig(bind="tcp://127.0.0.1:5555"))
-    daemon.serve_forever(stop_event)   # or daemon.start() ... daemon.stop() for a background thread
+    daemon.serve_forever()   # or daemon.start() ... daemon.stop() for a background thread
 """
 
 from __future__ import annotations
@@ -20,25 +21,23 @@ import os
 import queue
 import threading
 import time
-from collections import deque
+from collections import OrderedDict, deque
 from dataclasses import dataclass, field
 
 import zmq
 
-from .. import __version__
+from . import messages
 from .backend import Backend, describe
-from .engine import DropCmd, Ended, Engine, InputCmd, OpCmd, OpenCmd, Output, Reply
+from .engine import DropCmd, Engine, Event, Failed, Frames, InputCmd, OpenCmd, Opened, OpenFailed, PauseCmd, ResetCmd
 from .logs import LOGGER, event
-from .protocol import (FRAME_FORMATS, PROTOCOL_VERSION, SINK_POLICIES, SWITCH_MODES, Bye, Hello, Input, Limits, Open,
-                       Ping, ProtocolError, SessionOp, Stats, check_compatible, decode, error, fit_message_limit, pack,
-                       parse, peek_seq)
+from .protocol import (Bye, Hello, Input, Limits, Open, Ping, ProtocolError, SessionOp, Stats, check_compatible, decode,
+                       decode_limits, fit_message_limit, pack, parse, peek_seq)
 from .security import check_bind, start_server_curve
 from .sessions import FrameOut
-from .stats import SessionStats
+from .stats import DeliveryStats, GenerationStats, session_report
 
 HOUSEKEEPING_S = 0.25
-MAX_PENDING_REPLIES = 256  # replies queued for a client that does not read; past this it is dropped
-RECV_BATCH = 256  # inbound messages handled per loop turn before sending again
+RECV_BATCH = 256  # inbound messages handled per loop turn before frames are sent again (replies go out at once)
 SHUTDOWN_NOTICE_S = 2.0  # how long a stopping daemon keeps trying to deliver the shutdown notice
 
 
@@ -53,9 +52,8 @@ class DaemonConfig:
 
 
 class TokenBucket:
-    def __init__(self, rate: float, burst: int):
-        self.rate, self.burst, self.tokens, self.t = rate, burst, float(burst), time.monotonic()
-        self.notified = 0.0
+    def __init__(self, rate: float, burst: int, now: float):
+        self.rate, self.burst, self.tokens, self.t = rate, burst, float(burst), now
 
     def take(self, now: float) -> bool:
         self.tokens = min(self.burst, self.tokens + (now - self.t) * self.rate)
@@ -63,13 +61,6 @@ class TokenBucket:
         if self.tokens < 1:
             return False
         self.tokens -= 1
-        return True
-
-    def should_notify(self, now: float) -> bool:
-        """At most one rate_limited error per second."""
-        if now - self.notified < 1.0:
-            return False
-        self.notified = now
         return True
 
 
@@ -80,7 +71,7 @@ class ClientState:
     last_seen: float
     bucket: TokenBucket
     sessions: set[int] = field(default_factory=set)
-    replies: deque = field(default_factory=deque)
+    replies: deque = field(default_factory=deque)  # packed control messages, sent before any frame
 
     @property
     def tag(self) -> str:
@@ -88,10 +79,23 @@ class ClientState:
 
 
 @dataclass
-class SessionEntry:
+class SessionSlot:
+    """A session as the daemon owns it. ``generation`` is written by the engine (read here via its snapshot)."""
+
+    sid: int
     client: bytes
-    stats: SessionStats
+    open_seq: int
+    format: str
+    lookahead: float
     frames: deque  # FrameOut, bounded: appending to a full queue drops the oldest
+    generation: GenerationStats
+    delivery: DeliveryStats = field(default_factory=DeliveryStats)
+    opening: bool = True  # until the engine has made it
+    epoch: int = 0
+    paused: bool = False
+
+    def report(self) -> dict:
+        return session_report(self.generation, self.delivery)
 
 
 class Daemon:
@@ -119,11 +123,11 @@ class Daemon:
         self._wake_r, self._wake_w = os.pipe()
         os.set_blocking(self._wake_r, False)
         os.set_blocking(self._wake_w, False)
-        self._outputs: queue.SimpleQueue = queue.SimpleQueue()
+        self._events: queue.SimpleQueue = queue.SimpleQueue()
         self.clients: dict[bytes, ClientState] = {}
-        self.sessions: dict[int, SessionEntry] = {}
+        self.sessions: dict[int, SessionSlot] = {}
+        self._handshakes: OrderedDict[bytes, TokenBucket] = OrderedDict()  # per-peer buckets before hello
         self._next_sid = 1
-        self._anon = TokenBucket(self.limits.rate_per_s, self.limits.rate_burst)
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self._closed = False
@@ -132,8 +136,8 @@ class Daemon:
         self._last_stats_log = self._last_housekeeping = self.started
         self.engine = Engine(backend, self.limits, emit=self._emit, backlog=self._backlog, logger=logger)
         self.engine.start()
-        event(self.log, "daemon_listening", endpoint=self.endpoint, protocol=PROTOCOL_VERSION,
-              curve=self.curve is not None, **describe(backend), video=backend.video_info())
+        event(self.log, "daemon_listening", endpoint=self.endpoint, curve=self.curve is not None,
+              **describe(backend), video=backend.video_info())
 
     def _make_socket(self) -> zmq.Socket:
         s = self.ctx.socket(zmq.ROUTER)
@@ -156,16 +160,17 @@ class Daemon:
         return s
 
     # ---- engine side (called on the engine thread) -----------------------------------------------------------
-    def _emit(self, outputs: list[Output]) -> None:
-        self._outputs.put(outputs)
+    def _emit(self, events: list[Event]) -> None:
+        self._events.put(events)
         try:
             os.write(self._wake_w, b"\0")
         except BlockingIOError:
             pass  # the pipe is full of wake-ups already
 
     def _backlog(self, sid: int) -> int:
-        entry = self.sessions.get(sid)
-        return len(entry.frames) if entry is not None else 0
+        """Frames queued for a session (read on the engine thread: dict.get and len(deque) are atomic)."""
+        slot = self.sessions.get(sid)
+        return len(slot.frames) if slot is not None else 0
 
     # ---- running ---------------------------------------------------------------------------------------------
     def start(self) -> "Daemon":
@@ -201,12 +206,12 @@ class Daemon:
                         pass
                 except BlockingIOError:
                     pass
-            self._take_outputs()
+            self._take_events()
             blocked = self._flush()
             self._housekeeping()
 
     def close(self) -> None:
-        """Tell clients (``shutdown`` with :attr:`stop_reason`), stop the engine, release sockets. Idempotent."""
+        """Stop the engine, tell every client (``shutdown`` with :attr:`stop_reason`), release sockets. Idempotent."""
         if self._closed:
             return
         reason = self.stop_reason
@@ -215,7 +220,6 @@ class Daemon:
         self.engine.stop()
         self._tell_shutdown(reason)
         event(self.log, "daemon_stopped", reason=reason, clients=len(self.clients), sessions=len(self.sessions))
-        self.sock.setsockopt(zmq.LINGER, 500)  # let the shutdown notices out
         self.sock.close()
         if self.curve is not None:
             self.curve.stop()
@@ -229,27 +233,20 @@ class Daemon:
         """Queue ``shutdown`` behind each client's pending replies (queued frames give way), then keep sending until
         every client has it or :data:`SHUTDOWN_NOTICE_S` passed: a client that reads gets it after at most the
         ``send_hwm`` frames already in its pipe; one that does not read cannot stall the stop."""
-        notice = pack({"type": "shutdown", "reason": reason})
+        notice = pack(messages.shutdown(reason))
+        for slot in self.sessions.values():
+            slot.frames.clear()
         for client in self.clients.values():
-            for sid in client.sessions:
-                if sid in self.sessions:
-                    self.sessions[sid].frames.clear()
             client.replies.append(notice)
         deadline = time.monotonic() + SHUTDOWN_NOTICE_S
         pending = list(self.clients.values())
         while pending and time.monotonic() < deadline:
-            still = []
-            for client in pending:
-                try:
-                    if self._flush_client(client):
-                        still.append(client)
-                except zmq.ZMQError:
-                    pass  # the peer is gone
-            pending = still
+            pending = [c for c in pending if not self._send_replies(c)]
             if pending:
                 time.sleep(0.005)
         if pending:
             event(self.log, "shutdown_notice_undelivered", logging.WARNING, clients=[c.tag for c in pending])
+        self.sock.setsockopt(zmq.LINGER, 500)  # what is in the pipes still goes out
 
     # ---- inbound ---------------------------------------------------------------------------------------------
     def _read_batch(self) -> None:
@@ -258,37 +255,52 @@ class Daemon:
                 parts = self.sock.recv_multipart(zmq.NOBLOCK)
             except zmq.Again:
                 return
-            self._on_message(parts[0], parts[1:])
+            ident = parts[0]
+            self._on_message(ident, parts[1:])
+            client = self.clients.get(ident)
+            if client is not None and client.replies:
+                self._send_replies(client)  # a burst is answered as it is read, not after the whole batch
 
-    def _on_message(self, ident: bytes, body: list[bytes]) -> None:
-        now = time.monotonic()
+    def _bucket(self, ident: bytes, now: float) -> TokenBucket:
+        """The peer's rate bucket: its client's, or (before hello) its own among at most max_pending_handshakes."""
         client = self.clients.get(ident)
         if client is not None:
             client.last_seen = now
-        bucket = client.bucket if client is not None else self._anon
-        if not bucket.take(now):
-            if bucket.should_notify(now):
-                self._reply(ident, error("rate_limited", f"more than {self.limits.rate_per_s:g} messages/s; "
-                                                         "messages are being dropped"))
-            return
-        seq = None
+            return client.bucket
+        bucket = self._handshakes.get(ident)
+        if bucket is None:
+            bucket = self._handshakes[ident] = TokenBucket(self.limits.rate_per_s, self.limits.rate_burst, now)
+            while len(self._handshakes) > self.limits.max_pending_handshakes:
+                self._handshakes.popitem(last=False)  # forget the oldest silent peer
+        else:
+            self._handshakes.move_to_end(ident)
+        return bucket
+
+    def _on_message(self, ident: bytes, body: list[bytes]) -> None:
+        now = time.monotonic()
+        seq, limited = None, not self._bucket(ident, now).take(now)
         try:
             if len(body) != 1:
                 raise ProtocolError("bad_message", f"control messages are single-part msgpack maps, got {len(body)} "
                                                    "parts")
             raw = decode(body[0], self.limits, self.schema)
             seq = peek_seq(raw)
-            self._dispatch(ident, client, parse(raw, self.schema, self.limits), now)
+            if limited:
+                raise ProtocolError("rate_limited", f"more than {self.limits.rate_burst} messages at once or "
+                                                    f"{self.limits.rate_per_s:g}/s on average; this one was not "
+                                                    "handled")
+            self._dispatch(ident, parse(raw, self.schema, self.limits), now)
         except ProtocolError as e:
-            self._reply(ident, error(e.code, e.message, re=seq))
+            self._reply(ident, messages.error(e.code, e.message, re=seq))
         except Exception as e:  # noqa: BLE001 - a daemon bug answers this message, never stops the loop
             self.log.exception("message_failed", extra={"fields": {"client": ident.hex()}})
-            self._reply(ident, error("internal", f"{type(e).__name__}: {e}"[:300], re=seq))
+            self._reply(ident, messages.error("internal", f"{type(e).__name__}: {e}"[:300], re=seq))
 
-    def _dispatch(self, ident: bytes, client: ClientState | None, msg, now: float) -> None:
+    def _dispatch(self, ident: bytes, msg, now: float) -> None:
         if isinstance(msg, Hello):
-            self._hello(ident, client, msg, now)
+            self._hello(ident, msg, now)
             return
+        client = self.clients.get(ident)
         if client is None:
             raise ProtocolError("hello_required", "send hello first (protocol handshake)")
         if isinstance(msg, Open):
@@ -297,37 +309,32 @@ class Daemon:
             self._owned(client, msg.session)
             self.engine.submit(InputCmd(msg.session, msg, now))
         elif isinstance(msg, SessionOp):
-            self._owned(client, msg.session)
-            self.engine.submit(OpCmd(msg.session, msg))
+            self._session_op(client, msg)
         elif isinstance(msg, Stats):
             self._stats(client, msg)
         elif isinstance(msg, Ping):
-            self._reply(ident, {"type": "pong", "re": msg.seq, "t": time.time()})
+            self._reply(ident, messages.pong(msg.seq))
         elif isinstance(msg, Bye):
             self._drop_client(client, "bye")
 
-    def _owned(self, client: ClientState, sid: int) -> None:
-        if sid not in client.sessions:
+    def _owned(self, client: ClientState, sid: int) -> SessionSlot:
+        slot = self.sessions.get(sid)
+        if slot is None or slot.client != client.ident:
             raise ProtocolError("unknown_session", f"session {sid} is not open on this connection")
+        return slot
 
-    def _hello(self, ident: bytes, client: ClientState | None, msg: Hello, now: float) -> None:
+    def _hello(self, ident: bytes, msg: Hello, now: float) -> None:
         check_compatible(msg.protocol)
-        if client is None:
+        if ident not in self.clients:
             if len(self.clients) >= self.limits.max_clients:
                 raise ProtocolError("busy", f"the daemon serves its limit of {self.limits.max_clients} clients; "
                                             "try again later")
-            client = ClientState(ident, msg.client, now, TokenBucket(self.limits.rate_per_s, self.limits.rate_burst))
-            self.clients[ident] = client
+            bucket = self._handshakes.pop(ident, None) or TokenBucket(self.limits.rate_per_s, self.limits.rate_burst,
+                                                                      now)
+            client = self.clients[ident] = ClientState(ident, msg.client, now, bucket)
             event(self.log, "client_hello", client=client.tag, protocol=msg.protocol)
-        self._reply(ident, self._welcome(msg.seq))
-
-    def _welcome(self, seq: int) -> dict:
-        return {"type": "welcome", "re": seq, "protocol": PROTOCOL_VERSION, "server": f"worldsim {__version__}",
-                "model": describe(self.backend), "video": self.backend.video_info(), "formats": list(FRAME_FORMATS),
-                "control": self.schema.to_wire(),
-                "prompt": {"max_chars": self.limits.max_prompt_chars, "modes": list(SWITCH_MODES),
-                           "sink_policies": list(SINK_POLICIES)},
-                "limits": self.limits.to_wire()}
+        self._reply(ident, messages.welcome(msg.seq, describe(self.backend), self.backend.video_info(), self.schema,
+                                            self.limits, decode_limits(self.limits, self.schema)))
 
     def _open(self, client: ClientState, msg: Open) -> None:
         lim = self.limits
@@ -338,27 +345,82 @@ class Daemon:
             raise ProtocolError("busy", f"the daemon is at capacity ({len(self.sessions)}/{lim.max_sessions} sessions);"
                                         " try again later")
         sid, self._next_sid = self._next_sid, self._next_sid + 1
-        stats = SessionStats()
-        self.sessions[sid] = SessionEntry(client.ident, stats, deque(maxlen=lim.queue_frames))
+        slot = SessionSlot(sid, client.ident, msg.seq, msg.format, msg.lookahead, deque(maxlen=lim.queue_frames),
+                           GenerationStats())
+        self.sessions[sid] = slot
         client.sessions.add(sid)
-        self.engine.submit(OpenCmd(sid, client.ident, msg, stats))
+        self.engine.submit(OpenCmd(sid, msg, slot.generation))
+
+    def _session_op(self, client: ClientState, msg: SessionOp) -> None:
+        """Pause, resume, reset and close are the daemon's to decide: answered at once, the engine told after."""
+        slot = self._owned(client, msg.session)
+        sid = slot.sid
+        if msg.type == "close":
+            self._end_session(slot)
+            self.engine.submit(DropCmd([sid]))
+            self._reply(client.ident, messages.closed(sid, "client", slot.report(), re=msg.seq))
+            event(self.log, "session_closed", session=sid, reason="client")
+            return
+        if msg.type == "reset":
+            slot.epoch += 1
+            slot.frames.clear()  # the old stream's frames are stale
+            self.engine.submit(ResetCmd(sid, slot.epoch))
+        else:
+            slot.paused = msg.type == "pause"
+            self.engine.submit(PauseCmd(sid, slot.paused))
+        self._reply(client.ident, messages.ok(msg.seq, sid, msg.type, slot.epoch, slot.paused))
 
     def _stats(self, client: ClientState, msg: Stats) -> None:
-        if msg.session is not None:
-            self._owned(client, msg.session)
-        sids = [msg.session] if msg.session is not None else sorted(client.sessions)
-        self._reply(client.ident, {"type": "stats", "re": msg.seq,
-                                   "sessions": {str(s): self.sessions[s].stats.report() for s in sids},
-                                   "daemon": {"uptime_s": round(time.monotonic() - self.started, 3),
-                                              "clients": len(self.clients), "sessions": len(self.sessions),
-                                              "max_sessions": self.limits.max_sessions}})
+        sids = [self._owned(client, msg.session).sid] if msg.session is not None else sorted(client.sessions)
+        daemon = {"uptime_s": round(time.monotonic() - self.started, 3), "clients": len(self.clients),
+                  "sessions": len(self.sessions), "max_sessions": self.limits.max_sessions}
+        self._reply(client.ident, messages.stats(msg.seq, {s: self.sessions[s].report() for s in sids}, daemon))
+
+    # ---- events from the engine ------------------------------------------------------------------------------
+    def _take_events(self) -> None:
+        while True:
+            try:
+                events = self._events.get_nowait()
+            except queue.Empty:
+                return
+            for ev in events:
+                self._on_event(ev)
+
+    def _on_event(self, ev: Event) -> None:
+        slot = self.sessions.get(ev.sid)
+        if slot is None:
+            return  # closed meanwhile: whatever the engine made for it is discarded
+        if isinstance(ev, Frames):
+            if ev.epoch != slot.epoch:
+                return  # made before a reset
+            for out in ev.frames:
+                if len(slot.frames) == slot.frames.maxlen:
+                    slot.delivery.frames_dropped += 1
+                slot.frames.append(out)
+        elif isinstance(ev, Opened):
+            slot.opening = False
+            self._reply(slot.client, messages.opened(slot.open_seq, slot.sid, slot.epoch, ev.fps, slot.format,
+                                                     slot.lookahead))
+        elif isinstance(ev, OpenFailed):
+            self._end_session(slot)
+            self._reply(slot.client, messages.error(ev.code, ev.message, re=slot.open_seq))
+        elif isinstance(ev, Failed):
+            self._end_session(slot)
+            self._reply(slot.client, messages.error("session_failed", ev.message, session=slot.sid, fatal=True))
+            self._reply(slot.client, messages.closed(slot.sid, "failed", slot.report()))
+
+    def _end_session(self, slot: SessionSlot) -> None:
+        self.sessions.pop(slot.sid, None)
+        client = self.clients.get(slot.client)
+        if client is not None:
+            client.sessions.discard(slot.sid)
 
     # ---- outbound --------------------------------------------------------------------------------------------
     def _reply(self, ident: bytes, msg: dict) -> None:
         client = self.clients.get(ident)
         if client is None:
             self._send_now(ident, msg)  # not a known client: best effort, nothing queued
-        elif len(client.replies) >= MAX_PENDING_REPLIES:
+        elif len(client.replies) >= self.limits.max_pending_replies:
             self._drop_client(client, "not reading replies")
         else:
             client.replies.append(pack(msg))
@@ -369,68 +431,46 @@ class Daemon:
         except zmq.ZMQError:
             pass  # full or gone: an error for an unknown peer is not worth waiting for
 
-    def _take_outputs(self) -> None:
-        while True:
-            try:
-                outputs = self._outputs.get_nowait()
-            except queue.Empty:
-                return
-            for out in outputs:
-                self._route(out)
-
-    def _route(self, out: Output) -> None:
-        if isinstance(out, FrameOut):
-            entry = self.sessions.get(out.session)
-            if entry is not None and entry.client == out.client:
-                if len(entry.frames) == entry.frames.maxlen:
-                    entry.stats.frames_dropped += 1
-                entry.frames.append(out)
-        elif isinstance(out, Reply):
-            if out.msg.get("op") == "reset" and out.msg.get("session") in self.sessions:
-                frames = self.sessions[out.msg["session"]].frames
-                stale = [f for f in frames if f.epoch < out.msg["epoch"]]
-                for f in stale:
-                    frames.remove(f)
-            if out.client in self.clients:
-                self._reply(out.client, out.msg)
-        elif isinstance(out, Ended):
-            self.sessions.pop(out.sid, None)
-            client = self.clients.get(out.client)
-            if client is not None:
-                client.sessions.discard(out.sid)
-
     def _flush(self) -> bool:
         """Send what is queued without blocking; True if some client's pipe was full."""
         blocked = False
         for client in list(self.clients.values()):
             try:
-                blocked |= self._flush_client(client)
+                blocked |= not (self._send_replies(client) and self._send_frames(client))
             except zmq.ZMQError as e:  # EHOSTUNREACH: the peer's connection is gone
                 self._drop_client(client, "disconnected" if e.errno == errno.EHOSTUNREACH else f"send failed: {e}")
         return blocked
 
-    def _flush_client(self, client: ClientState) -> bool:
+    def _send_replies(self, client: ClientState) -> bool:
+        """Send the client's queued replies; True when all went out."""
         while client.replies:
             try:
                 self.sock.send_multipart([client.ident, client.replies[0]], zmq.NOBLOCK)
             except zmq.Again:
+                return False
+            except zmq.ZMQError:
+                client.replies.clear()  # the peer is gone; housekeeping drops it
                 return True
             client.replies.popleft()
-        queues = [self.sessions[s] for s in client.sessions if s in self.sessions and self.sessions[s].frames]
-        while queues:  # round robin over the client's sessions
-            for entry in list(queues):
-                out = entry.frames[0]
+        return True
+
+    def _send_frames(self, client: ClientState) -> bool:
+        """Send queued frames, round robin over the client's sessions; True when all went out."""
+        slots = [self.sessions[s] for s in client.sessions if s in self.sessions and self.sessions[s].frames]
+        while slots:
+            for slot in list(slots):
+                out: FrameOut = slot.frames[0]
                 header = pack(out.header | {"t_send": time.time()})
                 try:
                     self.sock.send_multipart([client.ident, header, out.payload], zmq.NOBLOCK, copy=False)
                 except zmq.Again:
-                    return True
-                entry.frames.popleft()
-                entry.stats.frames_sent += 1
-                entry.stats.sent_rate.tick()
-                if not entry.frames:
-                    queues.remove(entry)
-        return False
+                    return False
+                slot.frames.popleft()
+                slot.delivery.frames_sent += 1
+                slot.delivery.sent_rate.tick()
+                if not slot.frames:
+                    slots.remove(slot)
+        return True
 
     # ---- housekeeping ----------------------------------------------------------------------------------------
     def _drop_client(self, client: ClientState, reason: str) -> None:
@@ -439,7 +479,7 @@ class Daemon:
         for sid in sids:
             self.sessions.pop(sid, None)
         if sids:
-            self.engine.submit(DropCmd(sids, reason))
+            self.engine.submit(DropCmd(sids))
         event(self.log, "client_gone", client=client.tag, reason=reason, sessions=sids)
 
     def _housekeeping(self) -> None:
@@ -450,11 +490,13 @@ class Daemon:
         for client in list(self.clients.values()):
             if now - client.last_seen > self.limits.idle_timeout_s:
                 self._drop_client(client, "idle_timeout")
+        while self._handshakes and now - next(iter(self._handshakes.values())).t > self.limits.idle_timeout_s:
+            self._handshakes.popitem(last=False)
         if not self.engine.alive and not self._stop.is_set():
             event(self.log, "engine_died", logging.ERROR)
             self.request_stop("internal error: the model loop stopped")
         interval = self.config.stats_interval_s
         if interval and now - self._last_stats_log >= interval:
             self._last_stats_log = now
-            for sid, entry in self.sessions.items():
-                event(self.log, "session_stats", session=sid, **entry.stats.report())
+            for sid, slot in self.sessions.items():
+                event(self.log, "session_stats", session=sid, **slot.report())

@@ -1,14 +1,13 @@
-"""The model loop: one thread owns every session and generates chunks, off the socket loop.
+"""The model loop: one thread holds every session's generation state and runs chunks, off the socket loop.
 
-The socket loop hands it commands (:meth:`Engine.submit`, thread-safe) and receives its outputs — frames,
-replies, session-ended notices — through the ``emit`` callback, called on the engine thread.
+The daemon owns each session's lifecycle (id, owner, epoch, pause, close) and tells the engine through commands
+(:meth:`Engine.submit`, thread-safe). The engine answers with typed events through the ``emit`` callback (called
+on the engine thread); it never ends a session on its own except by reporting :class:`Failed`.
 
-Scheduling is earliest-deadline-first over the sessions that are due: a paced session is due when its client is
-about to run out of frames (about one chunk ahead of display), an unpaced one right after its last chunk, so
-unpaced sessions take turns (round robin) and paced ones get their frame rate as long as the model keeps up.
-An unpaced session whose client has a full frame queue waits, so a client that never reads costs nothing.
-Sessions run one chunk at a time: each has its own KV cache and stream position, which the model's chunk
-forward does not batch across. One failing session is closed with an error; the others never notice.
+What runs next is decided by :func:`~worldsim.serve.pacing.plan`: each paced session's chunk starts as late as its
+client's playout allows (so the newest controls are in it), unpaced sessions use the slack, and a session whose
+client has a full frame queue (``backlog``) is not run at all. Sessions run one chunk at a time: each has its own
+KV cache and stream position. One failing session is reported and dropped; the others never notice.
 """
 
 from __future__ import annotations
@@ -22,17 +21,21 @@ from dataclasses import dataclass
 
 from .backend import Backend
 from .logs import LOGGER, event
-from .protocol import Input, Limits, Open, SessionOp, error
+from .pacing import Job, plan
+from .protocol import Input, Limits, Open
 from .sessions import FrameOut, ServeSession
-from .stats import SessionStats
+from .stats import GenerationStats, Recent
 
+IDLE_WAIT_S = 0.5  # longest wait for a command when nothing is due
+
+
+# ---- commands (daemon -> engine) ------------------------------------------------------------------------------
 
 @dataclass
 class OpenCmd:
     sid: int
-    client: bytes
     msg: Open
-    stats: SessionStats
+    stats: GenerationStats  # written by the engine from now on
 
 
 @dataclass
@@ -43,48 +46,75 @@ class InputCmd:
 
 
 @dataclass
-class OpCmd:
+class PauseCmd:
     sid: int
-    msg: SessionOp
+    paused: bool
+
+
+@dataclass
+class ResetCmd:
+    sid: int
+    epoch: int
 
 
 @dataclass
 class DropCmd:
     sids: list[int]
-    reason: str
 
 
-@dataclass
-class Reply:
-    client: bytes
-    msg: dict
+Command = OpenCmd | InputCmd | PauseCmd | ResetCmd | DropCmd
 
+
+# ---- events (engine -> daemon) --------------------------------------------------------------------------------
 
 @dataclass
-class Ended:
-    client: bytes
+class Opened:
     sid: int
-    reason: str
+    fps: float
 
 
-Output = FrameOut | Reply | Ended
+@dataclass
+class OpenFailed:
+    sid: int
+    code: str  # bad_field (the client's start frame) or internal
+    message: str
+
+
+@dataclass
+class Frames:
+    sid: int
+    epoch: int
+    frames: list[FrameOut]
+
+
+@dataclass
+class Failed:
+    """Generation failed (or a command could not be applied): the engine has dropped the session."""
+
+    sid: int
+    message: str
+
+
+Event = Opened | OpenFailed | Frames | Failed
 
 
 class Engine:
-    def __init__(self, backend: Backend, limits: Limits, emit: Callable[[list[Output]], None],
+    def __init__(self, backend: Backend, limits: Limits, emit: Callable[[list[Event]], None],
                  backlog: Callable[[int], int], logger: logging.Logger = LOGGER):
+        """``backlog(sid)``: frames the daemon still holds for that session (called on the engine thread)."""
         self.backend, self.limits, self.emit, self.backlog, self.log = backend, limits, emit, backlog, logger
         self.sessions: dict[int, ServeSession] = {}
         self._commands: queue.SimpleQueue = queue.SimpleQueue()
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name="worldsim-engine", daemon=True)
         self._last_run: dict[int, float] = {}
+        self._chunk_s = Recent(32)  # every session's chunk times: the estimate for a session with none yet
 
     # ---- thread control (socket-loop side) ---------------------------------------------------------------------
     def start(self) -> None:
         self._thread.start()
 
-    def submit(self, cmd) -> None:
+    def submit(self, cmd: Command) -> None:
         self._commands.put(cmd)
 
     def stop(self, timeout: float = 30.0) -> None:
@@ -99,36 +129,46 @@ class Engine:
 
     # ---- loop (engine thread) ----------------------------------------------------------------------------------
     def _run(self) -> None:
+        wait = 0.0
         while not self._stop.is_set():
             try:
-                self._drain(self._wait_s())
+                self._drain(wait)
                 if self._stop.is_set():
                     break
-                session = self._next_due()
+                session, wait = self._next()
                 if session is not None:
                     self._step(session)
             except Exception:  # noqa: BLE001 - a scheduling bug is logged; the loop keeps serving
                 self.log.exception("engine_error")
-                time.sleep(0.01)
+                wait = 0.01
         self.sessions.clear()
 
-    def _runnable(self, s: ServeSession) -> bool:
-        return not (s.fps <= 0 and self.backlog(s.id) >= self.limits.queue_frames)
+    def _has_room(self, s: ServeSession) -> bool:
+        """The daemon's queue for this session can take the next chunk (else its client is not reading)."""
+        n = s.next_chunk_frames()
+        return self.backlog(s.id) + n <= max(self.limits.queue_frames, n)
 
-    def _wait_s(self) -> float:
-        """How long to wait for commands before the next session is due."""
-        now = time.monotonic()
-        waits = [s.due_at() - now if self._runnable(s) else 0.01 for s in self.sessions.values()]
-        return max(0.0, min(waits, default=0.5))
-
-    def _next_due(self) -> ServeSession | None:
-        now = time.monotonic()
-        due = [s for s in self.sessions.values() if s.due_at() <= now and self._runnable(s)]
-        return min(due, key=lambda s: (s.due_at(), self._last_run.get(s.id, 0.0)), default=None)
+    def _next(self) -> tuple[ServeSession | None, float]:
+        """The session to run now, or None and how long to wait for commands first."""
+        fallback = self._chunk_s.quantile(0.5) or 0.0
+        jobs, blocked = [], False
+        for s in self.sessions.values():
+            if s.paused:
+                continue
+            if not self._has_room(s):
+                blocked = True
+                continue
+            jobs.append(Job(s.id, s.playout.estimate_s(fallback), s.playout.deadline(), self._last_run.get(s.id, 0.0)))
+        job, wait = plan(jobs, time.monotonic())
+        if job is not None:
+            return self.sessions[job.key], 0.0
+        if blocked:  # re-check when the client may have read (the daemon does not wake the engine for that)
+            wait = min(wait, 0.01)
+        return None, min(wait, IDLE_WAIT_S)
 
     def _drain(self, wait_s: float) -> None:
         try:
-            cmd = self._commands.get(timeout=min(wait_s, 0.5)) if wait_s > 0 else self._commands.get_nowait()
+            cmd = self._commands.get(timeout=wait_s) if wait_s > 0 else self._commands.get_nowait()
         except queue.Empty:
             return
         while cmd is not None:
@@ -138,77 +178,57 @@ class Engine:
             except queue.Empty:
                 return
 
-    def _handle(self, cmd) -> None:
+    def _handle(self, cmd: Command) -> None:
+        if isinstance(cmd, OpenCmd):
+            self._open(cmd)
+            return
+        if isinstance(cmd, DropCmd):
+            for sid in cmd.sids:
+                self._forget(sid)
+            return
+        s = self.sessions.get(cmd.sid)
+        if s is None:
+            return  # dropped meanwhile; the daemon already knows
         try:
-            if isinstance(cmd, OpenCmd):
-                self._open(cmd)
-            elif isinstance(cmd, InputCmd):
-                if cmd.sid in self.sessions:
-                    self.sessions[cmd.sid].apply(cmd.msg, cmd.arrival)
-            elif isinstance(cmd, OpCmd):
-                self._op(cmd)
-            elif isinstance(cmd, DropCmd):
-                for sid in cmd.sids:
-                    if self.sessions.pop(sid, None) is not None:
-                        self._last_run.pop(sid, None)
-                        event(self.log, "session_closed", session=sid, reason=cmd.reason)
-        except Exception as e:  # noqa: BLE001 - one bad command must not stop the loop
-            sid = getattr(cmd, "sid", None)
-            s = self.sessions.get(sid)
-            seq = getattr(getattr(cmd, "msg", None), "seq", None)
-            self.log.exception("command_failed", extra={"fields": {"session": sid}})
-            if s is not None:
-                self.emit([Reply(s.client, error("internal", f"{type(e).__name__}: {e}"[:300], re=seq, session=sid))])
+            if isinstance(cmd, InputCmd):
+                s.apply(cmd.msg, cmd.arrival)
+            elif isinstance(cmd, PauseCmd):
+                s.set_paused(cmd.paused)
+            elif isinstance(cmd, ResetCmd):
+                s.reset(cmd.epoch)
+        except Exception as e:  # noqa: BLE001 - the session cannot go on, the others can
+            self._fail(s, f"{type(cmd).__name__} failed: {type(e).__name__}: {e}")
 
     def _open(self, cmd: OpenCmd) -> None:
         try:
-            s = ServeSession(cmd.sid, cmd.client, cmd.msg, self.backend, self.limits, cmd.stats)
-        except Exception as e:  # noqa: BLE001 - a bad start frame (ValueError) or a failure making the session
-            if not isinstance(e, ValueError):
-                self.log.exception("session_open_failed", extra={"fields": {"session": cmd.sid}})
-            bad = isinstance(e, ValueError)
-            reply = error("bad_field" if bad else "internal", (str(e) if bad else f"{type(e).__name__}: {e}")[:300],
-                          re=cmd.msg.seq)
-            self.emit([Reply(cmd.client, reply), Ended(cmd.client, cmd.sid, "failed")])
+            s = ServeSession(cmd.sid, cmd.msg, self.backend, self.limits, cmd.stats)
+        except ValueError as e:  # the client's start frame
+            self.emit([OpenFailed(cmd.sid, "bad_field", str(e)[:300])])
+            return
+        except Exception as e:  # noqa: BLE001 - making the session failed; the daemon keeps serving
+            self.log.exception("session_open_failed", extra={"fields": {"session": cmd.sid}})
+            self.emit([OpenFailed(cmd.sid, "internal", f"{type(e).__name__}: {e}"[:300])])
             return
         self.sessions[cmd.sid] = s
-        event(self.log, "session_open", session=cmd.sid, client=cmd.client.hex(), seed=cmd.msg.seed,
-              format=cmd.msg.format, fps=s.fps, prompt=cmd.msg.prompt[:80], start_frame=cmd.msg.start_frame is not None)
-        self.emit([Reply(cmd.client, {"type": "opened", "re": cmd.msg.seq, "session": cmd.sid, "epoch": s.epoch,
-                                      "fps": s.fps, "format": cmd.msg.format})])
+        event(self.log, "session_open", session=cmd.sid, seed=cmd.msg.seed, format=cmd.msg.format, fps=s.fps,
+              lookahead=cmd.msg.lookahead, prompt=cmd.msg.prompt[:80], start_frame=cmd.msg.start_frame is not None)
+        self.emit([Opened(cmd.sid, s.fps)])
 
-    def _op(self, cmd: OpCmd) -> None:
-        s = self.sessions.get(cmd.sid)
-        if s is None:
-            return  # closed meanwhile (failure or client gone); the socket loop already answered
-        kind, seq = cmd.msg.type, cmd.msg.seq
-        if kind == "close":
-            del self.sessions[cmd.sid]
-            self._last_run.pop(cmd.sid, None)
-            report = s.stats.report()
-            event(self.log, "session_closed", session=cmd.sid, reason="client", **_brief(report))
-            self.emit([Reply(s.client, {"type": "closed", "re": seq, "session": cmd.sid, "reason": "client",
-                                        "stats": report}), Ended(s.client, cmd.sid, "client")])
-            return
-        if kind in ("pause", "resume"):
-            s.set_paused(kind == "pause")
-        elif kind == "reset":
-            s.reset()
-        self.emit([Reply(s.client, {"type": "ok", "re": seq, "session": cmd.sid, "op": kind, "epoch": s.epoch,
-                                    "paused": s.paused})])
+    def _forget(self, sid: int) -> None:
+        self.sessions.pop(sid, None)
+        self._last_run.pop(sid, None)
+
+    def _fail(self, s: ServeSession, message: str) -> None:
+        self.log.exception("session_failed", extra={"fields": {"session": s.id}})
+        self._forget(s.id)
+        self.emit([Failed(s.id, message[:300])])
 
     def _step(self, s: ServeSession) -> None:
         try:
             frames = s.step()
         except Exception as e:  # noqa: BLE001 - the session fails, the daemon keeps serving the others
-            del self.sessions[s.id]
-            self.log.exception("session_failed", extra={"fields": {"session": s.id}})
-            self.emit([Reply(s.client, error("session_failed", f"generation failed: {type(e).__name__}: {e}"[:300],
-                                             session=s.id, fatal=True)), Ended(s.client, s.id, "failed")])
+            self._fail(s, f"generation failed: {type(e).__name__}: {e}")
             return
         self._last_run[s.id] = time.monotonic()
-        self.emit(frames)
-
-
-def _brief(report: dict) -> dict:
-    return {k: report[k] for k in ("chunks", "frames_sent", "frames_dropped", "fps")}
+        self._chunk_s.add(s.stats.chunk_s.values[-1])
+        self.emit([Frames(s.id, s.epoch, frames)])

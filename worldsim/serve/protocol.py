@@ -16,7 +16,7 @@ from typing import Any
 import msgpack
 import numpy as np
 
-PROTOCOL_VERSION = "1.0.0"
+PROTOCOL_VERSION = "1.1.0"  # 1.1: open.lookahead, unasked closed(failed), welcome.limits.decode
 
 FRAME_FORMATS = ("rgb24", "jpeg")
 SWITCH_MODES = ("soft", "recache", "cut")
@@ -27,6 +27,9 @@ AXIS_CLIP = 4.0  # axes are normalised to about [-1, 1]; larger values are clipp
 MAX_SEQ = 2**63 - 1
 MAX_SEED = 2**63 - 1
 MAX_NAME_CHARS = 128
+MAX_LOOKAHEAD_S = 5.0
+MAX_MAP_LEN = 32  # entries per msgpack map
+MAX_DEPTH = 1024  # nesting depth (msgpack's own decoder stack)
 
 # Stable error codes (the ``code`` field of an ``error`` message) and what each means.
 ERROR_CODES = {
@@ -39,7 +42,7 @@ ERROR_CODES = {
     "hello_required": "the first message of a connection must be hello",
     "unknown_session": "no open session with that id belongs to this client",
     "busy": "a session or client limit is reached; retry later",
-    "rate_limited": "too many messages per second; some were dropped",
+    "rate_limited": "over the message rate; this message (``re``) was not handled",
     "session_failed": "generation failed for this session, which is now closed",
     "shutting_down": "the daemon is stopping",
     "internal": "an unexpected daemon error; the daemon keeps serving",
@@ -92,7 +95,9 @@ class Limits:
     idle_timeout_s: float = 10.0  # a client silent this long is dropped and its sessions closed
     heartbeat_s: float = 2.0  # clients send something (``ping`` when idle) at least this often
     rate_per_s: float = 400.0  # messages per second per client (token bucket) ...
-    rate_burst: int = 800  # ... with this burst
+    rate_burst: int = 800  # ... with this burst; each message past it is answered rate_limited, not handled
+    max_pending_replies: int = 4096  # replies queued for a client that does not read; past this it is dropped
+    max_pending_handshakes: int = 256  # peers that have sent something but no hello yet (oldest forgotten)
 
     def to_wire(self) -> dict[str, Any]:
         return dict(self.__dict__)
@@ -176,6 +181,7 @@ class Open:
     fps: float | None = None  # None: the daemon's fps; 0: unpaced (as fast as the model goes)
     echo_controls: bool = False
     start_frame: StartFrame | None = None
+    lookahead: float = 0.0  # seconds of extra buffer a paced session keeps (smoothness over latency)
 
 
 @dataclass
@@ -226,16 +232,21 @@ def decode(raw: bytes, limits: Limits, schema: ControlSchema) -> dict[str, Any]:
     if len(raw) > limits.max_message_bytes:
         raise ProtocolError("bad_message", f"message of {len(raw)} bytes exceeds max_message_bytes "
                                            f"({limits.max_message_bytes})")
-    longest = max(limits.max_samples, schema.embedding_dim, len(schema.keys), len(schema.axes), 16)
     try:
-        msg = msgpack.unpackb(raw, raw=False, strict_map_key=True, use_list=True,
-                              max_str_len=4 * limits.max_prompt_chars, max_bin_len=limits.max_message_bytes,
-                              max_array_len=longest, max_map_len=32, max_ext_len=0)
+        msg = msgpack.unpackb(raw, raw=False, strict_map_key=True, use_list=True, max_ext_len=0,
+                              **decode_limits(limits, schema))
     except Exception as e:  # noqa: BLE001 - msgpack raises many types (ValueError, StackError, ExtraData, ...)
         raise ProtocolError("bad_message", f"not a valid msgpack message: {type(e).__name__}: {e}"[:300]) from None
     if not isinstance(msg, dict):
         raise ProtocolError("bad_message", f"a message must be a msgpack map, got {type(msg).__name__}")
     return msg
+
+
+def decode_limits(limits: Limits, schema: ControlSchema) -> dict[str, int]:
+    """The msgpack limits :func:`decode` applies (announced in ``welcome.limits.decode``; depth is fixed)."""
+    return {"max_str_len": 4 * limits.max_prompt_chars, "max_bin_len": limits.max_message_bytes,
+            "max_array_len": max(limits.max_samples, schema.embedding_dim, len(schema.keys), len(schema.axes), 16),
+            "max_map_len": MAX_MAP_LEN}
 
 
 def peek_seq(msg: Any) -> int | None:
@@ -392,7 +403,8 @@ def parse(msg: dict[str, Any], schema: ControlSchema, limits: Limits):
         return Open(seq, _text(msg, "prompt", limits.max_prompt_chars, ""), _get(msg, "seed", "int", 0, 0, MAX_SEED),
                     _get(msg, "format", "str", "rgb24", choices=FRAME_FORMATS),
                     _get(msg, "jpeg_quality", "int", 85, 1, 100), _get(msg, "fps", "num", None, 0, 240),
-                    _get(msg, "echo_controls", "bool", False), _start_frame(msg, limits))
+                    _get(msg, "echo_controls", "bool", False), _start_frame(msg, limits),
+                    _get(msg, "lookahead", "num", 0.0, 0, MAX_LOOKAHEAD_S))
     if kind == "input":
         prompt = _get(msg, "prompt", "map", None)
         if prompt is not None:
@@ -426,18 +438,6 @@ def _np_default(obj: Any) -> Any:
     if isinstance(obj, np.ndarray):
         return obj.tolist()
     raise TypeError(f"cannot serialise {type(obj).__name__}")
-
-
-def error(code: str, message: str, re: int | None = None, session: int | None = None, fatal: bool = False) -> dict:
-    """An ``error`` message (``fatal``: the named session was closed because of it)."""
-    out: dict[str, Any] = {"type": "error", "code": code, "message": message}
-    if re is not None:
-        out["re"] = re
-    if session is not None:
-        out["session"] = session
-    if fatal:
-        out["fatal"] = True
-    return out
 
 
 @dataclass

@@ -1,7 +1,7 @@
-"""One served stream: a StreamingSession, its decoder, control buffer, pacing clock and frame headers.
+"""One served stream (generation side): a StreamingSession, its decoder, control buffer and playout clock.
 
-Owned and driven by the engine thread only. ``step()`` generates one chunk and returns its frames as
-``(header, payload)`` pairs ready for the wire.
+Owned and driven by the engine thread only. ``step()`` generates one chunk and returns its frames ready for the
+wire. The session's lifecycle (ids, owner, epoch, close) belongs to the daemon, which tells the engine.
 """
 
 from __future__ import annotations
@@ -14,16 +14,16 @@ import torch
 
 from ..codecs.base import to_uint8
 from ..sampling.session import StreamingSession
-from . import frame_format
+from . import frame_format, messages
 from .backend import Backend
 from .controls import ControlBuffer
+from .pacing import Playout
 from .protocol import Input, Limits, Open
-from .stats import SessionStats
+from .stats import GenerationStats
 
 
 @dataclass
 class FrameOut:
-    client: bytes
     session: int
     epoch: int
     header: dict
@@ -31,17 +31,17 @@ class FrameOut:
 
 
 class ServeSession:
-    def __init__(self, sid: int, client: bytes, spec: Open, backend: Backend, limits: Limits, stats: SessionStats):
-        self.id, self.client, self.spec, self.backend, self.stats = sid, client, spec, backend, stats
+    def __init__(self, sid: int, spec: Open, backend: Backend, limits: Limits, stats: GenerationStats):
+        self.id, self.spec, self.backend, self.stats = sid, spec, backend, stats
         self.fps = backend.fps if spec.fps is None else spec.fps
+        self.playout = Playout(self.fps, spec.lookahead, time.monotonic())
         self.controls = ControlBuffer(backend.schema, limits.max_queued_samples)
         self.prompt_text, self.prompt_seq = spec.prompt, 0
         self.start_latents = self._start_latents(spec)
-        self.epoch = -1
         self.paused = False
-        self.last_input: tuple[int, float | None, float] | None = None  # (seq, client t, arrival) of the last input
+        self.last_input: tuple[int, float | None] | None = None  # (seq, client t) of the newest input
         self._pending_inputs: list[float] = []  # arrival times of inputs no chunk has used yet
-        self.reset()
+        self.reset(0)
 
     def _start_latents(self, spec: Open) -> torch.Tensor | None:
         sf = spec.start_frame
@@ -57,18 +57,18 @@ class ServeSession:
         return self.backend.encode_start(frame_format.fit(image, h, w))
 
     # ---- lifecycle ------------------------------------------------------------------------------------------
-    def reset(self) -> None:
-        """Start the stream over (new epoch) with the current prompt, the same seed and start frame."""
+    def reset(self, epoch: int) -> None:
+        """Start the stream over as ``epoch`` with the current prompt, the same seed and start frame."""
         b = self.backend
-        self.epoch += 1
+        self.epoch = epoch
         self.stream = StreamingSession(b.model, b.embed_prompt(self.prompt_text), latent_shape=b.latent_shape,
-                                       seed=self.spec.seed, sink_frames=b.sink_frames, window_frames=b.window_frames)
+                                       seed=self.spec.seed, sink_frames=b.sink_frames, window_frames=b.window_frames,
+                                       chunk_frames=b.chunk_latents)
         self.decoder = b.make_decoder()
         self.chunk = 0
         self.frames_out = 0
         self.controls.clear_queue()
-        self.due = time.monotonic()
-        self._gen_s = 0.0  # smoothed chunk time, for pacing
+        self.playout.restart(time.monotonic())
         self._context_frames = None
         if self.start_latents is not None:
             latents = self.start_latents.to(b.device, b.dtype)
@@ -78,7 +78,7 @@ class ServeSession:
     def set_paused(self, paused: bool) -> None:
         self.paused = paused
         if not paused:
-            self.due = time.monotonic()
+            self.playout.restart(time.monotonic())
 
     def apply(self, msg: Input, arrival: float) -> None:
         if msg.prompt is not None:
@@ -91,27 +91,23 @@ class ServeSession:
         if msg.controls is not None:
             self.controls.push(msg.controls)
             self.stats.samples_dropped = self.controls.dropped
-        self.last_input = (msg.seq, msg.t, arrival)
+        self.last_input = (msg.seq, msg.t)
         self._pending_inputs.append(arrival)
         self.stats.inputs += 1
+        self.stats.publish()
 
-    # ---- scheduling ------------------------------------------------------------------------------------------
-    def due_at(self) -> float:
-        return float("inf") if self.paused else self.due
-
-    def _schedule_next(self, frames: int, finished: float) -> None:
-        """Paced: the next chunk should arrive as the client finishes showing this one. Unpaced: at once."""
-        if self.fps <= 0:
-            self.due = finished
-        else:
-            self.due = finished + frames / self.fps - self._gen_s
+    def next_chunk_frames(self) -> int:
+        """Video frames the next step will produce."""
+        k, n = self.backend.schema.frames_per_latent, self.backend.chunk_latents
+        frames = k * n - (k - 1 if self.stream.frame == 0 else 0)
+        return frames + (0 if self._context_frames is None else len(self._context_frames))
 
     # ---- generation ------------------------------------------------------------------------------------------
     @torch.no_grad()
     def step(self) -> list[FrameOut]:
         t0 = time.monotonic()
         b = self.backend
-        n = b.model.cfg.chunk_frames
+        n = b.chunk_latents
         starts_stream = self.stream.frame == 0
         cc = self.controls.for_chunk(n, starts_stream, b.device, b.dtype)
         latents = self.stream.step(controls=cc.controls)
@@ -123,14 +119,15 @@ class ServeSession:
             self._context_frames = None
         out = self._frames_out(frames, per_frame, t0)
         finished = time.monotonic()
-        self._gen_s = (finished - t0) if not self._gen_s else 0.8 * self._gen_s + 0.2 * (finished - t0)
-        self._schedule_next(len(frames), finished)
-        self.stats.chunk_s.add(finished - t0)
-        self.stats.chunks += 1
-        self.stats.frames_generated += len(frames)
+        self.playout.finished(len(frames), finished - t0, finished)
+        st = self.stats
+        st.chunk_s.add(finished - t0)
+        st.chunks += 1
+        st.frames_generated += len(frames)
         for arrival in self._pending_inputs:
-            self.stats.input_to_frame_s.add(finished - arrival)
+            st.input_to_frame_s.add(finished - arrival)
         self._pending_inputs.clear()
+        st.publish()
         return out
 
     def _frame_controls(self, rows, latents: int, starts_stream: bool) -> list[dict | None]:
@@ -144,20 +141,16 @@ class ServeSession:
         return [None] * (count - len(echo)) + echo
 
     def _frames_out(self, frames: np.ndarray, per_frame: list[dict | None], t0: float) -> list[FrameOut]:
-        spec, now = self.spec, time.time()
-        seq, t_client, _ = self.last_input or (-1, None, 0.0)
+        spec = self.spec
+        seq, t_client = self.last_input or (-1, None)
+        gen_ms = round(1e3 * (time.monotonic() - t0), 3)
         out = []
         for i, frame in enumerate(frames):
-            header = {"type": "frame", "session": self.id, "epoch": self.epoch, "chunk": self.chunk,
-                      "index": self.frames_out + i, "i": i, "n": len(frames), "format": spec.format,
-                      "shape": list(frame.shape), "t_gen": now, "gen_ms": round(1e3 * (time.monotonic() - t0), 3),
-                      "input_seq": seq, "prompt_seq": self.prompt_seq}
-            if t_client is not None:
-                header["input_t"] = t_client
-            if per_frame[i] is not None:
-                header["control"] = per_frame[i]
-            payload = frame_format.encode(frame, spec.format, spec.jpeg_quality)
-            out.append(FrameOut(self.client, self.id, self.epoch, header, payload))
+            header = messages.frame_header(self.id, self.epoch, self.chunk, self.frames_out + i, i, len(frames),
+                                           spec.format, frame.shape, gen_ms, seq, self.prompt_seq, t_client,
+                                           per_frame[i])
+            out.append(FrameOut(self.id, self.epoch, header, frame_format.encode(frame, spec.format,
+                                                                                  spec.jpeg_quality)))
         self.chunk += 1
         self.frames_out += len(frames)
         return out

@@ -1,7 +1,9 @@
 """Rolling statistics for sessions: counters, recent latencies (median, p95) and a windowed frame rate.
 
-Pure Python (no torch, no numpy), so the client library and HUDs can use it too. Updated by one thread and read
-by another; every read works on a copy.
+Pure Python (no torch, no numpy), so the client library and HUDs can use it too. :class:`Recent` and
+:class:`RateMeter` are not thread-safe: each instance belongs to one thread. A session's stats are split by
+owner: :class:`GenerationStats` (engine thread, read elsewhere only through its published snapshot) and
+:class:`DeliveryStats` (daemon thread).
 """
 
 from __future__ import annotations
@@ -54,24 +56,39 @@ class RateMeter:
 
 
 @dataclass
-class SessionStats:
-    """What a session did: generation on the engine side, delivery on the socket side (milliseconds in reports)."""
+class GenerationStats:
+    """What the model loop did for one session. Written by the engine thread only; it calls :meth:`publish` after
+    each change, and other threads read only :attr:`published` (a new dict each time, swapped in atomically)."""
 
-    created: float = field(default_factory=time.monotonic)
     chunks: int = 0
     frames_generated: int = 0
-    frames_sent: int = 0
-    frames_dropped: int = 0  # dropped from the per-session queue because the client read too slowly
     inputs: int = 0
     samples_dropped: int = 0  # control rows dropped because the client sent far ahead of generation
     prompt_switches: int = 0
     chunk_s: Recent = field(default_factory=Recent)  # model step + decode + encode per chunk
-    input_to_frame_s: Recent = field(default_factory=Recent)  # input arrival -> first frame made with it
+    input_to_frame_s: Recent = field(default_factory=Recent)  # input arrival -> its chunk's frames made
+    published: dict = field(default_factory=dict)
+
+    def publish(self) -> None:
+        self.published = {"chunks": self.chunks, "frames_generated": self.frames_generated, "inputs": self.inputs,
+                           "samples_dropped": self.samples_dropped, "prompt_switches": self.prompt_switches,
+                           "chunk_ms": self.chunk_s.summary(), "input_to_frame_ms": self.input_to_frame_s.summary()}
+
+
+@dataclass
+class DeliveryStats:
+    """What the socket loop did for one session; written and read by the daemon thread only."""
+
+    created: float = field(default_factory=time.monotonic)
+    frames_sent: int = 0
+    frames_dropped: int = 0  # dropped from the per-session queue (a reset, or a client reading too slowly)
     sent_rate: RateMeter = field(default_factory=RateMeter)
 
-    def report(self) -> dict:
-        return {"uptime_s": round(time.monotonic() - self.created, 3), "chunks": self.chunks,
-                "frames_generated": self.frames_generated, "frames_sent": self.frames_sent,
-                "frames_dropped": self.frames_dropped, "fps": round(self.sent_rate.rate(), 2), "inputs": self.inputs,
-                "samples_dropped": self.samples_dropped, "prompt_switches": self.prompt_switches,
-                "chunk_ms": self.chunk_s.summary(), "input_to_frame_ms": self.input_to_frame_s.summary()}
+
+def session_report(generation: GenerationStats, delivery: DeliveryStats) -> dict:
+    """One session's stats as sent in ``stats`` and ``closed`` (milliseconds; call on the daemon thread)."""
+    gen = {"chunks": 0, "frames_generated": 0, "inputs": 0, "samples_dropped": 0, "prompt_switches": 0,
+           "chunk_ms": {"median": None, "p95": None}, "input_to_frame_ms": {"median": None, "p95": None}}
+    gen |= generation.published
+    return {"uptime_s": round(time.monotonic() - delivery.created, 3), **gen, "frames_sent": delivery.frames_sent,
+            "frames_dropped": delivery.frames_dropped, "fps": round(delivery.sent_rate.rate(), 2)}
