@@ -7,8 +7,8 @@
 
 Every daemon is a `worldsim serve` subprocess on loopback TCP (small preset, random weights, preview decoder);
 clients run in this process.
-- throughput: N unpaced sessions (fps 0, as fast as the model goes), controls at 16 Hz; total frames/s. Sessions
-  are run one chunk at a time (no cross-session batching yet), so the total is the model's rate.
+- throughput: N unpaced sessions (fps 0, as fast as the model goes), controls at 16 Hz; total frames/s, with
+  sessions generated one at a time (--max-batch 1) and batched into one forward (--max-batch 8).
 - latency: one session paced at --fps, shown by a player model (worldsim.client.photon.PlayoutClock), an input
   every frame period with random jitter. Control-to-photon per input (bridge/PROTOCOL.md): sending it -> showing
   the first frame made with it or a newer one; also its expectation for a random moment computed from the chunk
@@ -111,7 +111,7 @@ def free_endpoint() -> str:
 class Daemon:
     """A `worldsim serve` subprocess (from --daemon-src when given) on a free loopback port."""
 
-    def __init__(self, args: argparse.Namespace, chunk_latents: int | None = None):
+    def __init__(self, args: argparse.Namespace, chunk_latents: int | None = None, max_batch: int | None = None):
         self.endpoint = free_endpoint()
         cmd = [sys.executable, "-m", "worldsim", "serve", "--preset", args.preset, "--height", str(args.height),
                "--width", str(args.width), "--bind", self.endpoint, "--stats-interval", "0", "--log-level",
@@ -119,6 +119,8 @@ class Daemon:
                "--max-sessions-per-client", "16"]
         if chunk_latents is not None:
             cmd += ["--chunk-latents", str(chunk_latents)]
+        if max_batch is not None:
+            cmd += ["--max-batch", str(max_batch)]
         env = dict(os.environ)
         if args.daemon_src is not None:
             env["PYTHONPATH"] = str(args.daemon_src.resolve())
@@ -342,12 +344,13 @@ def main(argv: list[str] | None = None) -> int:
         print(f"in-process              : {ip['fps']:7.1f} frames/s", flush=True)
     if "throughput" in parts:
         results["throughput"] = []
-        with Daemon(args) as d:
-            for n in [int(x) for x in args.sessions.split(",") if x.strip()]:
-                r = throughput(args, d.endpoint, n)
-                results["throughput"].append(r)
-                print(f"daemon, {n} session(s)   : {r['fps_total']:7.1f} frames/s total "
-                      f"({' '.join(f'{x:.1f}' for x in r['fps_per_session'])} each), no batching", flush=True)
+        for batch in (1, 8):
+            with Daemon(args, max_batch=batch) as d:
+                for n in [int(x) for x in args.sessions.split(",") if x.strip()]:
+                    r = throughput(args, d.endpoint, n) | {"max_batch": batch}
+                    results["throughput"].append(r)
+                    print(f"daemon, {n} session(s), max batch {batch}: {r['fps_total']:7.1f} frames/s total "
+                          f"({' '.join(f'{x:.1f}' for x in r['fps_per_session'])} each)", flush=True)
     if "latency" in parts:
         results["latency"] = []
         for chunk in [int(x) for x in args.chunks.split(",") if x.strip()]:

@@ -31,12 +31,12 @@ def backend(one_torch_thread):
 
 @pytest.fixture
 def make_daemon(one_torch_thread):
-    """make_daemon(backend, **limit_overrides) -> a started Daemon on tcp://127.0.0.1:<free port>; stopped after."""
+    """make_daemon(backend, max_batch=None, **limit_overrides) -> a started Daemon on tcp://127.0.0.1:<free port>; stopped after."""
     started: list[Daemon] = []
 
-    def make(backend, keys_dir: str | None = None, **limits) -> Daemon:
+    def make(backend, keys_dir: str | None = None, max_batch: int | None = None, **limits) -> Daemon:
         config = DaemonConfig(bind="tcp://127.0.0.1:*", limits=dataclasses.replace(TEST_LIMITS, **limits),
-                              keys_dir=keys_dir, stats_interval_s=0)
+                              keys_dir=keys_dir, stats_interval_s=0, max_batch=max_batch)
         daemon = Daemon(backend, config).start()
         started.append(daemon)
         return daemon

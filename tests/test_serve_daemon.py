@@ -128,6 +128,35 @@ def test_four_clients_get_their_own_frames(backend, make_daemon):
             c.close()
 
 
+def test_batched_sessions_stream_what_they_would_alone(backend, make_daemon):
+    """With max_batch 3, sessions are generated in shared forwards and each stream matches the same session on a
+    daemon that runs one at a time; a session that sends controls is never batched with ones that do not."""
+    def streams(d) -> tuple[dict[int, list], list[int]]:
+        with Client(d.endpoint) as c:
+            sids = [c.open(f"world {i}", seed=i, fps=0, echo_controls=True) for i in range(3)]
+            c.send(sids[1], hold={"keys": [1, 0, 0, 1, 0, 0], "axes": [0.5, -0.25], "embedding": [1.0] * 5})
+            got, deadline = {s: [] for s in sids}, time.monotonic() + 60
+            while min(len(v) for v in got.values()) < 45 and time.monotonic() < deadline:
+                for f in c.frames_ready():
+                    got[f.session].append(f)
+                time.sleep(0.005)
+            return got, sids
+
+    together, (a, b, c) = streams(make_daemon(backend, max_batch=3))
+    with_controls = [f for f in together[b] if f.control is not None]
+    assert with_controls and all(f.header["batch"] == 1 for f in with_controls)
+    assert 2 in {f.header["batch"] for f in together[a]}  # the two control-free sessions shared forwards
+    alone, (a1, _, c1) = streams(make_daemon(backend, max_batch=1))
+    for batched, single in ((together[a], alone[a1]), (together[c], alone[c1])):
+        x, y = {f.index: f.image for f in batched}, {f.index: f.image for f in single}
+        common = sorted(set(x) & set(y))  # a client reading too slowly may drop a few frames
+        assert len(common) > 30
+        diff = np.abs(np.stack([x[i] for i in common]).astype(int) - np.stack([y[i] for i in common]).astype(int))
+        assert diff.max() <= 1 and (diff > 0).mean() < 0.01  # fp32 rounding only
+        assert {f.header["batch"] for f in single} == {1}
+    assert not np.array_equal(together[a][20].image, together[c][20].image)
+
+
 def test_session_limits_answer_busy(backend, make_daemon):
     d = make_daemon(backend, max_sessions=3, max_sessions_per_client=2)
     with Client(d.endpoint) as a, Client(d.endpoint) as b:

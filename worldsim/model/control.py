@@ -37,6 +37,30 @@ class Controls:
     def is_empty(self) -> bool:
         return not self.sources() or (self.present is not None and not bool(self.present.any()))
 
+    def signature(self) -> tuple[bool, bool, bool]:
+        """Which sources are given: streams batched together must agree on it (the module sees it as a feature)."""
+        return self.keys is not None, self.axes is not None, self.embedding is not None
+
+    @staticmethod
+    def cat(items: list["Controls | None"]) -> "Controls | None":
+        """Stack per-stream controls along the batch: all None gives None; otherwise every item must be given,
+        with the same sources."""
+        if all(c is None for c in items):
+            return None
+        if any(c is None for c in items) or len({c.signature() for c in items}) > 1:
+            raise ValueError("streams batched together must all carry controls of the same sources (or none)")
+
+        def stack(name: str) -> torch.Tensor | None:
+            parts = [getattr(c, name) for c in items]
+            return None if parts[0] is None else torch.cat(parts)
+
+        present = None
+        if any(c.present is not None for c in items):
+            present = torch.cat([c.present if c.present is not None else
+                                 torch.ones(c.sources()[0].shape[:2], dtype=torch.bool, device=c.sources()[0].device)
+                                 for c in items])
+        return Controls(stack("keys"), stack("axes"), stack("embedding"), present)
+
     def slice_frames(self, start: int, stop: int) -> "Controls":
         def cut(t):
             return None if t is None else t[:, start:stop]

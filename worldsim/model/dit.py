@@ -77,9 +77,9 @@ class Block(nn.Module):
         ca = self.cross_attn
         return ca.heads(ca.norm_k(ca.k(ctx))), ca.heads(ca.v(ctx))
 
-    def forward(self, x, e0, frames, rope, self_kv, text_k, text_v, mask, backend):
-        """x: [B, F*T, dim]; e0: [B, F, 6, dim] float32; self_kv(k, v) -> the k, v to attend to;
-        text_k, text_v: [B, L, H, D] cross-attention keys and values."""
+    def forward(self, x, e0, frames, rope, self_attend, text_k, text_v, backend):
+        """x: [B, F*T, dim]; e0: [B, F, 6, dim] float32; self_attend(q, k, v) -> self-attention output over this
+        chunk's (or clip's) k, v and whatever cache or mask applies; text_k, text_v: [B, L, H, D]."""
         b, n, d = x.shape
         shift_sa, scale_sa, gate_sa, shift_ff, scale_ff, gate_ff = (self.modulation[:, None] + e0).chunk(6, dim=2)
 
@@ -93,8 +93,7 @@ class Block(nn.Module):
         h = modulate(self.norm1(x), shift_sa, scale_sa)
         q = apply_rope(sa.heads(sa.norm_q(sa.q(h))), *rope)
         k = apply_rope(sa.heads(sa.norm_k(sa.k(h))), *rope)
-        k, v = self_kv(k, sa.heads(sa.v(h)))
-        y = sa.o(attention(q, k, v, mask, backend).flatten(2))
+        y = sa.o(self_attend(q, k, sa.heads(sa.v(h))).flatten(2))
         x = (x.float() + gated(y, gate_sa)).type_as(x)
 
         ca = self.cross_attn
@@ -195,10 +194,10 @@ class CausalWanDiT(nn.Module):
         out = out.view(b, f, h // ph, w // pw, pt, ph, pw, c)
         return torch.einsum("bfhwpqrc->bcfphqwr", out).reshape(b, c, f * pt, h, w)
 
-    def _run_blocks(self, x, e0, frames, rope, self_kv, text_kv, mask):
-        """self_kv(i) -> layer i's k/v hook; text_kv: per-layer (k, v) of the text."""
+    def _run_blocks(self, x, e0, frames, rope, self_attend, text_kv):
+        """self_attend(i) -> layer i's self-attention function; text_kv: per-layer (k, v) of the text."""
         for i, block in enumerate(self.blocks):
-            args = (x, e0, frames, rope, self_kv(i), *text_kv[i], mask, self.attn_backend)
+            args = (x, e0, frames, rope, self_attend(i), *text_kv[i], self.attn_backend)
             if self.gradient_checkpointing and self.training and torch.is_grad_enabled():
                 x = checkpoint(block, *args, use_reentrant=False)
             else:
@@ -235,8 +234,10 @@ class CausalWanDiT(nn.Module):
         rope = rope_cos_sin(self.cfg.head_dim, frame_positions.to(x.device), h // self.cfg.patch_size[1],
                             w // self.cfg.patch_size[2])
         tokens, e, e0 = self._embed(x, t, controls)
-        out = self._run_blocks(tokens, e0, f, rope, lambda i: (lambda k, v: (k, v)), self._text_kv(context),
-                               None if mask.allowed.all() else mask)
+        mask = None if mask.allowed.all() else mask
+        backend = self.attn_backend
+        out = self._run_blocks(tokens, e0, f, rope, lambda i: (lambda q, k, v: attention(q, k, v, mask, backend)),
+                               self._text_kv(context))
         return self._unpatchify(self.head(out, e, f), f, h, w)
 
     # ---- inference path: one chunk against the KV cache ----------------------------------------------------
@@ -248,23 +249,61 @@ class CausalWanDiT(nn.Module):
         write=False attends to the same keys without touching the cache (text K/V are computed from ``context``):
         a forward that carries gradient (Self Forcing's exit step) must not store into the shared buffers.
         """
+        return self.forward_chunks(x, t, context, [cache], [start_frame], controls, write=write)
+
+    def forward_chunks(self, x: torch.Tensor, t: torch.Tensor, context: torch.Tensor, caches: list[KVCache],
+                       starts: list[int], controls: Controls | None = None, *, write: bool = True) -> torch.Tensor:
+        """:meth:`forward_chunk` for several independent streams in one batch (the daemon batches sessions).
+
+        The batch rows are split over ``caches`` in order (cache j holds its own batch of rows), each stream at its
+        own ``starts[j]``. Every layer's projections and MLPs run once over the whole batch; self-attention runs per
+        cache, over that cache's resident frames. With one cache this is exactly :meth:`forward_chunk`.
+        """
         self._check_inputs(x, t, context)
         b, _, f, h, w = x.shape
-        if cache.tokens_per_frame != self.tokens_per_frame(h, w) or cache.k.shape[1] != b:
-            raise ValueError(f"cache was built for batch {cache.k.shape[1]} and {cache.tokens_per_frame} tokens per frame; "
-                             f"got batch {b} and latents {h}x{w}")
+        rows = [c.k.shape[1] for c in caches]
+        tpf = self.tokens_per_frame(h, w)
+        if sum(rows) != b or any(c.tokens_per_frame != tpf for c in caches) or len(starts) != len(caches):
+            built = " + ".join(str(r) for r in rows)
+            raise ValueError(f"cache was built for batch {built} and {[c.tokens_per_frame for c in caches]} tokens per "
+                             f"frame ({len(starts)} starts); got batch {b} and latents {h}x{w}")
+        bounds = [(sum(rows[:j]), sum(rows[:j + 1])) for j in range(len(caches))]
         if write:
-            cache.begin(start_frame, f)
-            if not cache.cross_valid:
-                cache.set_text(self._text_kv(context))
-            read, text_kv = cache.write_read, cache.text_kv()
+            reads, texts = [], []
+            for c, start, (lo, hi) in zip(caches, starts, bounds):
+                c.begin(start, f)
+                if not c.cross_valid:
+                    c.set_text(self._text_kv(context[lo:hi]))
+                reads.append(c.write_read)
+                texts.append(c.text_kv())
+            text_kv = texts[0] if len(texts) == 1 else [(torch.cat([kv[i][0] for kv in texts]),
+                                                         torch.cat([kv[i][1] for kv in texts]))
+                                                        for i in range(len(self.blocks))]
         else:
-            read, text_kv = cache.overlay(start_frame, f), self._text_kv(context)
-        positions = torch.arange(start_frame, start_frame + f, device=x.device)
-        rope = rope_cos_sin(self.cfg.head_dim, positions, h // self.cfg.patch_size[1], w // self.cfg.patch_size[2])
+            reads, text_kv = [c.overlay(start, f) for c, start in zip(caches, starts)], self._text_kv(context)
+        rope = self._chunk_rope(starts, rows, f, h, w, x.device)
+        backend = self.attn_backend
+
+        def self_attend(i: int):
+            def attend(q, k, v):
+                return torch.cat([attention(q[lo:hi], *read(i, k[lo:hi], v[lo:hi]), None, backend)
+                                  for read, (lo, hi) in zip(reads, bounds)])
+
+            return attend
+
         tokens, e, e0 = self._embed(x, t, controls)
-        out = self._run_blocks(tokens, e0, f, rope, lambda i: (lambda k, v: read(i, k, v)), text_kv, None)
+        out = self._run_blocks(tokens, e0, f, rope, self_attend, text_kv)
         return self._unpatchify(self.head(out, e, f), f, h, w)
+
+    def _chunk_rope(self, starts: list[int], rows: list[int], f: int, h: int, w: int, device):
+        """cos, sin for a chunk of f frames per stream: [L, D/2] when every stream starts at the same frame, else
+        [B, L, D/2] (each stream's rows at its own positions)."""
+        ph, pw = self.cfg.patch_size[1], self.cfg.patch_size[2]
+        tables = {s: rope_cos_sin(self.cfg.head_dim, torch.arange(s, s + f, device=device), h // ph, w // pw)
+                  for s in set(starts)}
+        if len(tables) == 1:
+            return tables[starts[0]]
+        return tuple(torch.cat([tables[s][i][None].expand(r, -1, -1) for s, r in zip(starts, rows)]) for i in (0, 1))
 
 
 def block_causal_mask(frames: int, chunk_frames: int, sink_frames: int, window_frames: int | None,

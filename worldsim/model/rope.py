@@ -45,9 +45,12 @@ def rope_cos_sin(head_dim: int, frame_positions: torch.Tensor, height: int, widt
 
 
 def apply_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
-    """Rotate interleaved pairs of x [B, L, H, D] by per-token angles (cos, sin: [L, D/2]); math in float32."""
+    """Rotate interleaved pairs of x [B, L, H, D] by per-token angles (cos, sin: [L, D/2], or [B, L, D/2] when the
+    batch rows sit at different positions); math in float32."""
     pairs = x.float().unflatten(-1, (-1, 2))  # [B, L, H, D/2, 2]
     re, im = pairs[..., 0], pairs[..., 1]
-    c, s = cos[None, :, None, :], sin[None, :, None, :]
+    if cos.dim() == 2:
+        cos, sin = cos[None], sin[None]
+    c, s = cos[:, :, None, :], sin[:, :, None, :]
     out = torch.stack([re * c - im * s, re * s + im * c], dim=-1)
     return out.flatten(-2).type_as(x)

@@ -64,7 +64,7 @@ class StreamingSession:
         self.sampler = sampler or SamplerConfig()
         self.schedule = FlowMatchSchedule.from_config(self.sampler)
         self.timesteps = self.schedule.sampling_timesteps(self.sampler)
-        self.chunk_frames = chunk_frames or model.cfg.chunk_frames  # another size than trained works at inference
+        self.chunk_frames = chunk_frames or model.cfg.chunk_frames  # other sizes than trained work at inference
         if window_frames < self.chunk_frames:
             raise ValueError(f"window_frames ({window_frames}) must hold at least one chunk ({self.chunk_frames} frames)")
         c, h, w = latent_shape
@@ -146,18 +146,14 @@ class StreamingSession:
         c, h, w = self.latent_shape
         return torch.randn((self.batch, c, n, h, w), generator=self.generator, device=self.device, dtype=self.dtype)
 
-    @torch.no_grad()
     def step(self, controls: Controls | None = None) -> torch.Tensor:
         """Generate the next chunk; returns its clean latents [B, C, N, H, W]."""
-        self._apply_pending_prompt()
-        n, start = self.chunk_frames, self.frame
-        x = self._noise(n)
-        for i, t in enumerate(self.timesteps):
-            x0 = self.schedule.x0_from_flow(self._forward(x, t, start, controls), x, t)
-            if i + 1 < len(self.timesteps):
-                x = self.schedule.add_noise(x0, self._noise(n), self.timesteps[i + 1])
-        self._commit(_Chunk(start, x0, controls))
-        return x0
+        return step_sessions([self], [controls])[0]
+
+    def batch_key(self, controls: Controls | None) -> tuple:
+        """Sessions whose keys are equal can take their next step together in :func:`step_sessions`."""
+        return (id(self.model), self.chunk_frames, self.latent_shape, self.prompt.shape[1], self.batch,
+                tuple(self.timesteps), self.sampler.context_noise, None if controls is None else controls.signature())
 
     @torch.no_grad()
     def push_context(self, latents: torch.Tensor, controls: Controls | None = None) -> None:
@@ -179,3 +175,42 @@ class StreamingSession:
 
     def _prune_history(self) -> None:
         self._history = [ch for ch in self._history if any(self.cache.is_resident(f) for f in range(ch.start, ch.end))]
+
+
+@torch.no_grad()
+def step_sessions(sessions: list[StreamingSession], controls: list[Controls | None]) -> list[torch.Tensor]:
+    """Generate the next chunk of every session, batched: one model forward per denoising step for all of them
+    (see :meth:`CausalWanDiT.forward_chunks`). The sessions must share a :meth:`StreamingSession.batch_key`; each
+    keeps its own cache, position, prompt, noise generator and controls. Returns each one's clean latents.
+    """
+    first = sessions[0]
+    if len({s.batch_key(c) for s, c in zip(sessions, controls)}) > 1:
+        raise ValueError("sessions stepped together must share model, chunk size, latent shape, text length, "
+                         "sampler and control sources")
+    for s in sessions:
+        s._apply_pending_prompt()
+    n, model, schedule = first.chunk_frames, first.model, first.schedule
+    caches, starts = [s.cache for s in sessions], [s.frame for s in sessions]
+    prompt = torch.cat([s.prompt for s in sessions]) if len(sessions) > 1 else first.prompt
+    ctrl = Controls.cat(controls)
+
+    def forward(x: torch.Tensor, t: float) -> torch.Tensor:
+        tt = torch.full((x.shape[0], n), t, device=x.device, dtype=torch.float32)
+        return model.forward_chunks(x, tt, prompt, caches, starts, ctrl)
+
+    def noise() -> torch.Tensor:
+        parts = [s._noise(n) for s in sessions]
+        return torch.cat(parts) if len(parts) > 1 else parts[0]
+
+    x = noise()
+    for i, t in enumerate(first.timesteps):
+        x0 = schedule.x0_from_flow(forward(x, t), x, t)
+        if i + 1 < len(first.timesteps):
+            x = schedule.add_noise(x0, noise(), first.timesteps[i + 1])
+    forward(x0, first.sampler.context_noise)  # the clean re-run writes the chunk's K/V into every cache
+    out = list(x0.split([s.batch for s in sessions]))
+    for s, latents, c in zip(sessions, out, controls):
+        s._history.append(_Chunk(s.frame, latents, c))
+        s.frame += n
+        s._prune_history()
+    return out

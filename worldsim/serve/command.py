@@ -48,6 +48,9 @@ def add_serve_arguments(p: argparse.ArgumentParser) -> None:
     m.add_argument("--threads", type=int, default=default_threads(),
                    help=f"torch CPU threads (default {default_threads()}: all cores but one, which the socket loop and "
                         "a local client need; oversubscribed torch threads stall for seconds)")
+    m.add_argument("--max-batch", type=int, metavar="N",
+                   help="generate up to N sessions in one batched forward (default: 8 on CUDA, 1 on a CPU, where "
+                        "batching gains little)")
     n = p.add_argument_group("network and limits")
     n.add_argument("--bind", default=DEFAULT_BIND, help=f"ZeroMQ endpoint (default {DEFAULT_BIND}; "
                                                         "tcp://127.0.0.1:* picks a free port)")
@@ -92,7 +95,7 @@ def run_serve(args: argparse.Namespace) -> int:
                                   idle_timeout_s=args.idle_timeout, heartbeat_s=min(2.0, args.idle_timeout / 4),
                                   max_message_bytes=args.max_message_bytes)
         daemon = Daemon(backend, DaemonConfig(bind=args.bind, limits=lim, keys_dir=args.keys, insecure=args.insecure,
-                                              stats_interval_s=args.stats_interval))
+                                              stats_interval_s=args.stats_interval, max_batch=args.max_batch))
     except (OSError, ValueError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2

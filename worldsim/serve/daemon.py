@@ -49,6 +49,14 @@ class DaemonConfig:
     insecure: bool = False  # allow a non-loopback bind without keys
     stats_interval_s: float = 30.0  # per-session stats in the log this often (0: never)
     send_hwm: int = 8  # ZMQ messages queued per client pipe before frames wait in the daemon's own queue
+    max_batch: int | None = None  # sessions per batched forward at most (1: one at a time; None: 8 on CUDA, 1 on CPU)
+
+
+def default_max_batch(backend: Backend) -> int:
+    """Batch sessions on a GPU, where one forward over 8 chunks costs little more than one; not on a CPU, where it
+    costs as much as the separate forwards (benchmarks/daemon_throughput.py: +4% frames/s) and only delays the
+    sessions that join."""
+    return 8 if backend.device.type == "cuda" else 1
 
 
 class TokenBucket:
@@ -134,7 +142,8 @@ class Daemon:
         self.stop_reason = "daemon stopping"
         self.started = time.monotonic()
         self._last_stats_log = self._last_housekeeping = self.started
-        self.engine = Engine(backend, self.limits, emit=self._emit, backlog=self._backlog, logger=logger)
+        self.engine = Engine(backend, self.limits, emit=self._emit, backlog=self._backlog, logger=logger,
+                             max_batch=self.config.max_batch or default_max_batch(backend))
         self.engine.start()
         event(self.log, "daemon_listening", endpoint=self.endpoint, curve=self.curve is not None,
               **describe(backend), video=backend.video_info())

@@ -6,8 +6,10 @@ on the engine thread); it never ends a session on its own except by reporting :c
 
 What runs next is decided by :func:`~worldsim.serve.pacing.plan`: each paced session's chunk starts as late as its
 client's playout allows (so the newest controls are in it), unpaced sessions use the slack, and a session whose
-client has a full frame queue (``backlog``) is not run at all. Sessions run one chunk at a time: each has its own
-KV cache and stream position. One failing session is reported and dropped; the others never notice.
+client has a full frame queue (``backlog``) is not run at all. Sessions that can share a forward (same geometry,
+text length and control sources) are batched: each keeps its own KV cache, position, seed and controls, and the
+layers run once over all of them (:func:`~worldsim.sampling.session.step_sessions`). One failing session is
+reported and dropped; the others never notice.
 """
 
 from __future__ import annotations
@@ -23,7 +25,7 @@ from .backend import Backend
 from .logs import LOGGER, event
 from .pacing import Job, plan
 from .protocol import Input, Limits, Open
-from .sessions import FrameOut, ServeSession
+from .sessions import FrameOut, ServeSession, step_served
 from .stats import GenerationStats, Recent
 
 IDLE_WAIT_S = 0.5  # longest wait for a command when nothing is due
@@ -100,9 +102,11 @@ Event = Opened | OpenFailed | Frames | Failed
 
 class Engine:
     def __init__(self, backend: Backend, limits: Limits, emit: Callable[[list[Event]], None],
-                 backlog: Callable[[int], int], logger: logging.Logger = LOGGER):
-        """``backlog(sid)``: frames the daemon still holds for that session (called on the engine thread)."""
+                 backlog: Callable[[int], int], logger: logging.Logger = LOGGER, max_batch: int = 8):
+        """``backlog(sid)``: frames the daemon still holds for that session (called on the engine thread).
+        ``max_batch``: sessions generated together in one batched forward at most (1: one at a time)."""
         self.backend, self.limits, self.emit, self.backlog, self.log = backend, limits, emit, backlog, logger
+        self.max_batch = max(1, max_batch)
         self.sessions: dict[int, ServeSession] = {}
         self._commands: queue.SimpleQueue = queue.SimpleQueue()
         self._stop = threading.Event()
@@ -135,9 +139,9 @@ class Engine:
                 self._drain(wait)
                 if self._stop.is_set():
                     break
-                session, wait = self._next()
-                if session is not None:
-                    self._step(session)
+                batch, wait = self._next()
+                if batch:
+                    self._step(batch)
             except Exception:  # noqa: BLE001 - a scheduling bug is logged; the loop keeps serving
                 self.log.exception("engine_error")
                 wait = 0.01
@@ -148,8 +152,8 @@ class Engine:
         n = s.next_chunk_frames()
         return self.backlog(s.id) + n <= max(self.limits.queue_frames, n)
 
-    def _next(self) -> tuple[ServeSession | None, float]:
-        """The session to run now, or None and how long to wait for commands first."""
+    def _next(self) -> tuple[list[ServeSession], float]:
+        """The sessions to run now (a batch, possibly empty), and how long to wait for commands if none."""
         fallback = self._chunk_s.quantile(0.5) or 0.0
         jobs, blocked = [], False
         for s in self.sessions.values():
@@ -159,12 +163,29 @@ class Engine:
                 blocked = True
                 continue
             jobs.append(Job(s.id, s.playout.estimate_s(fallback), s.playout.deadline(), self._last_run.get(s.id, 0.0)))
-        job, wait = plan(jobs, time.monotonic())
+        now = time.monotonic()
+        job, wait = plan(jobs, now)
         if job is not None:
-            return self.sessions[job.key], 0.0
+            return self._batch_with(job, jobs, now), 0.0
         if blocked:  # re-check when the client may have read (the daemon does not wake the engine for that)
             wait = min(wait, 0.01)
-        return None, min(wait, IDLE_WAIT_S)
+        return [], min(wait, IDLE_WAIT_S)
+
+    def _batch_with(self, job: Job, jobs: list[Job], now: float) -> list[ServeSession]:
+        """The planned session plus up to ``max_batch - 1`` others that can share its forward: same batch key, and
+        either unpaced or due to start before this batch would finish anyway (so none starts much earlier than its
+        own schedule, which would bind its controls earlier)."""
+        lead = self.sessions[job.key]
+        batch, key = [lead], lead.batch_key()
+        for j in sorted(jobs, key=lambda j: (j.deadline is None, j.deadline or 0.0, j.last_run)):
+            if len(batch) >= self.max_batch:
+                break
+            s = self.sessions[j.key]
+            if j.key == job.key or s.batch_key() != key:
+                continue
+            if j.deadline is None or j.deadline - j.duration_s <= now + job.duration_s:
+                batch.append(s)
+        return batch
 
     def _drain(self, wait_s: float) -> None:
         try:
@@ -223,12 +244,19 @@ class Engine:
         self._forget(s.id)
         self.emit([Failed(s.id, message[:300])])
 
-    def _step(self, s: ServeSession) -> None:
+    def _step(self, batch: list[ServeSession]) -> None:
         try:
-            frames = s.step()
+            outputs = step_served(batch)
         except Exception as e:  # noqa: BLE001 - the session fails, the daemon keeps serving the others
-            self._fail(s, f"generation failed: {type(e).__name__}: {e}")
+            if len(batch) > 1:  # find the culprit: each alone (a chunk rewrites its own cache slots)
+                self.log.warning("batch_failed", extra={"fields": {"sessions": [s.id for s in batch]}})
+                for s in batch:
+                    self._step([s])
+                return
+            self._fail(batch[0], f"generation failed: {type(e).__name__}: {e}")
             return
-        self._last_run[s.id] = time.monotonic()
-        self._chunk_s.add(s.stats.chunk_s.values[-1])
-        self.emit([Frames(s.id, s.epoch, frames)])
+        now = time.monotonic()
+        for s, frames in zip(batch, outputs):
+            self._last_run[s.id] = now
+            self.emit([Frames(s.id, s.epoch, frames)])
+        self._chunk_s.add(batch[0].stats.chunk_s.values[-1])

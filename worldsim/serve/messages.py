@@ -71,12 +71,12 @@ def shutdown(reason: str) -> dict:
 
 
 def frame_header(session: int, epoch: int, chunk: int, index: int, i: int, n: int, fmt: str,
-                 shape: tuple[int, ...], gen_ms: float, input_seq: int, prompt_seq: int,
+                 shape: tuple[int, ...], gen_ms: float, batch: int, input_seq: int, prompt_seq: int,
                  input_t: float | None, control: dict | None) -> dict:
-    """The header of one frame; ``t_send`` is added when it is sent (see Daemon._flush_client)."""
+    """The header of one frame; ``t_send`` is added when it is sent (see Daemon._send_frames)."""
     out = {"type": "frame", "session": session, "epoch": epoch, "chunk": chunk, "index": index, "i": i, "n": n,
-           "format": fmt, "shape": list(shape), "t_gen": time.time(), "gen_ms": gen_ms, "input_seq": input_seq,
-           "prompt_seq": prompt_seq}
+           "format": fmt, "shape": list(shape), "t_gen": time.time(), "gen_ms": gen_ms, "batch": batch,
+           "input_seq": input_seq, "prompt_seq": prompt_seq}
     if input_t is not None:
         out["input_t"] = input_t
     if control is not None:

@@ -13,7 +13,7 @@ import numpy as np
 import torch
 
 from ..codecs.base import to_uint8
-from ..sampling.session import StreamingSession
+from ..sampling.session import StreamingSession, step_sessions
 from . import frame_format, messages
 from .backend import Backend
 from .controls import ControlBuffer
@@ -102,22 +102,28 @@ class ServeSession:
         frames = k * n - (k - 1 if self.stream.frame == 0 else 0)
         return frames + (0 if self._context_frames is None else len(self._context_frames))
 
+    def batch_key(self) -> tuple:
+        """Sessions with equal keys can be generated in one batched forward (:func:`step_served`)."""
+        return self.stream.batch_key(None), tuple(sorted(self.controls.seen))
+
     # ---- generation ------------------------------------------------------------------------------------------
-    @torch.no_grad()
     def step(self) -> list[FrameOut]:
-        t0 = time.monotonic()
+        return step_served([self])[0]
+
+    def _chunk_controls(self):
         b = self.backend
-        n = b.chunk_latents
         starts_stream = self.stream.frame == 0
-        cc = self.controls.for_chunk(n, starts_stream, b.device, b.dtype)
-        latents = self.stream.step(controls=cc.controls)
+        return starts_stream, self.controls.for_chunk(b.chunk_latents, starts_stream, b.device, b.dtype)
+
+    def _finish(self, latents: torch.Tensor, starts_stream: bool, rows, t0: float, batch: int) -> list[FrameOut]:
+        """Decode a generated chunk into frames for the wire and account for it."""
         frames = to_uint8(self.decoder.decode(latents))[0].numpy()  # [T, H, W, 3]
-        per_frame = self._frame_controls(cc.rows, n, starts_stream)
+        per_frame = self._frame_controls(rows, self.backend.chunk_latents, starts_stream)
         if self._context_frames is not None:  # the start frame itself opens the stream
             frames = np.concatenate([self._context_frames, frames])
             per_frame = [None] * len(self._context_frames) + per_frame
             self._context_frames = None
-        out = self._frames_out(frames, per_frame, t0)
+        out = self._frames_out(frames, per_frame, t0, batch)
         finished = time.monotonic()
         self.playout.finished(len(frames), finished - t0, finished)
         st = self.stats
@@ -140,17 +146,30 @@ class ServeSession:
                  for s, a in rows.sources().items()} for i in range(len(rows))]
         return [None] * (count - len(echo)) + echo
 
-    def _frames_out(self, frames: np.ndarray, per_frame: list[dict | None], t0: float) -> list[FrameOut]:
+    def _frames_out(self, frames: np.ndarray, per_frame: list[dict | None], t0: float,
+                    batch: int) -> list[FrameOut]:
         spec = self.spec
         seq, t_client = self.last_input or (-1, None)
         gen_ms = round(1e3 * (time.monotonic() - t0), 3)
         out = []
         for i, frame in enumerate(frames):
             header = messages.frame_header(self.id, self.epoch, self.chunk, self.frames_out + i, i, len(frames),
-                                           spec.format, frame.shape, gen_ms, seq, self.prompt_seq, t_client,
+                                           spec.format, frame.shape, gen_ms, batch, seq, self.prompt_seq, t_client,
                                            per_frame[i])
             out.append(FrameOut(self.id, self.epoch, header, frame_format.encode(frame, spec.format,
                                                                                   spec.jpeg_quality)))
         self.chunk += 1
         self.frames_out += len(frames)
         return out
+
+
+@torch.no_grad()
+def step_served(sessions: list[ServeSession]) -> list[list[FrameOut]]:
+    """Generate the next chunk of each session (equal :meth:`ServeSession.batch_key`) in one batched model step,
+    then decode each; returns each session's frames. A chunk's time, for pacing and stats, runs from the shared
+    start to the end of its own decode."""
+    t0 = time.monotonic()
+    plans = [s._chunk_controls() for s in sessions]
+    latents = step_sessions([s.stream for s in sessions], [cc.controls for _, cc in plans])
+    return [s._finish(lat, starts, cc.rows, t0, len(sessions))
+            for s, lat, (starts, cc) in zip(sessions, latents, plans)]
