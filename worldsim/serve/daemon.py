@@ -250,12 +250,19 @@ class Daemon:
         deadline = time.monotonic() + SHUTDOWN_NOTICE_S
         pending = list(self.clients.values())
         while pending and time.monotonic() < deadline:
-            pending = [c for c in pending if not self._send_replies(c)]
+            pending = [c for c in pending if not self._send_or_gone(c)]
             if pending:
                 time.sleep(0.005)
         if pending:
             event(self.log, "shutdown_notice_undelivered", logging.WARNING, clients=[c.tag for c in pending])
         self.sock.setsockopt(zmq.LINGER, 500)  # what is in the pipes still goes out
+
+    def _send_or_gone(self, client: ClientState) -> bool:
+        """True when the client's replies all went out, or it is gone (nothing left to try)."""
+        try:
+            return self._send_replies(client)
+        except zmq.ZMQError:
+            return True
 
     # ---- inbound ---------------------------------------------------------------------------------------------
     def _read_batch(self) -> None:
@@ -268,7 +275,10 @@ class Daemon:
             self._on_message(ident, parts[1:])
             client = self.clients.get(ident)
             if client is not None and client.replies:
-                self._send_replies(client)  # a burst is answered as it is read, not after the whole batch
+                try:
+                    self._send_replies(client)  # a burst is answered as it is read, not after the whole batch
+                except zmq.ZMQError as e:
+                    self._send_failed(client, e)
 
     def _bucket(self, ident: bytes, now: float) -> TokenBucket:
         """The peer's rate bucket: its client's, or (before hello) its own among at most max_pending_handshakes."""
@@ -447,21 +457,21 @@ class Daemon:
             try:
                 blocked |= not (self._send_replies(client) and self._send_frames(client))
             except zmq.ZMQError as e:  # EHOSTUNREACH: the peer's connection is gone
-                self._drop_client(client, "disconnected" if e.errno == errno.EHOSTUNREACH else f"send failed: {e}")
+                self._send_failed(client, e)
         return blocked
 
     def _send_replies(self, client: ClientState) -> bool:
-        """Send the client's queued replies; True when all went out."""
+        """Send the client's queued replies; True when all went out. Raises ZMQError when the peer is gone."""
         while client.replies:
             try:
                 self.sock.send_multipart([client.ident, client.replies[0]], zmq.NOBLOCK)
             except zmq.Again:
                 return False
-            except zmq.ZMQError:
-                client.replies.clear()  # the peer is gone; housekeeping drops it
-                return True
             client.replies.popleft()
         return True
+
+    def _send_failed(self, client: ClientState, e: zmq.ZMQError) -> None:
+        self._drop_client(client, "disconnected" if e.errno == errno.EHOSTUNREACH else f"send failed: {e}")
 
     def _send_frames(self, client: ClientState) -> bool:
         """Send queued frames, round robin over the client's sessions; True when all went out."""
