@@ -64,8 +64,11 @@ def test_field_checks():
     assert code_of({"type": "input", "seq": 1, "session": 1}) == "missing_field"  # carries nothing
     assert code_of({"type": "input", "seq": 1, "session": 1, "prompt": {"text": "a", "mode": "hard"}}) == "bad_field"
     assert code_of({"type": "close", "seq": 1, "session": "one"}) == "bad_field"
-    o = check({"type": "open", "seq": 3, "prompt": "a forest", "seed": 7, "format": "jpeg", "fps": 0})
-    assert isinstance(o, Open) and (o.seed, o.format, o.fps) == (7, "jpeg", 0)
+    assert code_of({"type": "open", "seq": 1, "lookahead": 6}) == "bad_field"  # at most 5 s
+    assert code_of({"type": "open", "seq": 1, "seed": 3.0}) == "bad_field"  # integral floats are not integers
+    o = check({"type": "open", "seq": 3, "prompt": "a forest", "seed": 7, "format": "jpeg", "fps": 0,
+               "lookahead": 0.25, "jpeg_quality": None})  # nil is absent
+    assert isinstance(o, Open) and (o.seed, o.format, o.fps, o.lookahead, o.jpeg_quality) == (7, "jpeg", 0, 0.25, 85)
 
 
 def test_start_frame_checks():
