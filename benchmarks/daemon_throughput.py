@@ -232,13 +232,15 @@ def soak(args: argparse.Namespace, daemon: Daemon) -> dict:
     samples = []
     with Client(daemon.endpoint, name="soak", timeout=120) as c:
         keys = len(c.welcome.control.keys)
+        if not keys:
+            raise SystemExit("the soak sends keys; this daemon's model takes none")
         s = c.open(prompts[0], fps=args.fps, format=args.format)
         t0 = time.monotonic()
         next_input, next_switch, next_reset, next_sample = t0, t0 + 10, t0 + 300, t0 + args.soak_interval
         window, switches, resets, frames = [], 0, 0, 0
         while (now := time.monotonic()) - t0 < args.soak_seconds:
             if now >= next_input:
-                c.send(s, controls={"keys": [[1.0] + [0.0] * (keys - 1)]} if keys else None)
+                c.send(s, controls={"keys": [[1.0] + [0.0] * (keys - 1)]})
                 next_input += 1 / args.fps
             if now >= next_switch:
                 switches += 1
