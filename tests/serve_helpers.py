@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import time
 from pathlib import Path
@@ -46,23 +47,37 @@ def make_daemon(one_torch_thread):
         d.stop()
 
 
-class RawPeer:
-    """A bare DEALER for sending arbitrary bytes and reading raw replies."""
+@pytest.fixture
+def make_gateway():
+    """make_gateway(daemon, **config) -> a started WebSocket gateway to ``daemon`` on a free loopback port."""
+    from worldsim.serve.gateway import GatewayConfig, start_in_thread
 
-    def __init__(self, endpoint: str, rcvhwm: int = 1000):
-        self.ctx = zmq.Context()
-        self.sock = self.ctx.socket(zmq.DEALER)
-        self.sock.setsockopt(zmq.LINGER, 0)
-        self.sock.setsockopt(zmq.RCVHWM, rcvhwm)
-        self.sock.connect(endpoint)
-        self.seq = 0
+    started = []
+
+    def make(daemon: Daemon, **config):
+        cfg = GatewayConfig(daemon=daemon.endpoint, port=0, max_message_bytes=daemon.limits.max_message_bytes,
+                            **config)
+        gw, _ = start_in_thread(cfg)
+        started.append(gw)
+        return gw
+
+    yield make
+    for gw in started:
+        gw.stop()
+        gw.stopped.wait(10)
+
+
+class Peer:
+    """A bare client for sending arbitrary messages and reading raw replies: control messages as ``[message]``,
+    frames as ``[header, payload]``, over ZeroMQ (:class:`RawPeer`) or the WebSocket gateway (:class:`WsPeer`)."""
+
+    seq = 0
 
     def send(self, msg: dict | bytes | list) -> int:
-        if isinstance(msg, list):
-            self.sock.send_multipart(msg)
-        else:
-            self.sock.send(msg if isinstance(msg, bytes) else msgpack.packb(msg, use_bin_type=True))
-        return self.seq
+        raise NotImplementedError
+
+    def recv(self, timeout: float = 10.0) -> list[bytes] | None:
+        raise NotImplementedError
 
     def request(self, kind: str, **fields) -> int:
         self.seq += 1
@@ -72,11 +87,6 @@ class RawPeer:
     def hello(self) -> dict:
         seq = self.request("hello", protocol=PROTOCOL_VERSION, client="raw")
         return self.reply(seq)
-
-    def recv(self, timeout: float = 10.0) -> list[bytes] | None:
-        if not self.sock.poll(int(timeout * 1000)):
-            return None
-        return self.sock.recv_multipart()
 
     def reply(self, seq: int | None = None, timeout: float = 10.0) -> dict:
         """The next single-part message (answering ``seq`` if given), skipping frames."""
@@ -91,9 +101,67 @@ class RawPeer:
                     return msg
         raise TimeoutError(f"no reply to seq {seq} within {timeout} s")
 
+
+class RawPeer(Peer):
+    """A bare DEALER."""
+
+    def __init__(self, endpoint: str, rcvhwm: int = 1000):
+        self.ctx = zmq.Context()
+        self.sock = self.ctx.socket(zmq.DEALER)
+        self.sock.setsockopt(zmq.LINGER, 0)
+        self.sock.setsockopt(zmq.RCVHWM, rcvhwm)
+        self.sock.connect(endpoint)
+
+    def send(self, msg: dict | bytes | list) -> int:
+        if isinstance(msg, list):
+            self.sock.send_multipart(msg)
+        else:
+            self.sock.send(msg if isinstance(msg, bytes) else msgpack.packb(msg, use_bin_type=True))
+        return self.seq
+
+    def recv(self, timeout: float = 10.0) -> list[bytes] | None:
+        if not self.sock.poll(int(timeout * 1000)):
+            return None
+        return self.sock.recv_multipart()
+
     def close(self) -> None:
         self.sock.close()
         self.ctx.term()
+
+
+class WsPeer(Peer):
+    """A bare WebSocket client of the gateway (``max_queue`` messages buffered before it stops reading the socket)."""
+
+    def __init__(self, url: str, max_queue: int = 64):
+        from websockets.sync.client import connect
+
+        self._stack = contextlib.ExitStack()
+        self.ws = self._stack.enter_context(connect(url, max_size=None, compression=None, max_queue=max_queue,
+                                                    open_timeout=10))
+
+    def send(self, msg: dict | bytes | str) -> int:
+        if isinstance(msg, list):
+            raise TypeError("a WebSocket message has one part")
+        self.ws.send(msg if isinstance(msg, (bytes, str)) else msgpack.packb(msg, use_bin_type=True))
+        return self.seq
+
+    def recv(self, timeout: float = 10.0) -> list[bytes] | None:
+        from worldsim.serve.gateway import split_raw
+
+        try:
+            data = self.ws.recv(timeout)
+        except TimeoutError:
+            return None
+        header, payload = split_raw(data)
+        return [header, payload] if len(payload) else [header]
+
+    def close(self) -> None:
+        self._stack.close()
+
+
+def peer_for(transport: str, daemon: Daemon, make_gateway=None) -> Peer:
+    """A bare peer of ``daemon`` over "zmq", or over "ws" through a gateway made by ``make_gateway``."""
+    return RawPeer(daemon.endpoint) if transport == "zmq" else WsPeer(make_gateway(daemon).url)
 
 
 def rss_mb() -> float:

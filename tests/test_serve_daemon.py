@@ -14,7 +14,7 @@ import time
 import numpy as np
 import pytest
 
-from serve_helpers import TEST_LIMITS, RawPeer, rss_mb, tiny_backend, wait_for
+from serve_helpers import TEST_LIMITS, RawPeer, WsPeer, rss_mb, tiny_backend, wait_for
 from worldsim.client import AsyncClient, Client, ConnectionLost, ServerError
 from worldsim.client.photon import PlayoutClock, expected_control_to_photon
 from worldsim.serve.protocol import PROTOCOL_VERSION
@@ -181,12 +181,33 @@ while True:
         print("streaming", flush=True)
 """
 
+KILLED_WS_CLIENT = """
+import sys, time, msgpack
+from websockets.sync.client import connect
+from worldsim.serve.gateway import split_message
+with connect(sys.argv[1]) as ws:
+    ws.send(msgpack.packb({"type": "hello", "seq": 1, "protocol": sys.argv[2], "client": "doomed"}))
+    ws.send(msgpack.packb({"type": "open", "seq": 2, "fps": 0}))
+    told, last_ping = False, time.monotonic()
+    while True:
+        if split_message(ws.recv(5))[0]["type"] == "frame" and not told:
+            print("streaming", flush=True)
+            told = True
+        if time.monotonic() - last_ping > 0.2:
+            ws.send(msgpack.packb({"type": "ping", "seq": 3}))
+            last_ping = time.monotonic()
+"""
 
+
+@pytest.mark.parametrize("transport", ["zmq", "ws"])
 @pytest.mark.parametrize("how", ["kill", "freeze"])
-def test_vanished_client_is_freed(backend, make_daemon, how):
-    """SIGKILL closes the connection (noticed at the next send); SIGSTOP leaves it open, so the idle timeout acts."""
+def test_vanished_client_is_freed(backend, make_daemon, make_gateway, how, transport):
+    """SIGKILL closes the connection (noticed at the next send, or by the gateway at once); SIGSTOP leaves it open,
+    so the idle timeout acts."""
     d = make_daemon(backend, idle_timeout_s=1.5, heartbeat_s=0.5)
-    proc = subprocess.Popen([sys.executable, "-c", KILLED_CLIENT, d.endpoint], stdout=subprocess.PIPE, text=True)
+    script, where = ((KILLED_CLIENT, d.endpoint) if transport == "zmq" else
+                     (KILLED_WS_CLIENT, make_gateway(d).url))
+    proc = subprocess.Popen([sys.executable, "-c", script, where, PROTOCOL_VERSION], stdout=subprocess.PIPE, text=True)
     try:
         assert proc.stdout.readline().strip() == "streaming"
         assert len(d.sessions) == 1 and len(d.clients) == 1
@@ -200,11 +221,14 @@ def test_vanished_client_is_freed(backend, make_daemon, how):
         proc.wait()
 
 
-def test_connect_disconnect_cycles_leave_memory_flat(backend, make_daemon):
+@pytest.mark.parametrize("transport", ["zmq", "ws"])
+def test_connect_disconnect_cycles_leave_memory_flat(backend, make_daemon, make_gateway, transport):
+    """Over ZeroMQ, and through the WebSocket gateway (in this process, so its memory is measured too)."""
     d = make_daemon(backend, idle_timeout_s=1.0, heartbeat_s=0.25, max_sessions=64, max_sessions_per_client=1)
+    gateway = make_gateway(d) if transport == "ws" else None
 
     def cycle(i: int) -> None:
-        peer = RawPeer(d.endpoint)
+        peer = RawPeer(d.endpoint) if gateway is None else WsPeer(gateway.url)
         peer.hello()
         s = peer.reply(peer.request("open", prompt=f"p{i % 7}", fps=0))["session"]
         assert peer.recv(10) is not None  # the stream started
@@ -334,18 +358,30 @@ def test_asyncio_client(backend, make_daemon):
 
 
 def test_serve_command_stops_cleanly_on_sigterm(tmp_path):
+    """``worldsim serve --ws``: on SIGTERM a ZeroMQ client and a WebSocket client both get the notice."""
+    import re
+
     endpoint = f"ipc://{tmp_path}/d.sock"
     log = tmp_path / "serve.log"  # a file, not a pipe: a full pipe nobody reads would block the daemon
     proc = subprocess.Popen([sys.executable, "-m", "worldsim", "serve", "--preset", "tiny", "--height", "32",
-                             "--width", "32", "--bind", endpoint], stderr=log.open("w"), text=True)
+                             "--width", "32", "--bind", endpoint, "--ws", "127.0.0.1:0"], stderr=log.open("w"),
+                            text=True)
     try:
         with Client(endpoint, timeout=90) as c:
             s = c.open("x", fps=0)
             frames_for(c, s, 3, timeout=60)
+            url = re.search(r"WebSocket gateway on (ws://\S+/)", log.read_text())
+            assert url, log.read_text()
+            ws = WsPeer(url[1])
+            ws.hello()
+            ws.reply(ws.request("open", fps=0))
             proc.send_signal(signal.SIGTERM)
             with pytest.raises(ConnectionLost, match="SIGTERM"):
                 for _ in range(200):
                     c.frame(0.2)
+            notice = ws.reply(timeout=10)
+            assert notice["type"] == "shutdown" and "SIGTERM" in notice["reason"]
+            ws.close()
         assert proc.wait(30) == 0
         err = log.read_text()
         assert "UNTRAINED" in err and "daemon_stopped" in err

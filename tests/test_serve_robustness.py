@@ -13,20 +13,21 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from serve_helpers import TEST_LIMITS, RawPeer
+from serve_helpers import TEST_LIMITS, RawPeer, WsPeer, peer_for
 from worldsim.client import Client
 from worldsim.serve.protocol import ERROR_CODES
 
 OK_REPLIES = {"welcome", "opened", "ok", "closed", "stats", "pong"}
 
 
-@pytest.fixture
-def served(backend, make_daemon):
-    """A daemon, a well-behaved streaming client, and a raw peer that has said hello."""
+@pytest.fixture(params=["zmq", "ws"])
+def served(request, backend, make_daemon, make_gateway):
+    """A daemon, a well-behaved streaming client, and a raw peer that has said hello, over ZeroMQ or through the
+    WebSocket gateway."""
     d = make_daemon(backend)
     good = Client(d.endpoint, name="good")
     session = good.open("steady", fps=0)
-    peer = RawPeer(d.endpoint)
+    peer = peer_for(request.param, d, make_gateway)
     peer.hello()
     yield d, good, session, peer
     peer.close()
@@ -75,6 +76,8 @@ CASES = {
 def test_malformed_message_gets_a_clear_error(served, name):
     d, good, session, peer = served
     raw, code = CASES[name]
+    if isinstance(raw, list) and isinstance(peer, WsPeer):
+        pytest.skip("a WebSocket message has one part")
     if isinstance(raw, dict) and raw.get("session") == 0:
         own = peer.reply(peer.request("open", fps=1))["session"]  # an own session, so only the sizes are at fault
         raw = raw | {"session": own}
@@ -87,6 +90,8 @@ def test_malformed_message_gets_a_clear_error(served, name):
 
 def test_oversized_message_drops_the_connection_only(served):
     d, good, session, peer = served
+    if isinstance(peer, WsPeer):
+        pytest.skip("the gateway closes the WebSocket instead (test_serve_gateway)")
     peer.send(b"\x00" * (d.limits.max_message_bytes + 1024))
     time.sleep(0.3)
     seq = peer.request("ping")  # the peer reconnects with a new routing id: it must say hello again
@@ -205,19 +210,27 @@ def mutant(index: int, mutations: list, own: int) -> dict:
     return msg
 
 
-@pytest.fixture(scope="module")
-def fuzz_target(backend):
+@pytest.fixture(scope="module", params=["zmq", "ws"])
+def fuzz_target(request, backend):
     from worldsim.serve.daemon import Daemon, DaemonConfig
+    from worldsim.serve.gateway import GatewayConfig, start_in_thread
 
     d = Daemon(backend, DaemonConfig(bind="tcp://127.0.0.1:*", limits=TEST_LIMITS, stats_interval_s=0)).start()
     good = Client(d.endpoint, name="good")
     session = good.open("steady", fps=8)
-    peer = RawPeer(d.endpoint)
+    gateway = None
+    if request.param == "ws":
+        gateway, _ = start_in_thread(GatewayConfig(daemon=d.endpoint, port=0,
+                                                   max_message_bytes=d.limits.max_message_bytes))
+    peer = RawPeer(d.endpoint) if gateway is None else WsPeer(gateway.url)
     peer.hello()
     own = peer.reply(peer.request("open", fps=1))["session"]
     yield d, good, session, peer, own
     peer.close()
     good.close()
+    if gateway is not None:
+        gateway.stop()
+        gateway.stopped.wait(10)
     d.stop()
 
 

@@ -36,9 +36,11 @@ def test_keys_layout(tmp_path):
     assert paths["server_public"].is_file() and paths["client_secret"].is_file()
     assert (tmp_path / "k" / "authorized" / "alice.key").is_file()
     assert paths["client_secret"].stat().st_mode & 0o077 == 0 and paths["server_secret"].stat().st_mode & 0o077 == 0
+    token = paths["ws_token"].read_text().strip()
+    assert len(token) >= 32 and paths["ws_token"].stat().st_mode & 0o077 == 0
     server_secret = paths["server_secret"].read_text()
-    create_keys(tmp_path / "k", "bob")  # a second client keeps the daemon's keys
-    assert paths["server_secret"].read_text() == server_secret
+    create_keys(tmp_path / "k", "bob")  # a second client keeps the daemon's keys and the gateway token
+    assert paths["server_secret"].read_text() == server_secret and paths["ws_token"].read_text().strip() == token
     with pytest.raises(FileExistsError):
         create_keys(tmp_path / "k", "alice")
     with pytest.raises(ValueError):

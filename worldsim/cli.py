@@ -214,6 +214,18 @@ def _keys_run(args: argparse.Namespace) -> int:
     return run_keys(args)
 
 
+def _gateway_arguments(p: argparse.ArgumentParser) -> None:
+    from worldsim.serve.command import add_gateway_arguments
+
+    add_gateway_arguments(p)
+
+
+def _gateway_run(args: argparse.Namespace) -> int:
+    from worldsim.serve.command import run_gateway
+
+    return run_gateway(args)
+
+
 def _play_arguments(p: argparse.ArgumentParser) -> None:
     from clients.play.command import add_arguments
 
@@ -328,6 +340,8 @@ COMMANDS: list[Command] = [
     Command("play", "the pygame client: play a stream with keyboard and mouse, switch prompts, record",
             _play_arguments, _play_run),
     Command("keys", "make CurveZMQ keys for serving beyond this machine", _keys_arguments, _keys_run),
+    Command("gateway", "WebSocket gateway to a running daemon (browsers, Godot, Unity; bridge/PROTOCOL.md)",
+            _gateway_arguments, _gateway_run),
     Command("generate", "text-to-video from a Wan2.1 model folder (+ Self-Forcing checkpoint) into an mp4",
             _generate_arguments, _generate_run),
     Command("inspect", "check a model folder: what is there, what is missing and how to download it",

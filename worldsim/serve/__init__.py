@@ -2,6 +2,7 @@
 
 protocol.py (messages, validation, codes), daemon.py (socket loop), engine.py (model loop thread), sessions.py
 (one stream), controls.py (per-frame control buffer), backend.py (model, decoder, prompt embedder),
-security.py (CurveZMQ), frame_format.py, stats.py, logs.py, command.py (CLI glue).
+security.py (CurveZMQ), gateway.py (WebSocket gateway and the browser client in web/), frame_format.py, stats.py,
+logs.py, command.py (CLI glue).
 This package's ``__init__`` imports nothing, so the client library can use protocol.py without torch.
 """

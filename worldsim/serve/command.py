@@ -56,7 +56,8 @@ def add_serve_arguments(p: argparse.ArgumentParser) -> None:
                                                         "tcp://127.0.0.1:* picks a free port)")
     n.add_argument("--keys", metavar="DIR", help="CurveZMQ key directory from `worldsim keys DIR`: encrypt and accept "
                                                  "only the clients in DIR/authorized")
-    n.add_argument("--insecure", action="store_true", help="allow a non-loopback --bind without --keys (unsafe)")
+    n.add_argument("--insecure", action="store_true", help="allow a non-loopback --bind without --keys, or a "
+                                                            "non-loopback --ws without TLS (unsafe)")
     n.add_argument("--max-sessions", type=int, default=lim.max_sessions, help=f"(default {lim.max_sessions})")
     n.add_argument("--max-sessions-per-client", type=int, default=lim.max_sessions_per_client,
                    help=f"(default {lim.max_sessions_per_client})")
@@ -67,10 +68,48 @@ def add_serve_arguments(p: argparse.ArgumentParser) -> None:
                    help=f"drop clients silent this many seconds (default {lim.idle_timeout_s:g})")
     n.add_argument("--max-message-bytes", type=int, help="inbound message size limit (default: fits a start frame "
                                                          "or max_samples control rows for this model)")
+    w = p.add_argument_group("WebSocket gateway (browsers, Godot, Unity; bridge/PROTOCOL.md section 14)")
+    w.add_argument("--ws", metavar="HOST:PORT", help="also serve protocol v1 over WebSocket here (e.g. 127.0.0.1:8765), "
+                                                     "with the browser client at http://HOST:PORT/")
+    add_ws_security_arguments(w)
     o = p.add_argument_group("logs")
     o.add_argument("--log-format", choices=["text", "json"], default="text")
     o.add_argument("--log-level", default="INFO")
     o.add_argument("--stats-interval", type=float, default=30.0, help="seconds between per-session stats logs (0: off)")
+
+
+def add_ws_security_arguments(g) -> None:
+    g.add_argument("--ws-token-file", metavar="FILE", help="token WebSocket clients must give (?token=...); required "
+                                                            "off loopback; `worldsim keys DIR` writes DIR/ws.token")
+    g.add_argument("--ws-cert", metavar="PEM", help="TLS certificate chain: serve wss:// (with --ws-key)")
+    g.add_argument("--ws-key", metavar="PEM", help="TLS private key for --ws-cert")
+    g.add_argument("--ws-queue-frames", type=int, default=8, metavar="N",
+                   help="frames the gateway holds for a slow WebSocket client before it stops reading from the daemon, "
+                        "which then drops that session's oldest frames (default 8)")
+
+
+def host_port(text: str) -> tuple[str, int]:
+    """'127.0.0.1:8765', '[::1]:8765' or ':8765' (loopback) -> (host, port)."""
+    host, sep, port = text.rpartition(":")
+    if not sep or not port.isdigit() or not 0 <= int(port) < 65536:
+        raise ValueError(f"{text!r} is not HOST:PORT (e.g. 127.0.0.1:8765)")
+    return host.strip("[]") or "127.0.0.1", int(port)
+
+
+def local_endpoint(endpoint: str) -> str:
+    """The address a process on this machine reaches a daemon bound to ``endpoint`` at."""
+    for wildcard in ("://0.0.0.0:", "://*:", "://[::]:"):
+        endpoint = endpoint.replace(wildcard, "://127.0.0.1:")
+    return endpoint
+
+
+def gateway_config(args: argparse.Namespace, listen: str, daemon: str, curve, max_message_bytes: int):
+    from .gateway import GatewayConfig, read_token
+
+    host, port = host_port(listen)
+    return GatewayConfig(daemon=daemon, host=host, port=port, token=read_token(args.ws_token_file), cert=args.ws_cert,
+                         key=args.ws_key, insecure=args.insecure, curve=curve, max_message_bytes=max_message_bytes,
+                         queue_frames=args.ws_queue_frames)
 
 
 def run_serve(args: argparse.Namespace) -> int:
@@ -96,6 +135,18 @@ def run_serve(args: argparse.Namespace) -> int:
                                   max_message_bytes=args.max_message_bytes)
         daemon = Daemon(backend, DaemonConfig(bind=args.bind, limits=lim, keys_dir=args.keys, insecure=args.insecure,
                                               stats_interval_s=args.stats_interval, max_batch=args.max_batch))
+        gateway = None
+        if args.ws:
+            from .gateway import start_in_thread
+            from .security import ClientCurve
+
+            curve = ClientCurve.from_dir(args.keys, "gateway") if args.keys else None
+            gateway, _ = start_in_thread(gateway_config(args, args.ws, local_endpoint(daemon.endpoint), curve,
+                                                        daemon.limits.max_message_bytes))
+    except FileNotFoundError as e:
+        print(f"error: {e}" + (f"; with --keys, --ws needs a client key named 'gateway': `worldsim keys {args.keys} "
+                               "--client gateway`" if args.ws and args.keys else ""), file=sys.stderr)
+        return 2
     except (OSError, ValueError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
@@ -110,12 +161,67 @@ def run_serve(args: argparse.Namespace) -> int:
           f"fps, {'CURVE' if args.keys else 'no encryption'}); "
           f"connect with `worldsim play --connect {daemon.endpoint}`",
           file=sys.stderr, flush=True)
+    if gateway is not None:
+        print(f"worldsim serve: WebSocket gateway on {gateway.url} (browser client: "
+              f"{gateway.url.replace('ws', 'http', 1)})", file=sys.stderr, flush=True)
     for sig in (signal.SIGINT, signal.SIGTERM):
         signal.signal(sig, lambda num, _frame: daemon.request_stop(f"daemon stopping ({signal.Signals(num).name})"))
     try:
         daemon.serve_forever()
     finally:
-        daemon.close()
+        daemon.close()  # tells every client, the gateway's connections included, that it is stopping
+        if gateway is not None:
+            gateway.stop()  # gives its connections time to pass that notice on
+            gateway.stopped.wait(5.0)
+    return 0
+
+
+def add_gateway_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--connect", default=DEFAULT_BIND, metavar="ENDPOINT", help=f"the daemon (default {DEFAULT_BIND})")
+    p.add_argument("--listen", default="127.0.0.1:8765", metavar="HOST:PORT",
+                   help="WebSocket address (default 127.0.0.1:8765); the browser client is served at /")
+    p.add_argument("--keys", metavar="DIR", help="the daemon's CurveZMQ key directory, if it uses one")
+    p.add_argument("--key-name", default="gateway", help="this gateway's client key pair in --keys (default gateway)")
+    p.add_argument("--insecure", action="store_true", help="allow a non-loopback --listen without TLS (unsafe)")
+    add_ws_security_arguments(p)
+    p.add_argument("--log-format", choices=["text", "json"], default="text")
+    p.add_argument("--log-level", default="INFO")
+
+
+def run_gateway(args: argparse.Namespace) -> int:
+    """A WebSocket gateway in its own process, a client of a running daemon (asks it for its limits first)."""
+    import asyncio
+
+    from ..client import Client, ClientError
+    from .gateway import Gateway
+    from .logs import configure
+    from .security import ClientCurve
+
+    configure(args.log_format, args.log_level)
+    try:
+        curve = ClientCurve.from_dir(args.keys, args.key_name) if args.keys else None
+        with Client(args.connect, name="worldsim-gateway", curve=curve, timeout=10) as probe:
+            max_bytes = probe.welcome.limits["max_message_bytes"]
+        gateway = Gateway(gateway_config(args, args.listen, args.connect, curve, max_bytes))
+    except (OSError, ValueError, ClientError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+
+    async def main() -> None:
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.add_signal_handler(sig, gateway.stop)
+        task = asyncio.create_task(gateway.serve())
+        await asyncio.to_thread(gateway.started.wait)
+        print(f"worldsim gateway: {gateway.url} -> {args.connect} (browser client: "
+              f"{gateway.url.replace('ws', 'http', 1)})", file=sys.stderr, flush=True)
+        await task
+
+    try:
+        asyncio.run(main())
+    except OSError as e:
+        print(f"error: the gateway could not listen on {args.listen}: {e}", file=sys.stderr)
+        return 2
     return 0
 
 
@@ -136,5 +242,6 @@ def run_keys(args: argparse.Namespace) -> int:
           f"client {args.client!r}: {paths['client_secret']} (give to that client with {paths['server_public'].name}); "
           f"authorised as {paths['client_public']}\n"
           f"serve:  worldsim serve --bind tcp://0.0.0.0:5555 --keys {args.dir}\n"
-          f"play:   worldsim play --connect tcp://HOST:5555 --keys {args.dir} --key-name {args.client}")
+          f"play:   worldsim play --connect tcp://HOST:5555 --keys {args.dir} --key-name {args.client}\n"
+          f"WebSocket token: {paths['ws_token']} (worldsim serve --ws HOST:PORT --ws-token-file {paths['ws_token']})")
     return 0

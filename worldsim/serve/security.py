@@ -7,6 +7,7 @@ The daemon binds to loopback by default. Any other TCP address needs CURVE keys 
     DIR/server.key_secret      the daemon's secret key: stays on the daemon host
     DIR/authorized/NAME.key    public keys of the clients the daemon accepts (one file per client)
     DIR/NAME.key_secret        a client's key pair: give it (with server.key) to that client only
+    DIR/ws.token               the WebSocket gateway's token (``--ws-token-file``): give it to its clients
 
 A client with a key not in ``authorized/`` (or without CURVE) completes no handshake and receives nothing.
 """
@@ -16,6 +17,7 @@ from __future__ import annotations
 import ipaddress
 import os
 import re
+import secrets
 import shutil
 from dataclasses import dataclass
 from pathlib import Path
@@ -25,6 +27,7 @@ import zmq.auth
 from zmq.auth.thread import ThreadAuthenticator
 
 SERVER = "server"
+WS_TOKEN = "ws.token"
 AUTHORIZED = "authorized"
 LOCAL_HOSTS = ("localhost", "127.0.0.1", "::1", "[::1]")
 
@@ -59,7 +62,7 @@ def check_bind(endpoint: str, keys_dir: str | Path | None, insecure: bool) -> st
 
 
 def create_keys(directory: str | Path, client: str = "client") -> dict[str, Path]:
-    """Make the daemon's key pair (if missing) and a key pair for ``client``, authorised at once."""
+    """Make the daemon's key pair and the gateway token (if missing) and a key pair for ``client``, authorised."""
     if not re.fullmatch(r"[A-Za-z0-9_.-]{1,64}", client) or client == SERVER:
         raise ValueError(f"client name {client!r} must be 1-64 letters, digits, '_', '.', '-' and not {SERVER!r}")
     d = Path(directory)
@@ -67,13 +70,18 @@ def create_keys(directory: str | Path, client: str = "client") -> dict[str, Path
     if not (d / f"{SERVER}.key_secret").is_file():
         _, secret = zmq.auth.create_certificates(d, SERVER)
         os.chmod(secret, 0o600)
+    if not (d / WS_TOKEN).is_file():
+        fd = os.open(d / WS_TOKEN, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        with os.fdopen(fd, "w") as f:
+            f.write(secrets.token_urlsafe(32) + "\n")
     if (d / f"{client}.key_secret").exists():
         raise FileExistsError(f"{d / (client + '.key_secret')} exists; choose another client name")
     public, secret = zmq.auth.create_certificates(d, client)
     os.chmod(secret, 0o600)  # secret keys: owner only
     shutil.move(public, d / AUTHORIZED / f"{client}.key")
     return {"server_public": d / f"{SERVER}.key", "server_secret": d / f"{SERVER}.key_secret",
-            "client_secret": d / f"{client}.key_secret", "client_public": d / AUTHORIZED / f"{client}.key"}
+            "client_secret": d / f"{client}.key_secret", "client_public": d / AUTHORIZED / f"{client}.key",
+            "ws_token": d / WS_TOKEN}
 
 
 @dataclass
