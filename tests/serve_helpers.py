@@ -57,7 +57,7 @@ def make_gateway():
     def make(daemon: Daemon, **config):
         cfg = GatewayConfig(daemon=daemon.endpoint, port=0, max_message_bytes=daemon.limits.max_message_bytes,
                             **config)
-        gw, _ = start_in_thread(cfg)
+        gw = start_in_thread(cfg)
         started.append(gw)
         return gw
 

@@ -220,7 +220,7 @@ def fuzz_target(request, backend):
     session = good.open("steady", fps=8)
     gateway = None
     if request.param == "ws":
-        gateway, _ = start_in_thread(GatewayConfig(daemon=d.endpoint, port=0,
+        gateway = start_in_thread(GatewayConfig(daemon=d.endpoint, port=0,
                                                    max_message_bytes=d.limits.max_message_bytes))
     peer = RawPeer(d.endpoint) if gateway is None else WsPeer(gateway.url)
     peer.hello()

@@ -141,7 +141,7 @@ def run_serve(args: argparse.Namespace) -> int:
             from .security import ClientCurve
 
             curve = ClientCurve.from_dir(args.keys, "gateway") if args.keys else None
-            gateway, _ = start_in_thread(gateway_config(args, args.ws, local_endpoint(daemon.endpoint), curve,
+            gateway = start_in_thread(gateway_config(args, args.ws, local_endpoint(daemon.endpoint), curve,
                                                         daemon.limits.max_message_bytes))
     except FileNotFoundError as e:
         print(f"error: {e}" + (f"; with --keys, --ws needs a client key named 'gateway': `worldsim keys {args.keys} "

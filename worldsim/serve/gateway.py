@@ -298,7 +298,7 @@ class Gateway:
         return f"{scheme}://{host}:{self.port}/"
 
 
-def start_in_thread(cfg: GatewayConfig, timeout: float = 10.0) -> tuple[Gateway, threading.Thread]:
+def start_in_thread(cfg: GatewayConfig, timeout: float = 10.0) -> Gateway:
     """Run a gateway on its own event loop in a daemon thread (``worldsim serve --ws``); returns once it listens."""
     gw = Gateway(cfg)
     failure: list[BaseException] = []
@@ -315,7 +315,7 @@ def start_in_thread(cfg: GatewayConfig, timeout: float = 10.0) -> tuple[Gateway,
     if not gw.started.wait(timeout) or failure:
         raise OSError(f"the WebSocket gateway could not listen on {cfg.host}:{cfg.port}: "
                       f"{failure[0] if failure else 'timed out'}")
-    return gw, thread
+    return gw
 
 
 def read_token(path: str | None) -> str | None:
