@@ -163,7 +163,7 @@ def run_serve(args: argparse.Namespace) -> int:
           file=sys.stderr, flush=True)
     if gateway is not None:
         print(f"worldsim serve: WebSocket gateway on {gateway.url} (browser client: "
-              f"{gateway.url.replace('ws', 'http', 1)})", file=sys.stderr, flush=True)
+              f"{gateway.page_url})", file=sys.stderr, flush=True)
     for sig in (signal.SIGINT, signal.SIGTERM):
         signal.signal(sig, lambda num, _frame: daemon.request_stop(f"daemon stopping ({signal.Signals(num).name})"))
     try:
@@ -214,7 +214,7 @@ def run_gateway(args: argparse.Namespace) -> int:
         task = asyncio.create_task(gateway.serve())
         await asyncio.to_thread(gateway.started.wait)
         print(f"worldsim gateway: {gateway.url} -> {args.connect} (browser client: "
-              f"{gateway.url.replace('ws', 'http', 1)})", file=sys.stderr, flush=True)
+              f"{gateway.page_url})", file=sys.stderr, flush=True)
         await task
 
     try:

@@ -297,6 +297,11 @@ class Gateway:
         host = f"[{self.cfg.host}]" if ":" in self.cfg.host else self.cfg.host
         return f"{scheme}://{host}:{self.port}/"
 
+    @property
+    def page_url(self) -> str:
+        """Where a browser opens the client page (http, or https with TLS)."""
+        return self.url.replace("ws", "http", 1)
+
 
 def start_in_thread(cfg: GatewayConfig, timeout: float = 10.0) -> Gateway:
     """Run a gateway on its own event loop in a daemon thread (``worldsim serve --ws``); returns once it listens."""
