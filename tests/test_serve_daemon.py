@@ -60,9 +60,10 @@ def test_version_mismatch_and_hello_required(backend, make_daemon):
         peer.close()
 
 
-def test_full_session_lifecycle(backend, make_daemon):
+@pytest.mark.parametrize("transport", ["zmq", "ws"])
+def test_full_session_lifecycle(backend, make_daemon, make_gateway, transport):
     d = make_daemon(backend)
-    with Client(d.endpoint) as c:
+    with Client(d.endpoint if transport == "zmq" else make_gateway(d).url) as c:
         start = np.zeros((32, 32, 3), np.uint8)
         start[:, :16] = 255
         s = c.open("a red fox", seed=3, fps=0, echo_controls=True, start_frame=start)

@@ -17,7 +17,7 @@ import pytest
 from PIL import Image
 
 from serve_helpers import WsPeer, tiny_backend, wait_for
-from worldsim.client import Client
+from worldsim.client import Client, ConnectionLost
 from worldsim.serve.gateway import GatewayConfig, default_to_jpeg, frame_message, split_message
 from worldsim.serve.protocol import PROTOCOL_VERSION
 
@@ -139,6 +139,10 @@ def test_token_is_required_when_set(backend, make_daemon, make_gateway):
         assert peer.hello()["type"] == "welcome"
     finally:
         peer.close()
+    with Client(gw.url + "?token=s3cret") as c:
+        assert c.ping() > 0
+    with pytest.raises(ConnectionLost, match="token"):
+        Client(gw.url + "?token=wrong", timeout=5)
 
 
 def test_tls(backend, make_daemon, make_gateway, tmp_path):
@@ -158,6 +162,10 @@ def test_tls(backend, make_daemon, make_gateway, tmp_path):
     with connect(gw.url, ssl=ctx) as ws:
         ws.send(msgpack.packb({"type": "hello", "seq": 1, "protocol": PROTOCOL_VERSION, "client": "tls"}))
         assert split_message(ws.recv(10))[0]["type"] == "welcome"
+    with Client(gw.url, ssl=ctx) as c:
+        assert c.ping() > 0
+    with pytest.raises(ConnectionLost, match="WebSocket"):
+        Client(gw.url, timeout=5)  # the system's CAs do not know this certificate
 
 
 def test_browser_page_is_served_at_root(backend, make_daemon, make_gateway):
@@ -179,13 +187,19 @@ def test_daemon_shutdown_reaches_websocket_clients(backend, make_gateway):
     from serve_helpers import TEST_LIMITS
 
     d = Daemon(backend, DaemonConfig(bind="tcp://127.0.0.1:*", limits=TEST_LIMITS, stats_interval_s=0)).start()
-    peer = WsPeer(make_gateway(d).url)
+    gw = make_gateway(d)
+    peer = WsPeer(gw.url)
     try:
-        peer.hello()
-        peer.reply(peer.request("open", fps=0))
-        d.stop("maintenance")
-        notice = peer.reply(timeout=10)
-        assert notice["type"] == "shutdown" and notice["reason"] == "maintenance"
+        with Client(gw.url) as c:
+            c.open(fps=0)
+            peer.hello()
+            peer.reply(peer.request("open", fps=0))
+            d.stop("maintenance")
+            notice = peer.reply(timeout=10)
+            assert notice["type"] == "shutdown" and notice["reason"] == "maintenance"
+            with pytest.raises(ConnectionLost, match="maintenance"):  # the Python client over WebSocket too
+                while c.frame(10) is not None:
+                    pass
     finally:
         peer.close()
 

@@ -27,7 +27,8 @@ def _size(text: str) -> tuple[int, int]:
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--connect", default=DEFAULT_ENDPOINT, help=f"daemon endpoint (default {DEFAULT_ENDPOINT})")
+    p.add_argument("--connect", default=DEFAULT_ENDPOINT,
+                   help=f"daemon endpoint, or a WebSocket gateway's ws:// or wss:// URL (default {DEFAULT_ENDPOINT})")
     p.add_argument("--spawn-daemon", action="store_true",
                    help="start `worldsim serve` on a free local port for this session and stop it on exit")
     p.add_argument("--serve-args", default="", metavar="ARGS",

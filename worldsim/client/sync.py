@@ -10,6 +10,9 @@
         c.send(s, prompt="a desert at noon", mode="recache")
         c.close_session(s)
 
+The endpoint is a ZeroMQ address (``tcp://``, ``ipc://``) or a WebSocket gateway's URL (``ws://``, ``wss://``,
+e.g. ``ws://127.0.0.1:8765/``): the same protocol, the same API.
+
 Calls send a ``ping`` when the connection has been quiet for the daemon's heartbeat interval, so a program that
 keeps calling :meth:`Client.frame` (or anything else) stays connected. Errors the daemon sends about earlier
 fire-and-forget inputs are raised (as :class:`ServerError`) by the next :meth:`Client.frame` call.
@@ -17,20 +20,21 @@ fire-and-forget inputs are raised (as :class:`ServerError`) by the next :meth:`C
 
 from __future__ import annotations
 
+import ssl as _ssl
 import time
 from collections import deque
-
-import zmq
 
 from ..serve.protocol import Welcome
 from ..serve.security import ClientCurve
 from .core import DEFAULT_ENDPOINT, ClientCore, ConnectionLost, Frame, ServerError, start_frame_to_wire
+from .transport import open_link
 
 
 class Client:
     def __init__(self, endpoint: str = DEFAULT_ENDPOINT, *, name: str = "python", curve: ClientCurve | None = None,
-                 timeout: float = 30.0, max_frames: int = 64):
-        """Connect and handshake; raises ConnectionLost if no ``welcome`` comes within ``timeout`` seconds."""
+                 timeout: float = 30.0, max_frames: int = 64, ssl: _ssl.SSLContext | None = None):
+        """Connect and handshake; raises ConnectionLost if no ``welcome`` comes within ``timeout`` seconds.
+        ``curve``: CURVE keys for a ZeroMQ endpoint; ``ssl``: how to verify a ``wss://`` gateway."""
         self.endpoint, self.timeout = endpoint, timeout
         self.core = ClientCore(name)
         self.frames_dropped = 0  # frames this client dropped because the program read too slowly
@@ -39,33 +43,24 @@ class Client:
         self._waiting: set[int] = set()
         self._errors: deque[ServerError] = deque()
         self._shutdown: str | None = None
-        self._ctx = zmq.Context()
-        self._sock = self._ctx.socket(zmq.DEALER)
-        self._sock.setsockopt(zmq.LINGER, 0)
-        if curve is not None:
-            curve.apply(self._sock)
+        self._link = open_link(endpoint, curve, ssl, timeout)
         try:
-            self._sock.connect(endpoint)
             self.welcome = Welcome.from_wire(self._request(*self.core.hello(), timeout=timeout))
         except BaseException:
-            self._release()
+            self._link.close()
             raise
         self.core.welcome = self.welcome
 
     # ---- plumbing ----------------------------------------------------------------------------------------------
     def _send_raw(self, raw: bytes) -> None:
-        self._sock.send(raw)
+        self._link.send(raw)
 
     def _pump(self, timeout_s: float) -> None:
         """Receive everything available, waiting up to ``timeout_s`` for the first message."""
-        if not self._sock.poll(max(0, int(timeout_s * 1000))):
-            return
-        while True:
-            try:
-                parts = self._sock.recv_multipart(zmq.NOBLOCK, copy=False)
-            except zmq.Again:
-                return
-            self._dispatch(self.core.parse([p.buffer if i else p.bytes for i, p in enumerate(parts)]))
+        parts = self._link.recv(timeout_s)
+        while parts is not None:
+            self._dispatch(self.core.parse(parts))
+            parts = self._link.recv(0)
 
     def _dispatch(self, item) -> None:
         if isinstance(item, Frame):
@@ -186,18 +181,8 @@ class Client:
 
     def close(self) -> None:
         """Say bye (the daemon frees this client's sessions) and release the socket."""
-        if self._sock.closed:
-            return
-        try:
-            self._sock.send(self.core.message("bye")[1], zmq.NOBLOCK)
-        except zmq.ZMQError:
-            pass
-        self._sock.setsockopt(zmq.LINGER, 200)
-        self._release()
-
-    def _release(self) -> None:
-        self._sock.close()
-        self._ctx.term()
+        if not self._link.closed:
+            self._link.close(last=self.core.message("bye")[1])
 
     def __enter__(self) -> "Client":
         return self

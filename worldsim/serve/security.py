@@ -17,6 +17,7 @@ from __future__ import annotations
 import ipaddress
 import os
 import re
+from urllib.parse import urlsplit
 import secrets
 import shutil
 from dataclasses import dataclass
@@ -33,14 +34,17 @@ LOCAL_HOSTS = ("localhost", "127.0.0.1", "::1", "[::1]")
 
 
 def is_local(endpoint: str) -> bool:
-    """True for ipc://, inproc:// and tcp:// on a loopback address."""
+    """True for ipc://, inproc://, and tcp:// or a ws:// / wss:// URL on a loopback address."""
     m = re.fullmatch(r"(\w+)://(.*)", endpoint)
     if m is None:
         raise ValueError(f"not a ZeroMQ endpoint: {endpoint!r} (e.g. tcp://127.0.0.1:5555)")
     scheme, rest = m[1], m[2]
     if scheme in ("ipc", "inproc"):
         return True
-    host = rest.rsplit(":", 1)[0] if scheme == "tcp" else rest
+    if scheme in ("ws", "wss"):
+        host = urlsplit(endpoint).hostname or ""
+    else:
+        host = rest.rsplit(":", 1)[0] if scheme == "tcp" else rest
     if host in LOCAL_HOSTS:
         return True
     try:
