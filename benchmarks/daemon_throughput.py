@@ -1,9 +1,10 @@
 """Daemon benchmarks: throughput for 1/2/4/8 sessions, paced control-to-photon against its floor for chunks of 1,
-2 and 3 latent frames, an optional soak, and the protocol's per-frame cost.
+2 and 3 latent frames, ZeroMQ against the WebSocket gateway, an optional soak, and the protocol's per-frame cost.
 
     python benchmarks/daemon_throughput.py                          # throughput + latency + protocol cost
     python benchmarks/daemon_throughput.py --only latency --chunks 3 --daemon-src ../old-checkout   # another version
     python benchmarks/daemon_throughput.py --only soak --soak-seconds 3600 --json runs/soak.json
+    python benchmarks/daemon_throughput.py --only transport --preset tiny     # ZeroMQ vs WebSocket gateway
 
 Every daemon is a `worldsim serve` subprocess on loopback TCP (small preset, random weights, preview decoder);
 clients run in this process.
@@ -15,6 +16,10 @@ clients run in this process.
   schedule, and the floor 0.5 x chunk playout + median chunk time (worldsim.serve.pacing.latency_floor_s).
 - soak: one paced session, controls every frame, a prompt switch every 10 s, a reset every 5 min; the daemon's
   RSS and the chunk time sampled every --soak-interval seconds.
+- transport: 1 and 4 clients (one paced session each, controls every frame) straight over ZeroMQ and through
+  the WebSocket gateway (`worldsim serve --ws`, the Python client over ws://), rgb24 and JPEG, at each of
+  --transport-sizes: frames/s per client, control-to-photon, and delivery time per frame (daemon `t_send` ->
+  the client has it; same host, same clock) whose difference between the transports is the gateway's per-frame cost.
 - in-process: a StreamingSession + preview decoder loop (what the daemon wraps), for comparison.
 """
 
@@ -40,11 +45,14 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--preset", default="small")
     p.add_argument("--height", type=int, default=128)
     p.add_argument("--width", type=int, default=128)
-    p.add_argument("--only", choices=["throughput", "latency", "soak", "protocol", "in-process"], action="append",
+    p.add_argument("--only", choices=["throughput", "latency", "transport", "soak", "protocol", "in-process"],
+                   action="append",
                    help="run only these parts (repeatable; default: all but soak)")
     p.add_argument("--sessions", default="1,2,4,8", help="session counts for throughput (default 1,2,4,8)")
     p.add_argument("--chunks", default="1,2,3", help="chunk sizes in latent frames for latency (default 1,2,3)")
-    p.add_argument("--fps", type=float, default=16.0, help="paced rate for latency and soak (default 16)")
+    p.add_argument("--transport-sizes", default="128x128,832x480", help="WxH list for the transport part")
+    p.add_argument("--transport-clients", default="1,4", help="client counts for the transport part (default 1,4)")
+    p.add_argument("--fps", type=float, default=16.0, help="paced rate for latency, transport and soak (default 16)")
     p.add_argument("--seconds", type=float, default=12.0, help="measuring time per configuration (default 12)")
     p.add_argument("--warmup", type=float, default=4.0, help="seconds streamed before measuring (default 4)")
     p.add_argument("--soak-seconds", type=float, default=3600.0, help="soak length (default 3600)")
@@ -111,16 +119,23 @@ def free_endpoint() -> str:
 class Daemon:
     """A `worldsim serve` subprocess (from --daemon-src when given) on a free loopback port."""
 
-    def __init__(self, args: argparse.Namespace, chunk_latents: int | None = None, max_batch: int | None = None):
+    def __init__(self, args: argparse.Namespace, chunk_latents: int | None = None, max_batch: int | None = None,
+                 size: tuple[int, int] | None = None, websocket: bool = False):
         self.endpoint = free_endpoint()
-        cmd = [sys.executable, "-m", "worldsim", "serve", "--preset", args.preset, "--height", str(args.height),
-               "--width", str(args.width), "--bind", self.endpoint, "--stats-interval", "0", "--log-level",
+        width, height = size or (args.width, args.height)
+        cmd = [sys.executable, "-m", "worldsim", "serve", "--preset", args.preset, "--height", str(height),
+               "--width", str(width), "--bind", self.endpoint, "--stats-interval", "0", "--log-level",
                "WARNING", "--threads", str(args.threads), "--fps", str(args.fps), "--max-sessions", "16",
                "--max-sessions-per-client", "16"]
         if chunk_latents is not None:
             cmd += ["--chunk-latents", str(chunk_latents)]
         if max_batch is not None:
             cmd += ["--max-batch", str(max_batch)]
+        self.ws_url = None
+        if websocket:
+            port = free_endpoint().rsplit(":", 1)[1]
+            cmd += ["--ws", f"127.0.0.1:{port}"]
+            self.ws_url = f"ws://127.0.0.1:{port}/"
         env = dict(os.environ)
         if args.daemon_src is not None:
             env["PYTHONPATH"] = str(args.daemon_src.resolve())
@@ -217,6 +232,65 @@ def paced_latency(args: argparse.Namespace, endpoint: str, seconds: float) -> di
     return {"latency": summary(latencies), "expected_ms": None if expected is None else 1e3 * expected,
             "floor_ms": 1e3 * latency_floor_s(int(n), args.fps, chunk_s), "chunk_ms": 1e3 * chunk_s,
             "frames_per_chunk": n, "shown_fps": (len(shown) - 1) / (shown[-1] - shown[0]) if len(shown) > 1 else 0}
+
+
+def paced_clients(args: argparse.Namespace, endpoint: str, clients: int, fmt: str) -> dict:
+    """``clients`` clients with one paced session each, a control row every frame period; frames/s per client,
+    control-to-photon and per-frame delivery time (daemon ``t_send`` -> received, same-host wall clock)."""
+    from worldsim.client import Client
+    from worldsim.client.photon import PlayoutClock
+
+    cs = [Client(endpoint, name=f"bench{i}", timeout=120) for i in range(clients)]
+    try:
+        keys = len(cs[0].welcome.control.keys)
+        row = {"keys": [[1.0] + [0.0] * (keys - 1)]} if keys else None
+        sids = [c.open("a quiet forest", seed=i, fps=args.fps, format=fmt) for i, c in enumerate(cs)]
+        clocks = [PlayoutClock(args.fps) for _ in cs]
+        t_start = next_input = time.monotonic()
+        measuring, counts, latencies, delivery = False, [0] * clients, [], []
+        while (now := time.monotonic()) - t_start < args.warmup + args.seconds:
+            if not measuring and now - t_start >= args.warmup:
+                measuring, counts, latencies, delivery, since = True, [0] * clients, [], [], now
+            if now >= next_input:
+                for c, s in zip(cs, sids):
+                    c.send(s, controls=row) if row else c.ping()
+                next_input += 1 / args.fps
+            for k, c in enumerate(cs):
+                for f in c.frames_ready():
+                    f.image  # decode, as a player would
+                    at = clocks[k].show(f)
+                    lat = c.core.inputs_shown(f.header["input_seq"], at)
+                    if measuring:
+                        counts[k] += 1
+                        latencies += lat
+                        delivery.append(f.received_wall - f.header["t_send"])
+            time.sleep(0.001)
+        elapsed = time.monotonic() - since
+        for c, s in zip(cs, sids):
+            c.close_session(s)
+    finally:
+        for c in cs:
+            c.close()
+    return {"clients": clients, "format": fmt, "fps_per_client": [n / elapsed for n in counts],
+            "latency": summary(latencies), "delivery": summary(delivery)}
+
+
+def transport_comparison(args: argparse.Namespace) -> list[dict]:
+    out = []
+    for size in args.transport_sizes.split(","):
+        w, h = (int(v) for v in size.lower().split("x"))
+        with Daemon(args, size=(w, h), websocket=True) as d:
+            for fmt in ("rgb24", "jpeg"):
+                for n in [int(x) for x in args.transport_clients.split(",") if x.strip()]:
+                    for transport, endpoint in (("zmq", d.endpoint), ("ws", d.ws_url)):
+                        r = paced_clients(args, endpoint, n, fmt) | {"transport": transport, "video": f"{w}x{h}"}
+                        out.append(r)
+                        lat, dl = r["latency"], r["delivery"]
+                        print(f"{w}x{h} {fmt:5s} {transport:3s} {n} client(s): "
+                              f"{statistics.mean(r['fps_per_client']):5.1f} frames/s each, control-to-photon "
+                              f"median {ms(lat['median_ms'])} p95 {ms(lat['p95_ms'])} ms, delivery median "
+                              f"{ms(dl['median_ms'])} p95 {ms(dl['p95_ms'])} ms", flush=True)
+    return out
 
 
 def spread(xs: list[float]) -> float | None:
@@ -364,6 +438,8 @@ def main(argv: list[str] | None = None) -> int:
                       f"{r['chunk_ms']:.0f} ms): control-to-photon median {ms(lat['median_ms'])} p95 "
                       f"{ms(lat['p95_ms'])} ms (n={lat['n']}), expected {ms(r['expected_ms'])} ms, floor "
                       f"{r['floor_ms']:.0f} ms, shown {r['shown_fps']:.2f} fps", flush=True)
+    if "transport" in parts:
+        results["transport"] = transport_comparison(args)
     if "soak" in parts:
         with Daemon(args) as d:
             results["soak"] = r = soak(args, d)

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import contextlib
 import ssl as _ssl
+import time
 
 import zmq
 
@@ -69,13 +70,22 @@ class WebSocketLink:
 
         self._split = split_raw
         self._stack = contextlib.ExitStack()
-        try:
-            self._ws = self._stack.enter_context(connect(
-                url, ssl=ssl if url.startswith("wss://") else None, max_size=None, compression=None,
-                max_queue=max_queue, open_timeout=timeout))
-        except (OSError, TimeoutError, InvalidHandshake, InvalidURI) as e:
-            raise ConnectionLost(f"could not open a WebSocket to {url}: {e} (is `worldsim serve --ws` or "
-                                 "`worldsim gateway` listening there? Off loopback: is the token right?)") from e
+        deadline = time.monotonic() + timeout
+        while True:  # like a ZeroMQ connect, wait up to ``timeout`` for a gateway that is still starting
+            try:
+                self._ws = self._stack.enter_context(connect(
+                    url, ssl=ssl if url.startswith("wss://") else None, max_size=None, compression=None,
+                    max_queue=max_queue, open_timeout=max(0.1, deadline - time.monotonic())))
+                break
+            except ConnectionRefusedError as e:
+                if time.monotonic() + 0.2 < deadline:
+                    time.sleep(0.2)
+                    continue
+                raise ConnectionLost(f"nothing listens at {url} (is `worldsim serve --ws` or `worldsim gateway` "
+                                     f"running there?): {e}") from e
+            except (OSError, TimeoutError, InvalidHandshake, InvalidURI) as e:
+                raise ConnectionLost(f"could not open a WebSocket to {url}: {e} (off loopback: is the token "
+                                     "right, and the certificate?)") from e
         self.closed = False
 
     def send(self, raw: bytes) -> None:
