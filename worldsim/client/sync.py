@@ -57,10 +57,14 @@ class Client:
 
     def _pump(self, timeout_s: float) -> None:
         """Receive everything available, waiting up to ``timeout_s`` for the first message."""
-        parts = self._link.recv(timeout_s)
-        while parts is not None:
-            self._dispatch(self.core.parse(parts))
-            parts = self._link.recv(0)
+        try:
+            parts = self._link.recv(timeout_s)
+            while parts is not None:
+                self._dispatch(self.core.parse(parts))
+                parts = self._link.recv(0)
+        except ConnectionLost:
+            if self._shutdown is None:  # else the next call reports the daemon's reason
+                raise
 
     def _dispatch(self, item) -> None:
         if isinstance(item, Frame):
