@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import importlib.util
+import json
 import sys
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -329,6 +330,56 @@ def _world_run(args: argparse.Namespace) -> int:
     return 0
 
 
+# --- dataset (engine captures, inspection) --------------------------------------------------------------------
+
+
+def _size_arg(text: str) -> tuple[int, int]:
+    try:
+        w, h = (int(v) for v in text.lower().split("x"))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"size must look like 832x480, got {text!r}") from None
+    if w <= 0 or h <= 0:
+        raise argparse.ArgumentTypeError(f"size must be positive, got {text!r}")
+    return w, h
+
+
+def _dataset_arguments(p: argparse.ArgumentParser) -> None:
+    sub = p.add_subparsers(dest="dataset_command", metavar="SUBCOMMAND", required=True)
+    imp = sub.add_parser("import", help="convert an engine capture (docs/DATASET.md, 'Engine captures') into "
+                                        "training episodes")
+    imp.add_argument("capture", type=Path, help="capture directory (capture.json + one folder per episode)")
+    imp.add_argument("out", type=Path, help="dataset directory (created, or appended to if its schema matches)")
+    imp.add_argument("--size", type=_size_arg, help="resize frames to WxH (default: keep the captured size)")
+    imp.add_argument("--prompt", default="", help="text for episodes whose frames name no prompt (default: none)")
+    imp.add_argument("--quiet", action="store_true", help="no progress bar")
+    info = sub.add_parser("info", help="summarise a dataset directory: schema, size, episodes, frames, prompts")
+    info.add_argument("directory", type=Path)
+
+
+def _dataset_run(args: argparse.Namespace) -> int:
+    from worldsim.dataset import episode_dirs, read_info
+
+    try:
+        if args.dataset_command == "import":
+            from worldsim.dataset.capture import import_capture
+
+            dirs = import_capture(args.capture, args.out, size=args.size, prompt=args.prompt,
+                                  progress=not args.quiet)
+            print(f"imported {len(dirs)} episode(s) into {args.out}")
+            return 0
+        info = read_info(args.directory)
+        metas = [json.loads((d / "meta.json").read_text()) for d in episode_dirs(args.directory)]
+    except (ValueError, OSError) as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 1
+    c = info["control"]
+    print(f"{args.directory}: {info['width']}x{info['height']} at {info['fps']:g} fps; keys {c['keys']}, axes "
+          f"{c['axes']}, embedding {c['embedding_dim']}, {c['frames_per_latent']} frames per latent")
+    print(f"{len(metas)} episode(s), {sum(m['frames'] for m in metas)} frames; prompts: "
+          f"{sorted({p['text'] for m in metas for p in m['prompts']})}")
+    return 0
+
+
 # --- registry and entry point ----------------------------------------------------------------------------------
 
 COMMANDS: list[Command] = [
@@ -350,6 +401,8 @@ COMMANDS: list[Command] = [
             _train_arguments, _train_run, extra_positionals=True),
     Command("world", "the procedural toy world: play it, or write training episodes from it",
             _world_arguments, _world_run),
+    Command("dataset", "training episodes: import an engine capture, or summarise a dataset directory",
+            _dataset_arguments, _dataset_run),
 ]
 
 
