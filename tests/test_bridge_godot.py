@@ -2,36 +2,31 @@
 
 Every .gd file parses with gdtoolkit's Godot 4 grammar, passes gdlint's default rules and is gdformat-clean; the
 project, plugin and scene files reference files that exist; the client's protocol constants match the daemon's; and
-the session-log importer (tools/import_recording.py) turns a log of a live gateway session into the dataset
-`worldsim play --record` would write. Nothing here runs GDScript: msgpack.gd is checked against
+the capture writer's format facts (file and folder names, the fields of capture.json and of a frames.jsonl line),
+read from capture_writer.gd's source, are those `worldsim dataset import` reads. Nothing here runs GDScript: the
+capture test lays a capture out in Python by the writer's names and rules, and msgpack.gd is checked against
 bridge/golden/messages.json only by golden/golden_test.gd inside Godot (see bridge/godot/README.md).
 """
 
 from __future__ import annotations
 
 import configparser
-import contextlib
 import json
 import os
 import re
-import struct
-import subprocess
-import sys
-import time
 from pathlib import Path
 
-import msgpack
 import numpy as np
 import pytest
+from PIL import Image
 
-from worldsim.dataset import load_dataset
-from worldsim.serve.gateway import split_message
+from worldsim.cli import main
+from worldsim.dataset import capture, load_dataset, read_info
 from worldsim.serve.protocol import CLIENT_TYPES, PROTOCOL_VERSION
 
 ROOT = Path(__file__).resolve().parents[1]
 GODOT = ROOT / "bridge" / "godot"
 ADDON = GODOT / "addons" / "worldsim"
-IMPORTER = GODOT / "tools" / "import_recording.py"
 GDSCRIPTS = sorted(GODOT.rglob("*.gd"))
 GDTOOLKIT = "gdtoolkit>=4,<5"
 
@@ -63,7 +58,8 @@ def res_path(res: str) -> Path:
 def test_the_addon_sample_and_golden_test_are_all_there():
     names = {p.relative_to(GODOT).as_posix() for p in GDSCRIPTS}
     assert names >= {"addons/worldsim/msgpack.gd", "addons/worldsim/plugin.gd", "addons/worldsim/worldsim_client.gd",
-                     "samples/sample.gd", "golden/golden_test.gd"}
+                     "addons/worldsim/capture_writer.gd", "samples/sample.gd", "samples/capture_sample.gd",
+                     "golden/golden_test.gd"}
 
 
 @pytest.mark.parametrize("script", GDSCRIPTS, ids=lambda p: p.relative_to(GODOT).as_posix())
@@ -190,165 +186,99 @@ def test_golden_test_reads_the_repository_golden_file():
     assert not list(GODOT.rglob("messages.json"))
 
 
-def load_importer():
-    sys.path.insert(0, str(IMPORTER.parent))
-    try:
-        import import_recording
-    finally:
-        sys.path.pop(0)
-    return import_recording
-
-
 # ---- protocol facts the GDScript client hard-codes -----------------------------------------------------------------
 
 CLIENT_GD = (ADDON / "worldsim_client.gd").read_text()
+WRITER_GD = (ADDON / "capture_writer.gd").read_text()
 
 
-def gd_const(name: str) -> str:
-    return re.search(rf"^const {name} := (.+)$", CLIENT_GD, re.M).group(1)
+def gd_const(code: str, name: str) -> str:
+    """The literal a top-level `const NAME := literal` line of ``code`` assigns."""
+    found = re.search(rf"^const {name} := (.+)$", code, re.M)
+    assert found, f"no const {name}"
+    return found.group(1)
 
 
-def test_client_constants_match_the_daemon_and_the_importer():
-    assert json.loads(gd_const("PROTOCOL_VERSION")) == PROTOCOL_VERSION
-    answered = json.loads(gd_const("ANSWERED"))
+def test_client_constants_match_the_daemon():
+    assert json.loads(gd_const(CLIENT_GD, "PROTOCOL_VERSION")) == PROTOCOL_VERSION
+    answered = json.loads(gd_const(CLIENT_GD, "ANSWERED"))
     assert set(answered) == set(CLIENT_TYPES) - {"input", "bye"}
     sent = set(re.findall(r'(?:_request\(|send_message\(\{"type": )\s*"(\w+)"', CLIENT_GD))
     assert sent == set(CLIENT_TYPES), "the client sends every request type of protocol v1"
-    import_recording = load_importer()
-    assert json.loads(gd_const("LOG_MAGIC")).encode() == import_recording.MAGIC
-    assert int(gd_const("LOG_SENT"), 16) == import_recording.SENT
-    assert int(gd_const("LOG_RECEIVED"), 16) == import_recording.RECEIVED
 
 
-# ---- session logs -> dataset ---------------------------------------------------------------------------------------
+# ---- the capture writer's format against the importer (worldsim.dataset.capture) ----------------------------------
 
-class LoggingPeer:
-    """A gateway client that logs every message as WorldsimClient.start_recording does: the magic line, then
-    tag | u32 little-endian length | the message as it crossed the WebSocket."""
-
-    def __init__(self, url: str, log: Path):
-        from websockets.sync.client import connect
-
-        self._stack = contextlib.ExitStack()
-        self.ws = self._stack.enter_context(connect(url, max_size=None, compression=None, open_timeout=10))
-        self.log = self._stack.enter_context(log.open("wb"))
-        self.log.write(b"worldsim-session-log 1\n")
-        self.seq = 0
-
-    def _record(self, tag: bytes, data: bytes) -> None:
-        self.log.write(tag + struct.pack("<I", len(data)) + data)
-
-    def send(self, kind: str, **fields) -> int:
-        self.seq += 1
-        raw = msgpack.packb({"type": kind, "seq": self.seq, **fields}, use_bin_type=True)
-        self._record(b">", raw)
-        self.ws.send(raw)
-        return self.seq
-
-    def recv(self, timeout: float) -> tuple[dict, bytes]:
-        data = self.ws.recv(timeout)
-        self._record(b"<", data)
-        header, payload = split_message(data)
-        return header, bytes(payload)
-
-    def reply(self, seq: int, timeout: float = 30) -> dict:
-        deadline = time.monotonic() + timeout
-        while True:
-            header, _ = self.recv(deadline - time.monotonic())
-            if header.get("re") == seq:
-                return header
-
-    def close(self) -> None:
-        self.send("bye")
-        self._stack.close()
+INFO_FIELDS = {"format", "version", "control", "fps", "engine"}  # capture.json, docs/DATASET.md
+CONTROL_FIELDS = {"keys", "axes", "embedding_dim", "frames_per_latent"}
 
 
-def test_session_log_becomes_the_dataset_play_would_record(backend, make_daemon, make_gateway, tmp_path):
-    """A live session through the gateway, logged as the Godot client logs it (held controls, an embedding, a prompt
-    switch, a reset), imported with the CLI: one episode per epoch, every frame, the controls the daemon echoed and
-    the prompts in effect."""
-    daemon = make_daemon(backend)
-    log = tmp_path / "session.wslog"
-    peer = LoggingPeer(make_gateway(daemon).url, log)
-    keys, axes, embedding = [1, 0, 1, 0, 0, 0], [0.25, -0.5], [0.5, -0.25, 0.125, 0.0, 1.5]
-    frames: list[dict] = []
-    try:
-        welcome = peer.reply(peer.send("hello", protocol=PROTOCOL_VERSION, client="godot-test"))
-        assert welcome["control"]["embedding_dim"] == len(embedding)
-        session = peer.reply(peer.send("open", prompt="a harbour", seed=3, fps=0, echo_controls=True))["session"]
-        peer.send("input", session=session, hold={"keys": keys, "axes": axes,
-                                                  "embedding": struct.pack("<5f", *embedding)})
-        deadline, switch, reset_seq = time.monotonic() + 60, None, None
-        while time.monotonic() < deadline:
-            header, _ = peer.recv(deadline - time.monotonic())
-            if header.get("type") != "frame":
-                continue
-            frames.append(header)
-            if switch is None:  # after the first chunk, which keeps the open prompt
-                switch = peer.send("input", session=session, prompt={"text": "a desert", "mode": "recache"})
-            held = header.get("control", {}).get("keys") == keys and header["prompt_seq"] == switch
-            if reset_seq is None and held:
-                reset_seq = peer.send("reset", session=session)
-            if header["epoch"] == 1 and header["index"] >= 4:
-                break
-        assert reset_seq is not None and frames[-1]["epoch"] == 1, "the hold, the switch or the reset never showed"
-        stats = peer.reply(peer.send("close", session=session))["stats"]
-    finally:
-        peer.close()
-
-    out = subprocess.run([sys.executable, str(IMPORTER), str(log), str(tmp_path / "rec")], capture_output=True,
-                         text=True, timeout=60, cwd=ROOT)
-    assert out.returncode == 0, out.stderr
-    logged = frames  # in arrival order: every frame of epoch 0, then of epoch 1
-    summary = json.loads(out.stdout)
-    assert summary["frames"] >= len(logged) and summary["sessions"] == [session]
-    assert stats["frames_sent"] >= summary["frames"]  # the daemon sent every frame the dataset holds
-
-    episodes = load_dataset(tmp_path / "rec")
-    assert [ep.meta["epoch"] for ep in episodes] == [0, 1]
-    said = {0: ("a harbour", "open"), switch: ("a desert", "recache")}
-    for ep in episodes:
-        mine = [f for f in logged if f["epoch"] == ep.meta["epoch"]]
-        assert list(ep.frame_index[:len(mine)]) == [f["index"] for f in mine]
-        changes = [f for i, f in enumerate(mine) if i == 0 or f["prompt_seq"] != mine[i - 1]["prompt_seq"]]
-        expected = [{"from_frame": f["index"], "chunk": f["chunk"], "text": said[f["prompt_seq"]][0],
-                     "mode": said[f["prompt_seq"]][1]} for f in changes]
-        assert ep.prompts[:len(expected)] == expected
-        for i, f in enumerate(mine):
-            assert ep.control_present[i] == ("control" in f)
-            if "control" in f:
-                np.testing.assert_array_equal(ep.keys[i], f["control"]["keys"])
-                np.testing.assert_array_equal(ep.axes[i], np.float32(f["control"]["axes"]))
-                np.testing.assert_array_equal(ep.embedding[i], np.frombuffer(f["control"]["embedding"], "<f4"))
-        assert ep.frames.shape[1:] == (welcome["video"]["height"], welcome["video"]["width"], 3)
-        assert ep.meta["seed"] == 3 and ep.meta["session"] == session
-    held = [i for i, f in enumerate(logged) if f.get("control", {}).get("keys") == keys and f["epoch"] == 0]
-    np.testing.assert_array_equal(episodes[0].embedding[held[0]], np.float32(embedding))
-    assert [p["text"] for p in episodes[0].prompts] == ["a harbour", "a desert"]
-    assert [p["text"] for p in episodes[1].prompts] == ["a desert"]  # a reset keeps the current prompt
+def writer_const(name: str):
+    return json.loads(gd_const(WRITER_GD, name))
 
 
-def synthetic_log(path: Path, records: list[tuple[bytes, bytes]]) -> None:
-    path.write_bytes(b"worldsim-session-log 1\n" + b"".join(t + struct.pack("<I", len(d)) + d for t, d in records))
+def written_keys(function: str) -> set[str]:
+    """The dictionary keys one function of capture_writer.gd writes: `{"key": ...}` literals and `line["key"] =`.
+    A function runs to the two blank lines gdformat puts before the next one (the files are gdformat-clean)."""
+    body = re.search(rf"^func {function}\(.*?(?=\n\n\n|\Z)", WRITER_GD, re.M | re.S)
+    assert body, f"capture_writer.gd has no func {function}"
+    return {a or b for a, b in re.findall(r'"(\w+)": |\bline\["(\w+)"\] =', body.group(0))}
 
 
-def test_importer_refuses_what_is_not_a_session_log(tmp_path):
-    import_recording = load_importer()
-    other = tmp_path / "other.bin"
-    other.write_bytes(b"PK\x03\x04 not a log")
-    with pytest.raises(ValueError, match="not a worldsim session log"):
-        import_recording.import_log(other, tmp_path / "rec")
-    bad_tag = tmp_path / "bad.wslog"
-    synthetic_log(bad_tag, [(b"?", b"\x80")])
-    with pytest.raises(ValueError, match="record tag 0x3f at byte 23"):
-        import_recording.import_log(bad_tag, tmp_path / "rec")
-    frame = msgpack.packb({"type": "frame", "session": 9, "epoch": 0}, use_bin_type=True)
-    early = tmp_path / "early.wslog"
-    synthetic_log(early, [(b"<", struct.pack("<I", len(frame)) + frame)])
-    with pytest.raises(ValueError, match="session 9 comes before the welcome"):
-        import_recording.import_log(early, tmp_path / "rec")
-    cut = tmp_path / "cut.wslog"  # a game that stopped mid-record: the partial record is ignored
-    synthetic_log(cut, [(b">", msgpack.packb({"type": "ping", "seq": 1}))])
-    cut.write_bytes(cut.read_bytes() + b"<\xff\x00\x00\x00partial")
-    assert list(import_recording.read_log(cut)) == [(ord(">"), msgpack.packb({"type": "ping", "seq": 1}))]
-    assert import_recording.main([str(other), str(tmp_path / "rec")]) == 1
+def test_capture_writer_declares_the_importers_format():
+    """The facts the GDScript writer hard-codes, read from its source, equal the importer's."""
+    assert WRITER_GD.startswith("class_name WorldsimCaptureWriter\nextends RefCounted\n")
+    assert writer_const("FORMAT") == capture.FORMAT and writer_const("VERSION") == capture.VERSION
+    assert written_keys("_line") == capture.FIELDS, "a frames.jsonl line can hold every field the importer knows"
+    assert written_keys("_info") == INFO_FIELDS
+    assert written_keys("_checked_schema") == CONTROL_FIELDS
+
+
+def test_a_capture_laid_out_by_the_writers_rules_imports(tmp_path, capsys):
+    """Python lays out a capture with capture_writer.gd's names (read from its source) and by the rules its comments
+    state (the GDScript itself only runs in Godot): capture.json, zero-padded episode folders imported in number
+    order, frames named by capture step (PNG and JPEG), no control on an episode's first line, `index` after a
+    skipped step, a prompt only where it changes, an empty folder from a run that captured nothing and an image
+    saved without its line (a crash between the two). `worldsim dataset import` and `info` take it as intended."""
+    cap, out = tmp_path / "capture", tmp_path / "data"
+    control = {"keys": ["W", "A", "S", "D", "Shift"], "axes": ["mouse_dx"], "embedding_dim": 2,
+               "frames_per_latent": 2}
+    info = {"format": writer_const("FORMAT"), "version": writer_const("VERSION"), "control": control, "fps": 16.0,
+            "engine": "test game (Godot 4.3)"}
+    assert set(info) == written_keys("_info") and set(control) == written_keys("_checked_schema")
+    cap.mkdir()
+    (cap / writer_const("INFO_FILE")).write_text(json.dumps(info, indent=2) + "\n")
+    episode, image = writer_const("EPISODE_NAME"), writer_const("IMAGE_NAME")
+    rng = np.random.default_rng(0)
+
+    def lay_out(number: int, ext: str, lines: dict[int, dict], orphan: int | None = None) -> list[np.ndarray]:
+        """Episode folder `number`: the image of each capture step, then frames.jsonl with a line per step in
+        `lines` (its fields besides `image`); `orphan`: a step whose image was saved but not its line."""
+        folder = cap / (episode % number)
+        folder.mkdir()
+        pixels = {}
+        for step in [*lines, *([] if orphan is None else [orphan])]:
+            pixels[step] = rng.integers(0, 256, (6, 8, 3), dtype=np.uint8)
+            Image.fromarray(pixels[step]).save(folder / (image % (step, ext)))
+        text = "".join(json.dumps({"image": image % (step, ext), **fields}) + "\n" for step, fields in lines.items())
+        (folder / writer_const("LINES_FILE")).write_text(text)
+        return [pixels[step] for step in lines]
+
+    row = {"keys": [1, 0, 0, 0, 1], "axes": [0.25], "embedding": [0.5, -1.0]}
+    pngs = lay_out(9, "png", {0: {"prompt": "a meadow"}, 1: row, 3: {"index": 3, **row, "prompt": "a pond"}, 4: row})
+    lay_out(10, "jpg", {0: {}, 1: {**row, "axes": [-0.5]}}, orphan=2)
+    (cap / (episode % 11)).mkdir()
+
+    assert main(["dataset", "import", str(cap), str(out), "--quiet"]) == 0
+    eps = load_dataset(out)
+    assert [ep.meta["capture"] for ep in eps] == [episode % 9, episode % 10]  # 9 before 10: zero-padded names
+    first, second = eps
+    assert np.array_equal(first.frames, np.stack(pngs))  # PNG is lossless
+    assert first.frame_index.tolist() == [0, 1, 3, 4] and first.control_present.tolist() == [False, True, True, True]
+    assert first.keys[2].tolist() == [1, 0, 0, 0, 1] and first.embedding[3].tolist() == [0.5, -1.0]
+    assert [p["text"] for p in first.prompts] == ["a meadow", "a pond"]
+    assert second.frames.shape == (2, 6, 8, 3) and second.axes[1].tolist() == [-0.5]
+    assert second.meta["engine"] == info["engine"] and second.meta["source"] == "capture"
+    assert read_info(out)["control"] == control and read_info(out)["fps"] == 16.0
+    assert main(["dataset", "info", str(out)]) == 0
+    assert "2 episode(s), 6 frames" in capsys.readouterr().out

@@ -6,8 +6,9 @@ extends Control
 ## Keys of the daemon's control schema are matched by name to Godot's physical keycodes (the arrow
 ## keys drive W/A/S/D when the schema has no arrows of its own), and one control row is sent per
 ## video frame period. The prompt box switches prompts in the chosen mode. Command-line overrides,
-## after "--": --url=ws://HOST:PORT/ --token=T --prompt=TEXT --seed=N --format=rgb24
-## --record=PATH (a session log for tools/import_recording.py).
+## after "--": --url=ws://HOST:PORT/ --token=T --prompt=TEXT --seed=N --format=rgb24. This
+## scene shows the model's stream: to record a game for training, capture the game's own view
+## (capture_sample.tscn).
 
 const Client := preload("res://addons/worldsim/worldsim_client.gd")
 ## Schema key names Godot spells differently (OS.find_keycode_from_string knows the rest).
@@ -32,8 +33,6 @@ const Y_AXES := ["mouse_dy", "mouse_y", "pitch"]
 @export_enum("jpeg", "rgb24") var format := "jpeg"
 ## Axis units per pixel of mouse motion (rows are clipped to [-1, 1]).
 @export var sensitivity := 0.02
-## Where to write a session log ("" = no recording).
-@export var record_path := ""
 
 var _key_codes := []  # per schema key: the physical keycodes that press it
 var _tapped := {}  # physical keycodes pressed since the last row (short taps count too)
@@ -67,10 +66,6 @@ func _ready() -> void:
 	$Bar/Pause.pressed.connect(_on_pause_pressed)
 	$Bar/Reset.pressed.connect(func(): _client.reset())
 	_stream.gui_input.connect(_on_stream_input)
-	if not record_path.is_empty():
-		var err := _client.start_recording(record_path)
-		if err != OK:
-			push_error("cannot record to %s: %s" % [record_path, error_string(err)])
 	_client.connect_to_url(url, token)
 
 
@@ -122,8 +117,6 @@ func _read_command_line() -> void:
 				seed_value = parts[1].to_int()
 			"format":
 				format = parts[1]
-			"record":
-				record_path = parts[1]
 			_:
 				push_warning("unknown argument --%s" % parts[0])
 

@@ -32,11 +32,6 @@ signal disconnected(code: int, reason: String)
 
 ## The protocol this client speaks; the daemon must have the same major version.
 const PROTOCOL_VERSION := "1.1.0"
-## First bytes of a session log (start_recording); bridge/godot/tools/import_recording.py reads it.
-const LOG_MAGIC := "worldsim-session-log 1\n"
-## Record tags in a session log: a message this client sent, a gateway message it received.
-const LOG_SENT := 0x3E
-const LOG_RECEIVED := 0x3C
 ## Requests the daemon answers (input and bye get no reply unless refused).
 const ANSWERED := ["hello", "open", "pause", "resume", "reset", "close", "stats", "ping"]
 const Msgpack := preload("msgpack.gd")
@@ -67,7 +62,6 @@ var _streams := {}  # session -> Stream
 var _last_sent_us := 0
 var _last_ping_us := 0
 var _unanswered_since_us := -1  # first send since the daemon last said anything (-1: none)
-var _log: FileAccess = null
 
 
 ## One open session: its playout clock, texture and inputs waiting to be seen.
@@ -146,15 +140,12 @@ func is_welcomed() -> bool:
 
 
 ## Opens a session. format: "jpeg" or "rgb24"; fps < 0: the daemon's rate, 0: unpaced.
-## options: further open fields (jpeg_quality, lookahead, echo_controls, start_frame). While
-## recording, echo_controls is set so frames carry the controls the daemon applied.
+## options: further open fields (jpeg_quality, lookahead, echo_controls, start_frame).
 func open(prompt := "", seed_value := 0, format := "jpeg", fps := -1.0, options := {}) -> int:
 	var fields := {"prompt": prompt, "seed": seed_value, "format": format}
 	if fps >= 0.0:
 		fields["fps"] = fps
 	fields.merge(options, true)
-	if _log != null:
-		fields["echo_controls"] = true
 	return _request("open", fields)
 
 
@@ -240,7 +231,6 @@ func send_message(msg: Dictionary) -> int:
 		_unanswered_since_us = now
 	if msg.get("type") == "ping":
 		_last_ping_us = now
-	_write_log(LOG_SENT, raw)
 	return _seq
 
 
@@ -273,24 +263,6 @@ func hud_stats(session_id := -1) -> Dictionary:
 		"queued": stream.queue.size(),
 		"paused": stream.paused,
 	}
-
-
-## Logs every message sent and received to path (a session log), until stop_recording().
-## Sessions opened meanwhile get echo_controls; tools/import_recording.py turns the log into a
-## dataset for `worldsim train` (see bridge/godot/README.md). Start it before open().
-func start_recording(path: String) -> Error:
-	stop_recording()
-	_log = FileAccess.open(path, FileAccess.WRITE)
-	if _log == null:
-		return FileAccess.get_open_error()
-	_log.store_buffer(LOG_MAGIC.to_ascii_buffer())
-	return OK
-
-
-func stop_recording() -> void:
-	if _log != null:
-		_log.close()
-		_log = null
 
 
 func _request(kind: String, fields: Dictionary) -> int:
@@ -360,7 +332,6 @@ func _control_row(keys: Array, axes: Array, embedding: PackedFloat32Array) -> Di
 func _receive(data: PackedByteArray) -> void:
 	var now := Time.get_ticks_usec()
 	_unanswered_since_us = -1
-	_write_log(LOG_RECEIVED, data)
 	if _ws.was_string_packet():
 		error_received.emit("bad_message", "the gateway sent a text message", {})
 		return
@@ -519,14 +490,6 @@ func _decode(header: Dictionary, payload: PackedByteArray) -> Image:
 	return image
 
 
-func _write_log(tag: int, data: PackedByteArray) -> void:
-	if _log == null:
-		return
-	_log.store_8(tag)
-	_log.store_32(data.size())
-	_log.store_buffer(data)
-
-
 ## Forgets the connection (its sessions end with it) and reports the close once.
 func _finish(code: int, reason: String) -> void:
 	var was_connected := _ws != null
@@ -535,6 +498,5 @@ func _finish(code: int, reason: String) -> void:
 	session = -1
 	_pending.clear()
 	_streams.clear()
-	stop_recording()
 	if was_connected:
 		disconnected.emit(code, reason)
