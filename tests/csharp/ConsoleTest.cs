@@ -1,0 +1,662 @@
+// Checks the Unity client's engine-free core (bridge/unity/Runtime/Core) under Mono, for tests/test_bridge_unity.py:
+//
+//   mono ConsoleTest.exe golden bridge/golden/messages.json
+//       every golden value encodes to its exact bytes and decodes back; gateway messages split; bad input refused
+//   mono ConsoleTest.exe live ws://127.0.0.1:PORT/ --token T --prompt P --seed N --keys 1,0,.. --axes .. --embedding ..
+//                        --frames N --dump DIR
+//       a whole session through the gateway (see Live below), then waits for the daemon to shut down
+//
+// Prints one JSON line per check: {"check": NAME, "ok": true|false, ...}; exits 1 if any check failed.
+using System;
+using System.Collections;
+using System.Collections.Generic;
+using System.Globalization;
+using System.IO;
+using System.Text;
+using System.Threading.Tasks;
+using Worldsim;
+
+static class ConsoleTest
+{
+    static int failures;
+
+    static int Main(string[] args)
+    {
+        try
+        {
+            if (args.Length == 2 && args[0] == "golden") Golden(args[1]);
+            else if (args.Length >= 2 && args[0] == "live") Live(args).GetAwaiter().GetResult();
+            else
+            {
+                Console.Error.WriteLine("usage: ConsoleTest.exe golden MESSAGES.json | " +
+                                        "live WS_URL [--option value ...]");
+                return 2;
+            }
+        }
+        catch (Exception e)
+        {
+            Report("unexpected_exception", false, "error", e.GetType().Name, "message", e.ToString());
+        }
+        Console.Out.Flush();
+        // Environment.Exit rather than returning: Mono 6.8 sometimes hangs for good after Main returns, waiting in its
+        // shutdown for a thread-pool thread that is already gone (seen about once in 20 runs on a loaded machine).
+        Environment.Exit(failures == 0 ? 0 : 1);
+        return 1;
+    }
+
+    // ---- output -----------------------------------------------------------------------------------------------------
+
+    static void Report(string check, bool ok, params object[] fields)
+    {
+        var line = new Dictionary<string, object> { { "check", check }, { "ok", ok } };
+        for (int i = 0; i + 1 < fields.Length; i += 2) line[(string)fields[i]] = fields[i + 1];
+        if (!ok) failures++;
+        var sb = new StringBuilder();
+        Json.Write(sb, line);
+        Console.WriteLine(sb.ToString());
+    }
+
+    static string Hex(byte[] b)
+    {
+        var sb = new StringBuilder(b.Length * 2);
+        foreach (byte x in b) sb.Append(x.ToString("x2"));
+        return sb.ToString();
+    }
+
+    static byte[] FromHex(string h)
+    {
+        var b = new byte[h.Length / 2];
+        for (int i = 0; i < b.Length; i++) b[i] = byte.Parse(h.Substring(2 * i, 2), NumberStyles.HexNumber);
+        return b;
+    }
+
+    // ---- golden vectors ---------------------------------------------------------------------------------------------
+
+    /// <summary>JSON as the golden file means it: {"$bin": hex} is bin data, integers are integers.</summary>
+    static object FromJson(object v)
+    {
+        var map = v as Dictionary<string, object>;
+        if (map != null)
+        {
+            if (map.Count == 1 && map.ContainsKey("$bin")) return FromHex((string)map["$bin"]);
+            var out_ = new Dictionary<string, object>();
+            foreach (var e in map) out_[e.Key] = FromJson(e.Value);
+            return out_;
+        }
+        var list = v as List<object>;
+        if (list != null) return list.ConvertAll(FromJson);
+        return v;
+    }
+
+    /// <summary>Same value and same types (long vs double), maps in the same key order.</summary>
+    static bool Same(object a, object b)
+    {
+        if (a == null || b == null) return a == null && b == null;
+        if (a.GetType() != b.GetType()) return false;
+        var ab = a as byte[];
+        if (ab != null) return Hex(ab) == Hex((byte[])b);
+        var al = a as List<object>;
+        if (al != null)
+        {
+            var bl = (List<object>)b;
+            if (al.Count != bl.Count) return false;
+            for (int i = 0; i < al.Count; i++) if (!Same(al[i], bl[i])) return false;
+            return true;
+        }
+        var am = a as Dictionary<string, object>;
+        if (am != null)
+        {
+            var bm = (Dictionary<string, object>)b;
+            if (am.Count != bm.Count) return false;
+            using (var ea = am.GetEnumerator())
+            using (var eb = bm.GetEnumerator())
+                while (ea.MoveNext() && eb.MoveNext())
+                    if (ea.Current.Key != eb.Current.Key || !Same(ea.Current.Value, eb.Current.Value)) return false;
+            return true;
+        }
+        return a.Equals(b);
+    }
+
+    static void Golden(string path)
+    {
+        var golden = (Dictionary<string, object>)Json.Parse(File.ReadAllText(path, Encoding.UTF8));
+        foreach (Dictionary<string, object> entry in (List<object>)golden["messages"])
+        {
+            var name = (string)entry["name"];
+            object value = FromJson(entry["value"]);
+            var expected = (string)entry["msgpack"];
+            string got = Hex(MsgPack.Encode(value));
+            Report("encode", got == expected, "name", name, "got", got == expected ? null : got);
+            object back = MsgPack.Decode(FromHex(expected));
+            Report("decode", Same(back, value), "name", name);
+        }
+        foreach (Dictionary<string, object> entry in (List<object>)golden["gateway"])
+        {
+            var name = (string)entry["name"];
+            GatewayMessage m = GatewayMessage.Split(FromHex((string)entry["message"]));
+            bool ok = Same(m.Header, FromJson(entry["header"])) && Hex(m.Payload) == (string)entry["payload"];
+            Report("split", ok, "name", name);
+        }
+
+        // Integer extremes outside the golden file, as msgpack-python packs them.
+        Expect("uint64 max", ulong.MaxValue, "cfffffffffffffffff");
+        Expect("int64 min", long.MinValue, "d38000000000000000");
+        Expect("int32 from an int", -70000, "d2fffeee90");
+        Expect("float32 widened to float64", 0.5f, "cb3fe0000000000000");
+        object decoded = MsgPack.Decode(FromHex("cfffffffffffffffff"));
+        Report("decode_uint64_max", decoded is ulong && (ulong)decoded == ulong.MaxValue);
+        decoded = MsgPack.Decode(FromHex("ca3f000000"));
+        Report("decode_float32", decoded is double && (double)decoded == 0.5);
+
+        Refused("truncated array", "9201", "truncated");
+        Refused("trailing bytes", "0101", "trailing");
+        Refused("non-string map key", "810101", "not a string");
+        Refused("empty input", "", "empty");
+        Refused("str8 longer than the input", "d905616263", "truncated");
+        Refused("array32 claiming 2^31-1 items", "dd7fffffff", "truncated");
+        Refused("bin32 claiming 4 GiB", "c6ffffffff00", "truncated");
+        Refused("map missing its value", "81a161", "truncated");
+        Refused("ext type", "d40100", "ext type");
+        Refused("reserved byte 0xc1", "c1", "never used");
+        Refused("invalid UTF-8", "a1ff", "UTF-8");
+        Refused("duplicate map key", "82a16101a16102", "duplicate");
+        Refused("nesting past 1024", Repeat("91", 1025) + "c0", "nested deeper");
+        SplitRefused("shorter than the length prefix", "0100", "at least 4");
+        SplitRefused("header length past the end", "0900000080", "exceeds");
+        SplitRefused("header that is not a map", "0100000001", "expected a map");
+        SplitRefused("undecodable header", "01000000c1", "never used");
+        EncodeRefused("a DateTime", DateTime.UtcNow, "cannot encode");
+        EncodeRefused("an integer map key", new Hashtable { { 1, 2 } }, "string keys");
+    }
+
+    static string Repeat(string s, int n)
+    {
+        var sb = new StringBuilder();
+        for (int i = 0; i < n; i++) sb.Append(s);
+        return sb.ToString();
+    }
+
+    static void Expect(string name, object value, string hex)
+    {
+        string got = Hex(MsgPack.Encode(value));
+        Report("encode_extra", got == hex, "name", name, "got", got);
+    }
+
+    static void Refused(string name, string hex, string mentions)
+    {
+        try
+        {
+            object v = MsgPack.Decode(FromHex(hex));
+            Report("refused", false, "name", name, "error", "decoded to " + v);
+        }
+        catch (MsgPackException e)
+        {
+            Report("refused", e.Message.Contains(mentions), "name", name, "error", e.Message);
+        }
+    }
+
+    static void SplitRefused(string name, string hex, string mentions)
+    {
+        try
+        {
+            GatewayMessage.Split(FromHex(hex));
+            Report("split_refused", false, "name", name, "error", "split");
+        }
+        catch (MsgPackException e)
+        {
+            Report("split_refused", e.Message.Contains(mentions), "name", name, "error", e.Message);
+        }
+    }
+
+    static void EncodeRefused(string name, object value, string mentions)
+    {
+        try
+        {
+            MsgPack.Encode(value);
+            Report("encode_refused", false, "name", name, "error", "encoded");
+        }
+        catch (MsgPackException e)
+        {
+            Report("encode_refused", e.Message.Contains(mentions), "name", name, "error", e.Message);
+        }
+    }
+
+    // ---- live session -----------------------------------------------------------------------------------------------
+
+    static Dictionary<string, string> Options(string[] args)
+    {
+        var o = new Dictionary<string, string>();
+        for (int i = 2; i < args.Length; i += 2)
+        {
+            if (!args[i].StartsWith("--") || i + 1 >= args.Length)
+                throw new ArgumentException("options are --name value pairs, got " + args[i]);
+            o[args[i].Substring(2)] = args[i + 1];
+        }
+        return o;
+    }
+
+    static float[] Floats(string csv)
+    {
+        return Array.ConvertAll(csv.Split(','), s => float.Parse(s, CultureInfo.InvariantCulture));
+    }
+
+    static float[][] Rows(float[] row, int n)
+    {
+        var rows = new float[n][];
+        for (int i = 0; i < n; i++) rows[i] = row;
+        return rows;
+    }
+
+    static List<object> AsList(float[] values)
+    {
+        var l = new List<object>();
+        foreach (float f in values) l.Add((double)f);
+        return l;
+    }
+
+    /// <summary>Polls like a game loop would (Unity: Update) until `enough` says stop or `seconds` pass.</summary>
+    static async Task<List<Frame>> Frames(WorldsimClient c, Func<List<Frame>, bool> enough, double seconds)
+    {
+        var got = new List<Frame>();
+        DateTime until = DateTime.UtcNow.AddSeconds(seconds);
+        while (!enough(got) && DateTime.UtcNow < until && c.Fault == null)
+        {
+            Frame f;
+            if (c.TryDequeueFrame(out f)) got.Add(f);
+            else await Task.Delay(5);
+        }
+        return got;
+    }
+
+    static async Task<Dictionary<string, object>> NextMessage(WorldsimClient c, double seconds)
+    {
+        DateTime until = DateTime.UtcNow.AddSeconds(seconds);
+        Dictionary<string, object> m;
+        while (!c.TryDequeueMessage(out m) && DateTime.UtcNow < until) await Task.Delay(5);
+        return m;
+    }
+
+    /// <summary>A baseline JPEG of the given size: SOI, an SOF0 with these dimensions and 3 components, EOI. Null if
+    /// it is one, else what is wrong.</summary>
+    static string JpegProblem(byte[] b, int width, int height)
+    {
+        int n = b.Length;
+        if (n < 4 || b[0] != 0xff || b[1] != 0xd8) return "no SOI marker";
+        if (b[n - 2] != 0xff || b[n - 1] != 0xd9) return "no EOI marker at the end";
+        int pos = 2;
+        while (pos + 4 <= n)
+        {
+            if (b[pos] != 0xff) return "expected a marker at byte " + pos;
+            int marker = b[pos + 1];
+            if (marker == 0xff) { pos++; continue; }
+            int length = b[pos + 2] << 8 | b[pos + 3];
+            if (marker == 0xc0)
+            {
+                if (pos + 9 >= n) return "truncated SOF0";
+                int h = b[pos + 5] << 8 | b[pos + 6], w = b[pos + 7] << 8 | b[pos + 8], components = b[pos + 9];
+                if (w != width || h != height || components != 3)
+                    return string.Format("SOF0 says {0}x{1}x{2}, expected {3}x{4}x3", w, h, components, width, height);
+                return null;
+            }
+            if (marker >= 0xc1 && marker <= 0xcf && marker != 0xc4 && marker != 0xc8 && marker != 0xcc)
+                return string.Format("SOF marker 0x{0:x2}: not a baseline JPEG", marker);
+            if (marker == 0xda) return "scan data before any SOF0";
+            pos += 2 + length;
+        }
+        return "no SOF0 marker";
+    }
+
+    static void LocalRefusal(string name, Action call, string mentions)
+    {
+        try
+        {
+            call();
+            Report("local_refusal", false, "name", name, "error", "sent");
+        }
+        catch (ArgumentException e)
+        {
+            Report("local_refusal", e.Message.Contains(mentions), "name", name, "error", e.Message);
+        }
+    }
+
+    static async Task Live(string[] args)
+    {
+        string url = args[1];
+        Dictionary<string, string> o = Options(args);
+        string token = o.ContainsKey("token") ? o["token"] : null;
+        string prompt = o["prompt"], dump = o["dump"];
+        long seed = long.Parse(o["seed"]);
+        float[] keys = Floats(o["keys"]), axes = Floats(o["axes"]), embedding = Floats(o["embedding"]);
+        int want = int.Parse(o["frames"]);
+
+        if (token != null)
+        {
+            var anonymous = new WorldsimClient("unity-console-anonymous");
+            try
+            {
+                await anonymous.ConnectAsync(url);
+                Report("token_required", false, "error", "connected without the token");
+            }
+            catch (ConnectionLostException e)
+            {
+                Report("token_required", true, "error", e.Message);
+            }
+            finally
+            {
+                anonymous.Dispose();
+            }
+        }
+
+        var c = new WorldsimClient("unity-console-test");
+        await c.ConnectAsync(url, token);
+        Welcome w = c.Welcome;
+        Report("handshake", w.Protocol == WorldsimClient.ProtocolVersion && w.Keys.Length == keys.Length &&
+                            w.Axes.Length == axes.Length && w.EmbeddingDim == embedding.Length,
+               "protocol", w.Protocol, "keys", new List<object>(w.Keys), "axes", new List<object>(w.Axes),
+               "embedding_dim", (long)w.EmbeddingDim, "width", (long)w.Width, "height", (long)w.Height,
+               "heartbeat_s", w.HeartbeatS);
+
+        // Controls that cannot be right are refused before sending, naming the problem.
+        LocalRefusal("keys row too wide", () => c.SendControls(1, new[] { new float[keys.Length + 1] }),
+                     "the schema has " + keys.Length);
+        LocalRefusal("row counts differ", () => c.SendControls(1, Rows(keys, 2), Rows(axes, 3)), "one row per");
+        LocalRefusal("more rows than max_samples", () => c.SendControls(1, Rows(keys, w.MaxSamples + 1)),
+                     "max_samples");
+        LocalRefusal("key value above 1", () => c.SendControls(1, Rows(Array.ConvertAll(keys, k => 2f), 1)),
+                     "key values are 0 .. 1");
+        LocalRefusal("unknown prompt mode", () => c.SwitchPrompt(1, "x", "fade"), "soft, recache or cut");
+
+        // A JPEG session: controls, an embedding and a prompt switch, then frames made with all of them.
+        long jpeg = await c.OpenAsync(new OpenOptions { Prompt = prompt, Seed = seed, Fps = 0, EchoControls = true });
+        Report("open", jpeg > 0, "session", jpeg, "format", "jpeg");
+        long controlsSeq = c.SendControls(jpeg, Rows(keys, 4), Rows(axes, 4));
+        long embeddingSeq = c.SendEmbedding(jpeg, Rows(embedding, 2));
+        long promptSeq = c.SwitchPrompt(jpeg, "a snowy mountain village", "recache");
+        Report("inputs_sent", controlsSeq < embeddingSeq && embeddingSeq < promptSeq, "controls_seq", controlsSeq,
+               "embedding_seq", embeddingSeq, "prompt_seq", promptSeq);
+        // Until a whole chunk made after every input was applied: its control rows all come from the held state.
+        long appliedIn = long.MaxValue;
+        List<Frame> frames = await Frames(c, got =>
+        {
+            Frame f = got.Count > 0 ? got[got.Count - 1] : null;
+            if (f != null && f.InputSeq >= promptSeq) appliedIn = Math.Min(appliedIn, f.Chunk);
+            return got.Count >= want && f.Chunk > appliedIn;
+        }, 60);
+        string problem = null;
+        long lastIndex = -1;
+        foreach (Frame f in frames)
+        {
+            problem = problem ?? (f.Session != jpeg || f.Format != "jpeg" ? "a frame of another session or format" :
+                                  f.Width != w.Width || f.Height != w.Height ? "shape differs from the welcome" :
+                                  f.Index <= lastIndex ? "frame indices do not increase" :
+                                  JpegProblem(f.Payload, w.Width, w.Height));
+            lastIndex = f.Index;
+        }
+        Frame last = frames.Count > 0 ? frames[frames.Count - 1] : null;
+        if (last != null) File.WriteAllBytes(Path.Combine(dump, "last.jpg"), last.Payload);
+        Report("frames_jpeg", problem == null && frames.Count >= want && last.PromptSeq == promptSeq,
+               "count", (long)frames.Count, "problem", problem, "first_index", frames.Count > 0 ? frames[0].Index : -1,
+               "last_prompt_seq", last == null ? -1 : last.PromptSeq,
+               "last_input_seq", last == null ? -1 : last.InputSeq,
+               "inputs_applied_in_chunk", appliedIn, "last_chunk", last == null ? -1 : last.Chunk);
+        Dictionary<string, object> echo = last == null ? null : last.Control;
+        Report("echoed_controls", echo != null, "keys", echo == null ? null : echo["keys"],
+               "embedding", echo == null ? null : AsList(last.ControlEmbedding));
+        Dictionary<string, object> stray;
+        Report("no_stray_errors", !c.TryDequeueMessage(out stray), "message", stray);
+
+        // The daemon's refusals: a fire-and-forget input for a session that is not ours, and a request for one.
+        long badSeq = c.SendControls(999999, Rows(keys, 1));
+        Dictionary<string, object> err = await NextMessage(c, 10);
+        Report("error_for_input", err != null && (string)err["type"] == "error" &&
+                                  (string)err["code"] == "unknown_session" && (long)err["re"] == badSeq,
+               "message", err);
+        try
+        {
+            await c.CloseSessionAsync(999999);
+            Report("error_for_request", false, "error", "closing an unknown session succeeded");
+        }
+        catch (ServerException e)
+        {
+            Report("error_for_request", e.Code == "unknown_session" && e.Re.HasValue, "code", e.Code,
+                   "message", e.ServerMessage, "re", e.Re);
+        }
+
+        // Paused and silent for 4 heartbeats: the client pings on its own and the connection stays up.
+        Dictionary<string, object> paused = await c.PauseAsync(jpeg);
+        Frame after;
+        long pingsBefore = c.PingsSent, pongsBefore = c.PongsReceived;
+        await Task.Delay(TimeSpan.FromSeconds(4 * w.HeartbeatS));
+        double rtt = await c.PingAsync();
+        Report("heartbeat", (bool)paused["paused"] && c.PingsSent - pingsBefore >= 2 &&
+                            c.PongsReceived - pongsBefore >= 1 && c.IsConnected,
+               "pings", c.PingsSent - pingsBefore, "pongs", c.PongsReceived - pongsBefore, "rtt_ms", rtt * 1000);
+        while (c.TryDequeueFrame(out after)) { }
+        Dictionary<string, object> resumed = await c.ResumeAsync(jpeg);
+        DateTime wait = DateTime.UtcNow.AddSeconds(30);
+        while (c.QueuedFrames == 0 && DateTime.UtcNow < wait) await Task.Delay(5);  // frames wait unread
+        int queued = c.QueuedFrames;
+        Dictionary<string, object> stats = await c.CloseSessionAsync(jpeg);
+        bool noneAfter = !c.TryDequeueFrame(out after);
+        Report("close", !(bool)resumed["paused"] && queued > 0 && noneAfter && (long)stats["inputs"] >= 3 &&
+                        (long)stats["prompt_switches"] >= 1,
+               "stats", stats, "queued_before", (long)queued, "frames_left", noneAfter ? 0L : 1L + c.QueuedFrames);
+
+        // An rgb24 session: raw frames of H*W*3 bytes; a reset starts epoch 1 and no older frame follows it.
+        long raw = await c.OpenAsync(new OpenOptions { Prompt = prompt, Seed = seed, Format = "rgb24", Fps = 0 });
+        List<Frame> rgb = await Frames(c, got => got.Count >= 9, 60);
+        problem = rgb.Count < 9 ? "only " + rgb.Count + " frames" : null;
+        foreach (Frame f in rgb)
+            problem = problem ?? (f.Format != "rgb24" || f.Session != raw ? "a frame of another session or format" :
+                                  f.Payload.Length != w.Width * w.Height * 3
+                                      ? "payload of " + f.Payload.Length + " bytes" :
+                                  f.Epoch != 0 ? "epoch " + f.Epoch : null);
+        if (rgb.Count > 0 && rgb[0].Index == 0) File.WriteAllBytes(Path.Combine(dump, "first.rgb"), rgb[0].Payload);
+        Report("frames_rgb24", problem == null && rgb[0].Index == 0, "count", (long)rgb.Count, "problem", problem);
+        wait = DateTime.UtcNow.AddSeconds(30);
+        while (c.QueuedFrames == 0 && DateTime.UtcNow < wait) await Task.Delay(5);  // epoch-0 frames wait unread
+        queued = c.QueuedFrames;
+        Dictionary<string, object> reset = await c.ResetAsync(raw);
+        List<Frame> fresh = await Frames(c, got => got.Count >= 3, 60);
+        bool allNew = fresh.Count == 3 && fresh.TrueForAll(f => f.Epoch == (long)reset["epoch"]);
+        Report("reset", queued > 0 && (long)reset["epoch"] == 1 && allNew && fresh[0].Index == 0,
+               "epoch", reset["epoch"], "queued_before", (long)queued, "frames", (long)fresh.Count,
+               "first_index", fresh.Count > 0 ? fresh[0].Index : -1);
+        await c.CloseSessionAsync(raw);
+        Dictionary<string, object> all = await c.StatsAsync();
+        Report("stats", ((Dictionary<string, object>)all["sessions"]).Count == 0, "daemon", all["daemon"]);
+
+        var watch = System.Diagnostics.Stopwatch.StartNew();
+        c.Dispose();
+        long disposeMs = watch.ElapsedMilliseconds;
+        bool refused = false;
+        try
+        {
+            c.SendControls(raw, Rows(keys, 1));
+        }
+        catch (ObjectDisposedException)
+        {
+            refused = true;
+        }
+        Report("disposed",
+               disposeMs < c.CloseTimeout.TotalMilliseconds && refused && c.Fault is ObjectDisposedException,
+               "dispose_ms", disposeMs, "frames_dropped", c.FramesDropped);
+
+        // A second connection stays until the test stops the daemon: the client reports the shutdown.
+        var d = new WorldsimClient("unity-console-shutdown");
+        await d.ConnectAsync(url, token);
+        Report("ready_for_shutdown", d.IsConnected);
+        DateTime until = DateTime.UtcNow.AddSeconds(30);
+        while (d.Fault == null && DateTime.UtcNow < until) await Task.Delay(10);
+        Report("shutdown", d.Fault is ConnectionLostException && d.ShutdownReason != null,
+               "reason", d.ShutdownReason, "error", d.Fault == null ? null : d.Fault.Message);
+        d.Dispose();
+        Report("done", true);
+    }
+}
+
+/// <summary>Just enough JSON: the golden file in, check lines out (non-ASCII escaped).</summary>
+static class Json
+{
+    public static object Parse(string text)
+    {
+        int pos = 0;
+        object v = Value(text, ref pos);
+        Space(text, ref pos);
+        if (pos != text.Length) throw new FormatException("JSON: trailing text at " + pos);
+        return v;
+    }
+
+    static void Space(string s, ref int p)
+    {
+        while (p < s.Length && char.IsWhiteSpace(s[p])) p++;
+    }
+
+    static object Value(string s, ref int p)
+    {
+        Space(s, ref p);
+        if (p >= s.Length) throw new FormatException("JSON: unexpected end");
+        char c = s[p];
+        if (c == '{')
+        {
+            var map = new Dictionary<string, object>();
+            p++;
+            Space(s, ref p);
+            if (s[p] == '}') { p++; return map; }
+            while (true)
+            {
+                Space(s, ref p);
+                string key = String(s, ref p);
+                Space(s, ref p);
+                Expect(s, ref p, ':');
+                map.Add(key, Value(s, ref p));
+                Space(s, ref p);
+                if (s[p] == '}') { p++; return map; }
+                Expect(s, ref p, ',');
+            }
+        }
+        if (c == '[')
+        {
+            var list = new List<object>();
+            p++;
+            Space(s, ref p);
+            if (s[p] == ']') { p++; return list; }
+            while (true)
+            {
+                list.Add(Value(s, ref p));
+                Space(s, ref p);
+                if (s[p] == ']') { p++; return list; }
+                Expect(s, ref p, ',');
+            }
+        }
+        if (c == '"') return String(s, ref p);
+        if (Word(s, ref p, "null")) return null;
+        if (Word(s, ref p, "true")) return true;
+        if (Word(s, ref p, "false")) return false;
+        int start = p;
+        while (p < s.Length && "+-0123456789.eE".IndexOf(s[p]) >= 0) p++;
+        string num = s.Substring(start, p - start);
+        if (num.Length == 0) throw new FormatException("JSON: unexpected '" + c + "' at " + start);
+        // Integers stay integers (long); anything with a fraction or exponent is a float64.
+        if (num.IndexOfAny(new[] { '.', 'e', 'E' }) < 0) return long.Parse(num, CultureInfo.InvariantCulture);
+        return double.Parse(num, NumberStyles.Float, CultureInfo.InvariantCulture);
+    }
+
+    static bool Word(string s, ref int p, string word)
+    {
+        if (string.CompareOrdinal(s, p, word, 0, word.Length) != 0) return false;
+        p += word.Length;
+        return true;
+    }
+
+    static void Expect(string s, ref int p, char c)
+    {
+        if (p >= s.Length || s[p] != c) throw new FormatException("JSON: expected '" + c + "' at " + p);
+        p++;
+    }
+
+    static string String(string s, ref int p)
+    {
+        Expect(s, ref p, '"');
+        var sb = new StringBuilder();
+        while (s[p] != '"')
+        {
+            char c = s[p++];
+            if (c != '\\') { sb.Append(c); continue; }
+            char e = s[p++];
+            switch (e)
+            {
+                case 'n': sb.Append('\n'); break;
+                case 't': sb.Append('\t'); break;
+                case 'r': sb.Append('\r'); break;
+                case 'b': sb.Append('\b'); break;
+                case 'f': sb.Append('\f'); break;
+                case 'u': sb.Append((char)int.Parse(s.Substring(p, 4), NumberStyles.HexNumber)); p += 4; break;
+                default: sb.Append(e); break;  // \" \\ \/
+            }
+        }
+        p++;
+        return sb.ToString();
+    }
+
+    public static void Write(StringBuilder sb, object v)
+    {
+        if (v == null) { sb.Append("null"); return; }
+        if (v is bool) { sb.Append((bool)v ? "true" : "false"); return; }
+        if (v is string) { Quote(sb, (string)v); return; }
+        if (v is double)
+        {
+            double d = (double)v;
+            sb.Append(double.IsNaN(d) || double.IsInfinity(d) ? "null" : d.ToString("R", CultureInfo.InvariantCulture));
+            return;
+        }
+        if (v is long || v is ulong || v is int)
+        {
+            sb.Append(Convert.ToString(v, CultureInfo.InvariantCulture));
+            return;
+        }
+        var bytes = v as byte[];
+        if (bytes != null) { Quote(sb, BitConverter.ToString(bytes).Replace("-", "").ToLowerInvariant()); return; }
+        var map = v as IDictionary;
+        if (map != null)
+        {
+            sb.Append('{');
+            bool first = true;
+            foreach (DictionaryEntry e in map)
+            {
+                if (!first) sb.Append(", ");
+                first = false;
+                Quote(sb, e.Key.ToString());
+                sb.Append(": ");
+                Write(sb, e.Value);
+            }
+            sb.Append('}');
+            return;
+        }
+        var list = v as IList;
+        if (list != null)
+        {
+            sb.Append('[');
+            for (int i = 0; i < list.Count; i++)
+            {
+                if (i > 0) sb.Append(", ");
+                Write(sb, list[i]);
+            }
+            sb.Append(']');
+            return;
+        }
+        Quote(sb, v.ToString());
+    }
+
+    static void Quote(StringBuilder sb, string s)
+    {
+        sb.Append('"');
+        foreach (char c in s)
+        {
+            if (c == '"' || c == '\\') sb.Append('\\').Append(c);
+            else if (c < 0x20 || c > 0x7e) sb.Append("\\u").Append(((int)c).ToString("x4"));
+            else sb.Append(c);
+        }
+        sb.Append('"');
+    }
+}

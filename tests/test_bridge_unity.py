@@ -1,0 +1,177 @@
+"""The Unity client's engine-free core (bridge/unity/Runtime/Core), compiled with Mono's mcs: golden msgpack bytes,
+and a whole session through the WebSocket gateway of an in-process daemon (tests/csharp/ConsoleTest.cs)."""
+
+from __future__ import annotations
+
+import io
+import json
+import logging
+import os
+import queue
+import re
+import shutil
+import subprocess
+import threading
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from serve_helpers import wait_for
+from worldsim.client import Client
+from worldsim.serve.protocol import PROTOCOL_VERSION
+
+ROOT = Path(__file__).resolve().parents[1]
+PACKAGE = ROOT / "bridge" / "unity"
+CORE = PACKAGE / "Runtime" / "Core"
+INSTALL = "apt-get install mono-mcs mono-runtime"
+KEYS, AXES, EMBEDDING = [1, 0, 0, 1, 0, 1], [0.5, -0.25], [0.5, -0.25, 0.125, 0.0, 1.5]
+PROMPT, SEED = "a harbour at dawn", 7
+
+
+@pytest.fixture(scope="module")
+def console(tmp_path_factory) -> list[str]:
+    """`mono ConsoleTest.exe`, built by mcs from tests/csharp/ConsoleTest.cs and the client's Core sources."""
+    mcs, mono = shutil.which("mcs"), shutil.which("mono")
+    if mcs is None or mono is None:
+        if os.environ.get("CI"):
+            pytest.fail(f"Mono's mcs and mono are needed to test the Unity client ({INSTALL})")
+        pytest.skip(f"Mono not installed ({INSTALL}) to test the Unity client")
+    exe = tmp_path_factory.mktemp("csharp") / "ConsoleTest.exe"
+    sources = [ROOT / "tests" / "csharp" / "ConsoleTest.cs", *sorted(CORE.glob("*.cs"))]
+    out = subprocess.run([mcs, "-langversion:7.2", "-warnaserror+", "-nologo", f"-out:{exe}", *map(str, sources)],
+                         capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, f"mcs failed:\n{out.stdout}\n{out.stderr}"
+    return [mono, str(exe)]
+
+
+def test_package_layout():
+    """Versions agree with the protocol, and every asset Unity imports from the package has a .meta with its own
+    GUID (a package added by git URL is read-only: Unity ignores assets without one). Samples~ is not imported."""
+    manifest = json.loads((PACKAGE / "package.json").read_text())
+    assert manifest["version"] == PROTOCOL_VERSION and manifest["unity"] == "2021.3"
+    assert all((PACKAGE / s["path"]).is_dir() for s in manifest["samples"])
+    client = (CORE / "WorldsimClient.cs").read_text()
+    assert f'ProtocolVersion = "{PROTOCOL_VERSION}"' in client
+    assets = [p for p in PACKAGE.rglob("*") if p.suffix != ".meta" and "Samples~" not in p.relative_to(PACKAGE).parts]
+    assert {p.with_name(p.name + ".meta") for p in assets} == {p for p in PACKAGE.rglob("*.meta")}
+    guids = [re.search(r"^guid: ([0-9a-f]{32})$", p.with_name(p.name + ".meta").read_text(), re.M).group(1)
+             for p in assets]
+    assert len(set(guids)) == len(guids)
+    core = json.loads((CORE / "Worldsim.Core.asmdef").read_text())
+    assert core["noEngineReferences"] and not any("UnityEngine" in p.read_text() for p in CORE.glob("*.cs"))
+
+
+def test_codec_matches_the_golden_bytes(console):
+    out = subprocess.run([*console, "golden", str(ROOT / "bridge" / "golden" / "messages.json")],
+                         capture_output=True, text=True, timeout=60)
+    lines = [json.loads(line) for line in out.stdout.splitlines()]
+    failed = [line for line in lines if not line["ok"]]
+    assert out.returncode == 0 and not failed, f"{failed}\n{out.stderr}"
+    golden = json.loads((ROOT / "bridge" / "golden" / "messages.json").read_text())
+    names = {e["name"] for e in golden["messages"]}
+    for check in ("encode", "decode"):
+        assert {line["name"] for line in lines if line["check"] == check} == names
+    assert {line["name"] for line in lines if line["check"] == "split"} == {e["name"] for e in golden["gateway"]}
+    assert sum(line["check"] == "refused" for line in lines) >= 12
+    assert sum(line["check"] == "split_refused" for line in lines) == 4
+
+
+class Checks:
+    """The console program's JSON lines as they arrive (read on a thread), each waited for with a deadline."""
+
+    def __init__(self, cmd: list[str]):
+        self.proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        self.lines: queue.Queue = queue.Queue()
+        self.seen: dict[str, list[dict]] = {}  # check name -> its lines so far
+        threading.Thread(target=self._read, daemon=True).start()
+
+    def _read(self) -> None:
+        for line in self.proc.stdout:
+            self.lines.put(json.loads(line))
+        self.lines.put(None)
+
+    def until(self, check: str, timeout: float = 60) -> dict:
+        """Lines up to the first named ``check``, failing on a line that is not ok or the end of the output."""
+        deadline = time.monotonic() + timeout
+        while check not in self.seen:
+            try:
+                line = self.lines.get(timeout=max(0.0, deadline - time.monotonic()))
+            except queue.Empty:
+                raise AssertionError(f"no {check!r} line within {timeout} s; got {list(self.seen)}") from None
+            if line is None:
+                raise AssertionError(f"the program ended before {check!r}: {self.seen}\n{self.proc.stderr.read()}")
+            assert line["ok"], line
+            self.seen.setdefault(line["check"], []).append(line)
+        return self.seen[check][0]
+
+    def kill(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.kill()
+        self.proc.wait(10)
+
+
+def test_live_session_through_the_gateway(console, backend, make_daemon, make_gateway, tmp_path, caplog):
+    """Handshake with a token, a JPEG session with controls, an embedding and a prompt switch, errors, heartbeats,
+    an rgb24 session with a reset, a clean close, then the daemon's shutdown; checked from both ends."""
+    d = make_daemon(backend, heartbeat_s=0.4)
+    gw = make_gateway(d, token="unity-secret")
+    csv = lambda values: ",".join(map(str, values))  # noqa: E731
+    cmd = [*console, "live", gw.url, "--token", "unity-secret", "--prompt", PROMPT, "--seed", str(SEED),
+           "--keys", csv(KEYS), "--axes", csv(AXES), "--embedding", csv(EMBEDDING), "--frames", "30",
+           "--dump", str(tmp_path)]
+    with caplog.at_level(logging.INFO, logger="worldsim.serve"):
+        checks = Checks(cmd)
+        try:
+            assert "is the token right" in checks.until("token_required")["error"]
+            welcome = checks.until("handshake")
+            h, w = welcome["height"], welcome["width"]
+            assert welcome["embedding_dim"] == len(EMBEDDING) and len(welcome["keys"]) == len(KEYS)
+            sent = checks.until("inputs_sent")
+            assert len(checks.seen["local_refusal"]) == 5
+            frames = checks.until("frames_jpeg")
+            assert frames["count"] >= 30 and frames["last_prompt_seq"] == sent["prompt_seq"]
+            echo = checks.until("echoed_controls")  # the last frame: made after every input, so from the held state
+            assert echo["keys"] == KEYS
+            assert np.allclose(echo["embedding"], EMBEDDING)
+            assert checks.until("error_for_input")["message"]["code"] == "unknown_session"
+            assert checks.until("error_for_request")["code"] == "unknown_session"
+            assert checks.until("heartbeat")["pings"] >= 2
+            stats = checks.until("close")["stats"]
+            assert stats["inputs"] == 3 and stats["prompt_switches"] == 1 and stats["frames_sent"] >= 30
+            checks.until("frames_rgb24")
+            checks.until("reset")
+            checks.until("disposed")
+            hellos = lambda: [r.fields["client"] for r in caplog.records  # noqa: E731
+                              if r.getMessage() == "client_hello"]
+            [tag] = [t for t in hellos() if t.startswith("unity-console-test#")]
+            gone = lambda: [r.fields for r in caplog.records if r.getMessage() == "client_gone"]  # noqa: E731
+            assert wait_for(lambda: {"client": tag, "reason": "bye", "sessions": []} in gone(), 5)
+            assert not d.sessions
+
+            checks.until("ready_for_shutdown")
+            d.stop("test over")
+            assert checks.until("shutdown")["reason"] == "test over"
+            checks.until("done")
+            assert checks.proc.wait(30) == 0, checks.proc.stderr.read()
+        finally:
+            checks.kill()
+    # The client without the token never got past the gateway's HTTP check.
+    assert sorted(t.split("#")[0] for t in hellos()) == ["unity-console-shutdown", "unity-console-test"]
+    opened = [r.fields for r in caplog.records if r.getMessage() == "session_open"]
+    assert [(o["seed"], o["format"]) for o in opened] == [(SEED, "jpeg"), (SEED, "rgb24")]
+    relayed = [r.fields["frames_sent"] for r in caplog.records if r.getMessage() == "ws_closed"]
+    assert sum(relayed) >= frames["count"] + 12  # the gateway sent at least what the client counted
+
+    # What the C# client received is what the daemon made: a decodable JPEG of the welcome's size, and the rgb24
+    # stream's first frame byte for byte as a Python client gets it (same prompt and seed).
+    assert np.asarray(Image.open(io.BytesIO((tmp_path / "last.jpg").read_bytes()))).shape == (h, w, 3)
+    first = (tmp_path / "first.rgb").read_bytes()
+    d2 = make_daemon(backend)
+    with Client(d2.endpoint) as c:
+        s = c.open(PROMPT, seed=SEED, fps=0)
+        frame = c.frame(30)
+        assert frame is not None and frame.session == s and frame.index == 0
+        assert bytes(frame.payload) == first
