@@ -435,3 +435,39 @@ def test_inputs_to_a_paused_session_do_not_look_like_a_dead_daemon(backend, make
             c.frames_ready()
             time.sleep(0.05)
         assert c.resume(s)["paused"] is False and len(d.clients) == 1
+
+
+def test_slow_prompt_encoding_never_stalls_other_sessions(make_daemon):
+    """A text encoder that takes 3 s per new prompt (UMT5 on a CPU takes seconds) runs off the model loop: while it
+    encodes a switch or a new session's prompt, every stream keeps its frames; the switch lands afterwards."""
+    b = tiny_backend()
+    fast = b.embed_prompt
+
+    def slow(text: str):
+        if text != "a harbour":
+            time.sleep(3.0)
+        return fast(text)
+
+    b.embed_prompt, b.text_encoder_name = slow, "slow-test"
+    d = make_daemon(b)
+    with Client(d.endpoint) as c:
+        a = c.open("a harbour", fps=0)
+        frames_for(c, a, 12)
+        seq = c.send(a, prompt="a desert at noon")
+        c.send(a, controls={"keys": [[1, 0, 0, 0, 0, 0]]})  # not held back by the pending prompt
+        t0, during = time.monotonic(), []
+        while time.monotonic() - t0 < 1.2:
+            during += [f for f in c.frames_ready() if f.session == a]
+            time.sleep(0.01)
+        assert len(during) >= 24 and all(f.header["prompt_seq"] == 0 for f in during)
+        assert next(f for f in iter(lambda: c.frame(10), None) if f.header["prompt_seq"] == seq)
+
+        opened: list[int] = []
+        opening = threading.Thread(target=lambda: opened.append(c.open("a snowy pass", fps=0)))
+        opening.start()  # only this thread uses ``c`` until it is joined
+        with Client(d.endpoint) as other:
+            s = other.open("a harbour", fps=0)
+            assert len(frames_for(other, s, 24, timeout=10)) == 24
+            assert opening.is_alive()  # served while the other open waits for its prompt
+        opening.join(10)
+        assert opened and wait_for(lambda: set(d.sessions) == {a, opened[0]}, 5)

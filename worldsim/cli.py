@@ -17,6 +17,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from worldsim import __version__
+from worldsim.pipeline.options import add_model_folder_arguments
 from worldsim.resources import configs_dir
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
@@ -111,10 +112,6 @@ def _bench_run(args: argparse.Namespace) -> int:
 def _generate_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--model", type=Path, required=True,
                    help="model folder: Wan2.1-T2V-1.3B as published, or its diffusers layout")
-    p.add_argument("--checkpoint", type=Path, help="Self-Forcing checkpoint replacing the DiT weights "
-                                                   "(checkpoints/self_forcing_dmd.pt)")
-    p.add_argument("--no-ema", dest="use_ema", action="store_false",
-                   help="load the checkpoint's 'generator' instead of its EMA weights")
     p.add_argument("--prompt", help="text prompt (the prompt for chunk 0 when --schedule starts later)")
     p.add_argument("--schedule", type=Path, help="JSONL prompt schedule: worldsim {prompt, chunk|seconds, mode} "
                                                  "lines or LongLive {prompts, switch_frame_indices} lines")
@@ -127,8 +124,6 @@ def _generate_arguments(p: argparse.ArgumentParser) -> None:
     length.add_argument("--seconds", type=float, default=5.0, help="video length, rounded up to whole chunks (5)")
     length.add_argument("--chunks", type=int, help="video length in chunks (12 frames each, 9 for the first)")
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--decoder", default="wan", choices=("wan", "taehv"), help="Wan VAE (default) or TAEHV")
-    p.add_argument("--taehv", type=Path, help="TAEHV weights (default: taew2_1.pth or .safetensors in --model)")
     p.add_argument("--out", type=Path, default=Path("video.mp4"), help="output mp4 (default video.mp4)")
     p.add_argument("--height", type=int, default=480)
     p.add_argument("--width", type=int, default=832)
@@ -139,12 +134,8 @@ def _generate_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--device", default="auto", help="auto (cuda if available), cpu, cuda, cuda:1, ...")
     p.add_argument("--dtype", default="auto", choices=("auto", "bf16", "fp16", "fp32"),
                    help="DiT and decoder precision; auto: bf16 on a GPU, fp32 on the CPU")
-    p.add_argument("--attn", default="auto", choices=("auto", "fa3", "fa2", "flex", "sdpa"),
-                   help="attention backend (default auto)")
-    p.add_argument("--compile", action="store_true", help="torch.compile the DiT blocks")
-    p.add_argument("--offload-text-encoder", action="store_true",
-                   help="load UMT5 into CPU RAM; it visits the GPU only to encode the prompts")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
+    add_model_folder_arguments(p, decoder_default="wan")
 
 
 def _generate_run(args: argparse.Namespace) -> int:

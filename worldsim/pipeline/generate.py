@@ -122,9 +122,8 @@ def load_dit(folder: ModelFolder, *, use_ema: bool, dtype: torch.dtype, device: 
     return load_model(dit, dtype=dtype, device=device)
 
 
-def encode_prompts(folder: ModelFolder, prompts: Sequence[str], dit_cfg: DiTConfig, device: torch.device,
-                   offload: bool) -> dict[str, torch.Tensor]:
-    """prompt -> [1, text_len, text_dim] on ``device``; the encoder is freed afterwards."""
+def load_text_encoder(folder: ModelFolder, dit_cfg: DiTConfig, device: torch.device, offload: bool):
+    """The folder's UMT5 as a cached prompt encoder for this DiT (offload: kept on the CPU between prompts)."""
     from ..text.umt5 import UMT5TextEncoder, load_tokenizer, load_umt5_encoder
 
     dtype = text_encoder_dtype(device)
@@ -132,9 +131,17 @@ def encode_prompts(folder: ModelFolder, prompts: Sequence[str], dit_cfg: DiTConf
     encoder = UMT5TextEncoder(model, load_tokenizer(folder["tokenizer"].path), text_len=dit_cfg.text_len,
                               device=device, offload=offload)
     if encoder.dim != dit_cfg.text_dim:
-        raise ValueError(f"the text encoder gives {encoder.dim}-dim embeddings but the DiT takes {dit_cfg.text_dim}")
+        raise ValueError(f"{folder['text_encoder'].path}: the text encoder gives {encoder.dim}-dim embeddings but "
+                         f"the DiT takes {dit_cfg.text_dim}")
+    return encoder
+
+
+def encode_prompts(folder: ModelFolder, prompts: Sequence[str], dit_cfg: DiTConfig, device: torch.device,
+                   offload: bool) -> dict[str, torch.Tensor]:
+    """prompt -> [1, text_len, text_dim] on ``device``; the encoder is freed afterwards."""
+    encoder = load_text_encoder(folder, dit_cfg, device, offload)
     embeds = encoder.encode(list(prompts))
-    del encoder, model
+    del encoder
     gc.collect()
     if device.type == "cuda":
         torch.cuda.empty_cache()

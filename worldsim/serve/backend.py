@@ -1,15 +1,21 @@
 """What the daemon serves: the model, a decoder per session, the prompt embedder and the stream geometry.
 
-``build_backend(BackendOptions(...))`` loads a checkpoint (``model=PATH``) or builds a preset with random weights
-(untrained: the frames depict nothing, but respond to prompts and controls, which exercises the whole path).
-Frames come from the weight-free :class:`~worldsim.codecs.preview.PreviewDecoder` until the VAE/TAEHV decoders
-are wired in.
+``build_backend(BackendOptions(...))`` serves one of:
+
+- a Wan2.1 model folder (official or diffusers layout; ``model=DIR``), optionally with a Self-Forcing ``.pt``
+  (``checkpoint``): its DiT, UMT5 for prompts (cached per prompt), the Wan VAE or TAEHV streaming decoder, and the
+  Wan VAE encoder for start frames, exactly as ``worldsim generate`` loads them;
+- one checkpoint file (``model=FILE``: worldsim safetensors, Self-Forcing ``.pt`` with ``config``), or a preset with
+  random weights (untrained: the frames depict nothing, but respond to prompts and controls). These have no text
+  encoder or decoder of their own: prompts go through the hashing embedder and frames through the weight-free
+  :class:`~worldsim.codecs.preview.PreviewDecoder`.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -50,6 +56,14 @@ class BackendOptions:
     window_frames: int = 12
     chunk_latents: int | None = None  # latent frames per chunk (default: the model's training chunk size)
     seed: int = 0  # random weights of a preset
+    # a Wan2.1 folder (model=DIR) only:
+    checkpoint: str | None = None  # Self-Forcing .pt whose weights replace the folder's DiT
+    use_ema: bool = True  # the .pt's generator_ema (else generator)
+    decoder: str = "auto"  # wan | taehv | preview; auto: wan for a folder, preview otherwise
+    taehv: str | None = None  # TAEHV weights (default: taew2_1.pth in the folder)
+    attn: str = "auto"  # attention backend (worldsim.model.attention)
+    compile: bool = False  # torch.compile the transformer blocks
+    offload_text_encoder: bool = False  # keep UMT5 on the CPU between prompts (a 24 GB card then fits the rest)
 
 
 @dataclass
@@ -68,6 +82,8 @@ class Backend:
     encode_start: Callable[[np.ndarray], torch.Tensor] | None  # [H, W, 3] uint8 -> clean latents [1, C, 1, h, w]
     schema: ControlSchema  # the controls sessions accept (empty when the model has no control module)
     decoder_name: str = "preview"
+    text_encoder_name: str = "hashing"
+    source: dict = field(default_factory=dict)  # where the weights came from (folder, layout, checkpoint)
 
     @property
     def device(self) -> torch.device:
@@ -114,9 +130,41 @@ def preview_encoder(decoder: PreviewDecoder,
     return encode
 
 
+def _video_size(opts: BackendOptions, cfg, spatial: int) -> tuple[int, int, tuple[int, int, int]]:
+    default_h, default_w = default_video(cfg.dim)
+    height, width = opts.height or default_h, opts.width or default_w
+    unit = spatial * cfg.patch_size[1]
+    if height % unit or width % unit or height <= 0 or width <= 0:
+        raise ValueError(f"video size {height}x{width} must be a positive multiple of {unit} "
+                         f"(decoder stride {spatial} x patch {cfg.patch_size[1]})")
+    return height, width, (cfg.in_dim, height // spatial, width // spatial)
+
+
+def _schema(cfg, temporal_stride: int) -> ControlSchema:
+    c = cfg.control
+    return ControlSchema(frames_per_latent=temporal_stride) if c is None else \
+        ControlSchema(c.keys, c.axes, c.embedding_dim, c.frames_per_latent)
+
+
+def _checked_chunk(opts: BackendOptions, cfg) -> int:
+    chunk = opts.chunk_latents or cfg.chunk_frames
+    if chunk < 1:
+        raise ValueError(f"chunk_latents must be at least 1, got {chunk}")
+    if opts.window_frames < chunk:
+        raise ValueError(f"window_frames ({opts.window_frames}) must hold a chunk ({chunk} latent frames)")
+    return chunk
+
+
 def build_backend(opts: BackendOptions) -> Backend:
     device = resolve_device(opts.device)
     dtype = resolve_dtype(opts.dtype, device, cpu_half=True)
+    if opts.model and Path(opts.model).is_dir():
+        return _folder_backend(opts, device, dtype)
+    if opts.checkpoint or opts.taehv or opts.decoder in ("wan", "taehv"):
+        raise ValueError("--checkpoint, --taehv and --decoder wan|taehv need --model to be a Wan2.1 model folder "
+                         f"(official or diffusers layout){f'; {opts.model} is a file' if opts.model else ''}")
+    if opts.decoder not in ("auto", "preview"):
+        raise ValueError(f"unknown decoder {opts.decoder!r}; choose auto, wan, taehv or preview")
     if opts.model:
         from ..checkpoints import load_model
 
@@ -125,32 +173,68 @@ def build_backend(opts: BackendOptions) -> Backend:
     else:
         model, name, untrained = _random_model(opts, device, dtype), opts.preset, True
     cfg = model.cfg
-    default_h, default_w = default_video(cfg.dim)
-    height, width = opts.height or default_h, opts.width or default_w
     stride = 4 if cfg.control is None else cfg.control.frames_per_latent
-    spatial = SPATIAL_STRIDE
-    unit = spatial * cfg.patch_size[1]
-    if height % unit or width % unit or height <= 0 or width <= 0:
-        raise ValueError(f"video size {height}x{width} must be a positive multiple of {unit} "
-                         f"(decoder stride {spatial} x patch {cfg.patch_size[1]})")
-    latent_shape = (cfg.in_dim, height // spatial, width // spatial)
-    chunk = opts.chunk_latents or cfg.chunk_frames
-    if chunk < 1:
-        raise ValueError(f"chunk_latents must be at least 1, got {chunk}")
-    if opts.window_frames < chunk:
-        raise ValueError(f"window_frames ({opts.window_frames}) must hold a chunk ({chunk} latent frames)")
+    height, width, latent_shape = _video_size(opts, cfg, SPATIAL_STRIDE)
+    chunk = _checked_chunk(opts, cfg)
 
     def make_decoder() -> PreviewDecoder:
-        return PreviewDecoder(cfg.in_dim, temporal_stride=stride, spatial_stride=spatial)
+        return PreviewDecoder(cfg.in_dim, temporal_stride=stride, spatial_stride=SPATIAL_STRIDE)
 
-    c = cfg.control
-    schema = ControlSchema(frames_per_latent=stride) if c is None else \
-        ControlSchema(c.keys, c.axes, c.embedding_dim, c.frames_per_latent)
     return Backend(model=model, name=name, untrained=untrained, latent_shape=latent_shape, video_shape=(height, width),
                    fps=opts.fps, sink_frames=opts.sink_frames, window_frames=opts.window_frames,
                    chunk_latents=chunk, make_decoder=make_decoder,
                    embed_prompt=HashingPromptEmbedder(cfg.text_len, cfg.text_dim),
-                   encode_start=preview_encoder(make_decoder(), latent_shape), schema=schema)
+                   encode_start=preview_encoder(make_decoder(), latent_shape), schema=_schema(cfg, stride))
+
+
+def _folder_backend(opts: BackendOptions, device: torch.device, dtype: torch.dtype) -> Backend:
+    """A Wan2.1 folder (+ Self-Forcing .pt): the DiT, UMT5, the chosen decoder and the Wan VAE encoder, loaded as
+    ``worldsim generate`` loads them. Every missing file is named before anything heavy is read."""
+    from ..codecs.wan_vae import WanVAEDecoder
+    from ..model.attention import select_backend
+    from ..pipeline.folders import find_model_folder
+    from ..pipeline.generate import DECODER_TYPES, load_decoder, load_dit, load_text_encoder
+    from ..pipeline.runtime import compile_blocks
+
+    kind = "wan" if opts.decoder == "auto" else opts.decoder
+    if kind not in DECODER_TYPES:
+        raise ValueError(f"decoder {opts.decoder!r} does not serve a model folder; choose wan or taehv")
+    if opts.config:
+        raise ValueError("--config is for a single checkpoint file; a model folder carries its architecture")
+    folder = find_model_folder(opts.model, checkpoint=opts.checkpoint, taehv=opts.taehv)
+    folder.require(kind)
+    select_backend(opts.attn, device, dtype, masked=False)  # an unusable backend fails before loading
+    model = load_dit(folder, use_ema=opts.use_ema, dtype=dtype, device=device)
+    model.attn_backend = opts.attn
+    cfg = model.cfg
+    height, width, latent_shape = _video_size(opts, cfg, DECODER_TYPES[kind].spatial_stride)
+    chunk = _checked_chunk(opts, cfg)
+    decoder = load_decoder(folder, kind, dtype=dtype, device=device)  # weights shared by every session's decoder
+    channels = decoder.latent_channels
+    if channels != cfg.out_dim:
+        raise ValueError(f"{folder[kind].path}: the {kind} decoder takes {channels}-channel latents but the DiT "
+                         f"makes {cfg.out_dim}")
+    text = load_text_encoder(folder, cfg, device, offload=opts.offload_text_encoder)
+    vae = decoder if kind == "wan" else (WanVAEDecoder(load_decoder(folder, "wan", dtype=dtype, device=device).vae)
+                                         if folder["vae"].present else None)
+    if opts.compile:
+        compile_blocks(model)
+    stride = DECODER_TYPES[kind].temporal_stride
+
+    def make_decoder():
+        return type(decoder)(decoder.vae if kind == "wan" else decoder.model)
+
+    def encode_start(image: np.ndarray) -> torch.Tensor:
+        frames = torch.from_numpy(np.array(image, np.float32) / 255).permute(2, 0, 1)[None, None]  # [1, 1, 3, H, W]
+        return vae.encode(frames)  # [1, C, 1, h, w] normalised latents
+
+    ckpt = folder.parts.get("checkpoint")
+    source = {"folder": str(folder.root), "layout": folder.layout, "checkpoint": ckpt and str(ckpt.path)}
+    name = folder.root.name + (f" + {ckpt.path.name}" if ckpt else "")
+    return Backend(model=model, name=name, untrained=False, latent_shape=latent_shape, video_shape=(height, width),
+                   fps=opts.fps, sink_frames=opts.sink_frames, window_frames=opts.window_frames, chunk_latents=chunk,
+                   make_decoder=make_decoder, embed_prompt=text, encode_start=encode_start if vae else None,
+                   schema=_schema(cfg, stride), decoder_name=kind, text_encoder_name="umt5", source=source)
 
 
 def describe(backend: Backend) -> dict:
@@ -158,6 +242,6 @@ def describe(backend: Backend) -> dict:
     cfg = backend.model.cfg
     return {"name": backend.name, "untrained": backend.untrained, "decoder": backend.decoder_name,
             "dim": cfg.dim, "layers": cfg.num_layers, "device": str(backend.device),
-            "dtype": str(backend.dtype).removeprefix("torch."), "text_encoder": "hashing",
-            "sink_frames": backend.sink_frames, "window_frames": backend.window_frames}
+            "dtype": str(backend.dtype).removeprefix("torch."), "text_encoder": backend.text_encoder_name,
+            "sink_frames": backend.sink_frames, "window_frames": backend.window_frames, **backend.source}
 

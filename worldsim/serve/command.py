@@ -10,6 +10,7 @@ import os
 import signal
 import sys
 
+from ..pipeline.options import add_model_folder_arguments
 from .protocol import PROTOCOL_VERSION, Limits
 
 DEFAULT_BIND = "tcp://127.0.0.1:5555"
@@ -27,9 +28,13 @@ def add_serve_arguments(p: argparse.ArgumentParser) -> None:
     lim = Limits()
     m = p.add_argument_group("model")
     m.add_argument("--preset", default="small", help="model preset with random, untrained weights (default: small)")
-    m.add_argument("--model", metavar="PATH", help="checkpoint to serve (Wan2.1 / diffusers folder, Self-Forcing .pt, "
-                                                   "worldsim .safetensors) instead of a preset")
-    m.add_argument("--config", help="architecture for a checkpoint that stores none (preset name or Wan folder)")
+    m.add_argument("--model", metavar="PATH",
+                   help="serve this instead of a preset: a Wan2.1 model folder (official or diffusers layout; with "
+                        "--checkpoint for Self-Forcing weights; UMT5 prompts, Wan VAE or TAEHV frames), or one "
+                        "checkpoint file (worldsim .safetensors, Self-Forcing .pt with --config; hashing prompts, "
+                        "preview frames)")
+    m.add_argument("--config", help="architecture for a checkpoint file that stores none (preset name or Wan folder)")
+    add_model_folder_arguments(m, decoder_default=None)
     m.add_argument("--height", type=int, help="video height in pixels (default 128; 480 for Wan2.1-sized models)")
     m.add_argument("--width", type=int, help="video width in pixels (default 128; 832 for Wan2.1-sized models)")
     m.add_argument("--fps", type=float, default=16.0, help="frame rate sessions are paced at (default 16)")
@@ -128,7 +133,9 @@ def run_serve(args: argparse.Namespace) -> int:
             preset=args.preset, model=args.model, config=args.config, height=args.height, width=args.width,
             device=args.device, dtype=args.dtype, keys=args.control_keys, axes=args.control_axes,
             embedding_dim=args.embedding_dim, fps=args.fps, sink_frames=args.sink, window_frames=args.window,
-            chunk_latents=args.chunk_latents))
+            chunk_latents=args.chunk_latents, checkpoint=args.checkpoint and str(args.checkpoint),
+            use_ema=args.use_ema, decoder=args.decoder or "auto", taehv=args.taehv and str(args.taehv),
+            attn=args.attn, compile=args.compile, offload_text_encoder=args.offload_text_encoder))
         lim = dataclasses.replace(Limits(), max_sessions=args.max_sessions, max_clients=args.max_clients,
                                   max_sessions_per_client=args.max_sessions_per_client, queue_frames=args.queue_frames,
                                   idle_timeout_s=args.idle_timeout, heartbeat_s=min(2.0, args.idle_timeout / 4),

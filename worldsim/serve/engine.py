@@ -14,6 +14,7 @@ reported and dropped; the others never notice.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import queue
 import threading
@@ -24,6 +25,7 @@ from dataclasses import dataclass
 from .backend import Backend
 from .logs import LOGGER, event
 from .pacing import Job, plan
+from .prompts import PromptEncoder
 from .protocol import Input, Limits, Open
 from .sessions import FrameOut, ServeSession, step_served
 from .stats import GenerationStats, Recent
@@ -38,6 +40,7 @@ class OpenCmd:
     sid: int
     msg: Open
     stats: GenerationStats  # written by the engine from now on
+    waited: bool = False  # submitted again by the prompt encoder once the prompt's embedding was ready
 
 
 @dataclass
@@ -113,6 +116,8 @@ class Engine:
         self._thread = threading.Thread(target=self._run, name="worldsim-engine", daemon=True)
         self._last_run: dict[int, float] = {}
         self._chunk_s = Recent(32)  # every session's chunk times: the estimate for a session with none yet
+        self.prompts = PromptEncoder(backend.embed_prompt, background=backend.text_encoder_name != "hashing")
+        self._opening: dict[int, list[Command]] = {}  # sessions waiting for their prompt, with their commands
 
     # ---- thread control (socket-loop side) ---------------------------------------------------------------------
     def start(self) -> None:
@@ -126,6 +131,7 @@ class Engine:
         self._commands.put(None)
         if self._thread.is_alive():
             self._thread.join(timeout)
+        self.prompts.close()
 
     @property
     def alive(self) -> bool:
@@ -156,7 +162,12 @@ class Engine:
         """The sessions to run now (a batch, possibly empty), and how long to wait for commands if none."""
         fallback = self._chunk_s.quantile(0.5) or 0.0
         jobs, blocked = [], False
-        for s in self.sessions.values():
+        for s in list(self.sessions.values()):
+            try:
+                s.apply_ready_switches()
+            except Exception as e:  # noqa: BLE001 - the prompt could not be encoded: that session fails
+                self._fail(s, f"prompt switch failed: {type(e).__name__}: {e}")
+                continue
             if s.paused:
                 continue
             if not self._has_room(s):
@@ -207,6 +218,9 @@ class Engine:
             for sid in cmd.sids:
                 self._forget(sid)
             return
+        if cmd.sid in self._opening:  # applied once the session exists, in order
+            self._opening[cmd.sid].append(cmd)
+            return
         s = self.sessions.get(cmd.sid)
         if s is None:
             return  # dropped meanwhile; the daemon already knows
@@ -221,8 +235,18 @@ class Engine:
             self._fail(s, f"{type(cmd).__name__} failed: {type(e).__name__}: {e}")
 
     def _open(self, cmd: OpenCmd) -> None:
+        """Open once the prompt's embedding is ready: until then the session's commands wait in ``_opening``
+        and the loop serves the others (the encoder's callback submits this command again)."""
+        if cmd.waited and cmd.sid not in self._opening:
+            return  # closed while its prompt was being encoded
+        fut = self.prompts.request(cmd.msg.prompt)
+        if not fut.done():
+            self._opening.setdefault(cmd.sid, [])
+            fut.add_done_callback(lambda _: self.submit(dataclasses.replace(cmd, waited=True)))
+            return
+        waiting = self._opening.pop(cmd.sid, [])
         try:
-            s = ServeSession(cmd.sid, cmd.msg, self.backend, self.limits, cmd.stats)
+            s = ServeSession(cmd.sid, cmd.msg, self.backend, self.limits, cmd.stats, self.prompts, fut.result())
         except ValueError as e:  # the client's start frame
             self.emit([OpenFailed(cmd.sid, "bad_field", str(e)[:300])])
             return
@@ -234,9 +258,12 @@ class Engine:
         event(self.log, "session_open", session=cmd.sid, seed=cmd.msg.seed, format=cmd.msg.format, fps=s.fps,
               lookahead=cmd.msg.lookahead, prompt=cmd.msg.prompt[:80], start_frame=cmd.msg.start_frame is not None)
         self.emit([Opened(cmd.sid, s.fps)])
+        for waited in waiting:
+            self._handle(waited)
 
     def _forget(self, sid: int) -> None:
         self.sessions.pop(sid, None)
+        self._opening.pop(sid, None)
         self._last_run.pop(sid, None)
 
     def _fail(self, s: ServeSession, message: str) -> None:

@@ -7,6 +7,7 @@ wire. The session's lifecycle (ids, owner, epoch, close) belongs to the daemon, 
 from __future__ import annotations
 
 import time
+from concurrent.futures import Future
 from dataclasses import dataclass
 
 import numpy as np
@@ -18,7 +19,8 @@ from . import frame_format, messages
 from .backend import Backend
 from .controls import ControlBuffer
 from .pacing import Playout
-from .protocol import Input, Limits, Open
+from .prompts import PromptEncoder
+from .protocol import Input, Limits, Open, PromptSwitch
 from .stats import GenerationStats
 
 
@@ -31,12 +33,15 @@ class FrameOut:
 
 
 class ServeSession:
-    def __init__(self, sid: int, spec: Open, backend: Backend, limits: Limits, stats: GenerationStats):
-        self.id, self.spec, self.backend, self.stats = sid, spec, backend, stats
+    def __init__(self, sid: int, spec: Open, backend: Backend, limits: Limits, stats: GenerationStats,
+                 prompts: PromptEncoder, prompt_embed: torch.Tensor):
+        """``prompt_embed``: the embedding of ``spec.prompt`` (ready: the engine opens a session only then)."""
+        self.id, self.spec, self.backend, self.stats, self.prompts = sid, spec, backend, stats, prompts
         self.fps = backend.fps if spec.fps is None else spec.fps
         self.playout = Playout(self.fps, spec.lookahead, time.monotonic())
         self.controls = ControlBuffer(backend.schema, limits.max_queued_samples)
-        self.prompt_text, self.prompt_seq = spec.prompt, 0
+        self.prompt_text, self.prompt_seq, self.prompt_embed = spec.prompt, 0, prompt_embed
+        self._switches: list[tuple[Future, PromptSwitch, int]] = []  # requested, embedding maybe not ready yet
         self.start_latents = self._start_latents(spec)
         self.paused = False
         self.last_input: tuple[int, float | None] | None = None  # (seq, client t) of the newest input
@@ -61,7 +66,7 @@ class ServeSession:
         """Start the stream over as ``epoch`` with the current prompt, the same seed and start frame."""
         b = self.backend
         self.epoch = epoch
-        self.stream = StreamingSession(b.model, b.embed_prompt(self.prompt_text), latent_shape=b.latent_shape,
+        self.stream = StreamingSession(b.model, self.prompt_embed, latent_shape=b.latent_shape,
                                        seed=self.spec.seed, sink_frames=b.sink_frames, window_frames=b.window_frames,
                                        chunk_frames=b.chunk_latents)
         self.decoder = b.make_decoder()
@@ -75,6 +80,16 @@ class ServeSession:
             self.stream.push_context(latents)
             self._context_frames = to_uint8(self.decoder.decode(latents))[0].numpy()
 
+    def apply_ready_switches(self) -> None:
+        """Switch to each requested prompt whose embedding is ready, in request order (a slow one holds back the
+        ones after it); the switch takes effect from the next chunk. Raises if an encode failed."""
+        while self._switches and self._switches[0][0].done():
+            fut, switch, seq = self._switches.pop(0)
+            self.prompt_embed = fut.result()
+            self.stream.set_prompt(self.prompt_embed, mode=switch.mode, sink=switch.sink)
+            self.prompt_text, self.prompt_seq = switch.text, seq
+            self.stats.prompt_switches += 1
+
     def set_paused(self, paused: bool) -> None:
         self.paused = paused
         if not paused:
@@ -82,10 +97,8 @@ class ServeSession:
 
     def apply(self, msg: Input, arrival: float) -> None:
         if msg.prompt is not None:
-            self.stream.set_prompt(self.backend.embed_prompt(msg.prompt.text), mode=msg.prompt.mode,
-                                   sink=msg.prompt.sink)
-            self.prompt_text, self.prompt_seq = msg.prompt.text, msg.seq
-            self.stats.prompt_switches += 1
+            self._switches.append((self.prompts.request(msg.prompt.text), msg.prompt, msg.seq))
+            self.apply_ready_switches()
         if msg.hold is not None:
             self.controls.hold(msg.hold)
         if msg.controls is not None:

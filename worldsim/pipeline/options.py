@@ -1,0 +1,24 @@
+"""Command-line options for loading a Wan2.1 model folder, shared by ``worldsim generate`` and ``worldsim serve``
+so both take the same flags with the same meaning."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+
+def add_model_folder_arguments(p: argparse._ActionsContainer, decoder_default: str | None) -> None:
+    """--checkpoint, --no-ema, --decoder, --taehv, --attn, --compile, --offload-text-encoder (``decoder_default``
+    None: the decoder is chosen by what --model is)."""
+    p.add_argument("--checkpoint", type=Path, help="Self-Forcing checkpoint replacing the folder's DiT weights "
+                                                   "(checkpoints/self_forcing_dmd.pt)")
+    p.add_argument("--no-ema", dest="use_ema", action="store_false",
+                   help="load the checkpoint's 'generator' instead of its EMA weights")
+    p.add_argument("--decoder", default=decoder_default, choices=("wan", "taehv"),
+                   help=f"Wan VAE or TAEHV (default {decoder_default or 'wan for a model folder'})")
+    p.add_argument("--taehv", type=Path, help="TAEHV weights (default: taew2_1.pth or .safetensors in --model)")
+    p.add_argument("--attn", default="auto", choices=("auto", "fa3", "fa2", "flex", "sdpa"),
+                   help="attention backend (default auto)")
+    p.add_argument("--compile", action="store_true", help="torch.compile the DiT blocks")
+    p.add_argument("--offload-text-encoder", action="store_true",
+                   help="keep UMT5 in CPU RAM; it visits the GPU only to encode prompts")
