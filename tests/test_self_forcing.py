@@ -57,18 +57,21 @@ def prompts(batch: int = 2):
     return [a, a, b]
 
 
-def rollout(model, exit_step, seed=0, **kw):
-    return self_forcing_rollout(model, prompts(), num_frames=FRAMES, latent_shape=SHAPE, sampler=SamplerConfig(),
-                                exit_step=exit_step, controls=controls(), generator=torch.Generator().manual_seed(seed),
-                                **kw)
+def rollout(model, exit_step, seed=0, sampler=None, **kw):
+    return self_forcing_rollout(model, prompts(), num_frames=FRAMES, latent_shape=SHAPE,
+                                sampler=sampler or SamplerConfig(), exit_step=exit_step, controls=controls(),
+                                generator=torch.Generator().manual_seed(seed), **kw)
 
 
 @torch.no_grad()
-def test_rollout_equals_streaming_session():
-    """Full denoising without grad reproduces the inference loop bit for bit (prompt switch and controls included)."""
+@pytest.mark.parametrize("context_noise", [0.0, 0.25])
+def test_rollout_equals_streaming_session(context_noise):
+    """Full denoising without grad reproduces the inference loop bit for bit (prompt switch and controls included),
+    also when finished chunks enter the cache re-noised to a context timestep above 0."""
     model = control_model()
-    out = rollout(model, exit_step=3, seed=5).latents
-    session = StreamingSession(model, prompts()[0], latent_shape=SHAPE, seed=5, window_frames=FRAMES)
+    sampler = SamplerConfig(context_noise=context_noise)
+    out = rollout(model, exit_step=3, seed=5, sampler=sampler).latents
+    session = StreamingSession(model, prompts()[0], latent_shape=SHAPE, seed=5, window_frames=FRAMES, sampler=sampler)
     chunks = []
     for i, ctx in enumerate(prompts()):
         if i and ctx is not prompts()[i - 1]:

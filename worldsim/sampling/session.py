@@ -1,8 +1,8 @@
 """Streaming session: the few-step Self Forcing sampler driving the causal DiT one chunk at a time.
 
-Per chunk of N latent frames: start from seeded noise, denoise at each sampling timestep (x0 from the flow,
-then re-noise with fresh noise to the next timestep), then run the clean x0 once more at ``context_noise`` so
-its K/V enter the cache. Prompt switches and controls apply at chunk boundaries only.
+Per chunk of N latent frames: :func:`~worldsim.sampling.denoise.denoise_chunk` from seeded noise (the same code
+the training rollout runs), then the finished chunk, re-noised to ``context_noise``, runs once more so its K/V
+enter the cache. Prompt switches and controls apply at chunk boundaries only.
 
     session = StreamingSession(model, prompt_embeds, latent_shape=(16, 60, 104), seed=0, window_frames=21)
     latents = session.step()                         # [B, C, N, H, W]
@@ -18,6 +18,7 @@ import torch
 
 from ..model.control import Controls
 from ..model.dit import CausalWanDiT
+from .denoise import context_input, denoise_chunk
 from .schedule import FlowMatchSchedule, SamplerConfig
 
 SWITCH_MODES = ("soft", "recache", "cut")
@@ -202,12 +203,9 @@ def step_sessions(sessions: list[StreamingSession], controls: list[Controls | No
         parts = [s._noise(n) for s in sessions]
         return torch.cat(parts) if len(parts) > 1 else parts[0]
 
-    x = noise()
-    for i, t in enumerate(first.timesteps):
-        x0 = schedule.x0_from_flow(forward(x, t), x, t)
-        if i + 1 < len(first.timesteps):
-            x = schedule.add_noise(x0, noise(), first.timesteps[i + 1])
-    forward(x0, first.sampler.context_noise)  # the clean re-run writes the chunk's K/V into every cache
+    x0 = denoise_chunk(lambda x, t, _exit: forward(x, t), noise, schedule, first.timesteps)
+    cn = first.sampler.context_noise
+    forward(context_input(x0, noise, schedule, cn), cn)  # the re-run writes the chunk's K/V into every cache
     out = list(x0.split([s.batch for s in sessions]))
     for s, latents, c in zip(sessions, out, controls):
         s._history.append(_Chunk(s.frame, latents, c))

@@ -1,9 +1,8 @@
 """Self Forcing's training rollout (paper Algorithm 1): the student generates a clip chunk by chunk exactly as a
 :class:`~worldsim.sampling.session.StreamingSession` does, and the loss reaches it through one denoising step per chunk.
 
-Per chunk: start from fresh noise, denoise at the sampler's timesteps (x0 from the flow, re-noised with fresh noise
-to the next timestep) up to the rollout's exit step, then write the chunk's clean x0 into the KV cache with a
-re-run at ``context_noise``. Only the exit step's forward carries gradient; the earlier steps and the re-run run
+Per chunk: :func:`~worldsim.sampling.denoise.denoise_chunk` (the code the streaming session runs) up to the
+rollout's exit step, then write the chunk into the KV cache with a re-run at ``context_noise``. Only the exit step's forward carries gradient; the earlier steps and the re-run run
 under no_grad, so the cache holds detached keys and a chunk's output depends on the student's parameters only
 through its own exit step (the paper's "stochastic gradient truncation", not the official code's leak through
 in-place cache writes, reference §5.3). The exit step reads the cache without writing it (``write=False``), so no
@@ -21,6 +20,7 @@ from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 
 from ..model.control import Controls
+from ..sampling.denoise import context_input, denoise_chunk
 from ..sampling.schedule import FlowMatchSchedule, SamplerConfig
 
 
@@ -83,18 +83,11 @@ def self_forcing_rollout(model: nn.Module, context: torch.Tensor | Sequence[torc
         ctrl = None if controls is None else controls.slice_frames(start, start + n)
         if per_chunk:
             cache.invalidate_text()
-        x = noise()  # [B, C, n, H, W]
-        for step, t in enumerate(timesteps[:exit_step + 1]):
-            exit_now = step == exit_step
-            with torch.set_grad_enabled(grad and exit_now):
-                x0 = schedule.x0_from_flow(run(x, t, start, ctx, ctrl, write=not exit_now), x, t)
-            if not exit_now:
-                x = schedule.add_noise(x0, noise(), timesteps[step + 1])
+        x0 = denoise_chunk(lambda x, t, exit_now: run(x, t, start, ctx, ctrl, write=not exit_now), noise, schedule,
+                           timesteps, exit_step=exit_step, grad=grad)
         chunks.append(x0)
         if start + n < num_frames:  # write the clean chunk into the cache for the chunks that follow
             with torch.no_grad():
-                clean = x0.detach()
-                if sampler.context_noise > 0:
-                    clean = schedule.add_noise(clean, noise(), sampler.context_noise)
-                run(clean, sampler.context_noise, start, ctx, ctrl, write=True)
+                run(context_input(x0, noise, schedule, sampler.context_noise), sampler.context_noise, start, ctx,
+                    ctrl, write=True)
     return Rollout(torch.cat(chunks, dim=2), exit_step)
