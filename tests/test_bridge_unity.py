@@ -1,5 +1,6 @@
 """The Unity client's engine-free core (bridge/unity/Runtime/Core), compiled with Mono's mcs: golden msgpack bytes,
-and a whole session through the WebSocket gateway of an in-process daemon (tests/csharp/ConsoleTest.cs)."""
+a whole session through the WebSocket gateway of an in-process daemon, and CaptureWriter's engine captures imported
+by `worldsim dataset import` (tests/csharp/ConsoleTest.cs)."""
 
 from __future__ import annotations
 
@@ -20,7 +21,9 @@ import pytest
 from PIL import Image
 
 from serve_helpers import wait_for
+from worldsim.cli import main
 from worldsim.client import Client
+from worldsim.dataset import load_dataset
 from worldsim.serve.protocol import PROTOCOL_VERSION
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -175,3 +178,78 @@ def test_live_session_through_the_gateway(console, backend, make_daemon, make_ga
         frame = c.frame(30)
         assert frame is not None and frame.session == s and frame.index == 0
         assert bytes(frame.payload) == first
+
+
+COURTYARD, CELLAR = "a castle courtyard", 'a "dark" cellar \u2014 na\u00efve'
+CAPTURE_ENGINE = 'unity-console-test "Mono" C:\\games \u00fc'
+
+
+def pattern(episode: int, frame: int, channels: int = 3) -> np.ndarray:
+    """The 24x16 test image ConsoleTest.cs writes as a PNG: (x*17 + y*29 + frame*41 + episode*67 + channel*85) mod
+    256."""
+    y, x, c = np.indices((16, 24, channels))
+    return ((x * 17 + y * 29 + frame * 41 + episode * 67 + c * 85) % 256).astype(np.uint8)
+
+
+def test_capture_writer_output_imports_as_episodes(console, tmp_path, capsys):
+    """CaptureWriter (run under Mono as a game would call it) writes a capture that `worldsim dataset import` turns
+    into the frames, controls, gaps and prompts the game gave it; bad calls are refused with the problem named."""
+    jpegs = []
+    for i in range(2):  # JPEG frames come from these files; the writer files their bytes as they are
+        jpegs.append(tmp_path / f"in_{i}.jpg")
+        pixels = np.random.default_rng(i).integers(0, 256, (16, 24, 3), dtype=np.uint8)
+        Image.fromarray(pixels).save(jpegs[-1], quality=90)
+    cap = tmp_path / "capture"
+    out = subprocess.run([*console, "capture", str(cap), "--jpegs", ",".join(map(str, jpegs))],
+                         capture_output=True, text=True, timeout=60)
+    lines = [json.loads(line) for line in out.stdout.splitlines()]
+    failed = [line for line in lines if not line["ok"]]
+    assert out.returncode == 0 and not failed and lines[-1]["check"] == "capture_done", f"{failed}\n{out.stderr}"
+    assert [line["name"] for line in lines if line["check"] == "capture_refused"] == [
+        "episode before begin", "fps NaN", "negative embedding width", "frame before an episode", "keys width",
+        "NaN axis", "infinite embedding", "frame size", "PNG bytes as jpg", "embedding without keys and axes",
+        "unknown extension", "missing embedding", "JPEG bytes as png", "episode after dispose",
+        "another frames_per_latent", "another fps", "another schema"]
+    assert [line["lines"] for line in lines if line["check"] == "capture_flushed"] == [1, 3]  # read while open
+
+    # On disk: the first writer's capture.json, only the frames written, lines as the layout says.
+    assert json.loads((cap / "capture.json").read_text()) == {
+        "format": "worldsim-capture", "version": 1, "fps": 16, "engine": CAPTURE_ENGINE,
+        "control": {"keys": ["W", "A", "S", "D"], "axes": ["mouse_dx", "mouse_dy"], "embedding_dim": 3,
+                    "frames_per_latent": 4}}
+    assert sorted(p.name for p in cap.iterdir()) == ["capture.json", "episode_000000", "episode_000001",
+                                                     "episode_000002"]
+    assert sorted(p.name for p in (cap / "episode_000000").iterdir()) == [
+        "000000.png", "000001.png", "000011.png", "000012.png", "000013.png", "frames.jsonl"]
+    rows = [json.loads(line) for line in (cap / "episode_000000" / "frames.jsonl").read_text().splitlines()]
+    assert rows[0] == {"image": "000000.png", "prompt": COURTYARD}  # the first frame's row is left out
+    assert rows[1] == {"image": "000001.png", "keys": [1, 0, 0, 1], "axes": [0.1, -0.03],  # no repeated prompt
+                       "embedding": [0.25, -1e-07, 3e09]}
+    assert rows[2]["index"] == 11 and rows[3] == {"image": "000012.png"}
+
+    assert main(["dataset", "import", str(cap), str(tmp_path / "data"), "--quiet"]) == 0
+    e0, e1, e2 = load_dataset(tmp_path / "data")
+    assert [e.meta["capture"] for e in (e0, e1, e2)] == ["episode_000000", "episode_000001", "episode_000002"]
+    assert {e.meta["engine"] for e in (e0, e1, e2)} == {CAPTURE_ENGINE}  # the appending writer kept capture.json
+
+    assert np.array_equal(e0.frames, np.stack([pattern(0, i) for i in (0, 1, 11, 12, 13)]))
+    assert e0.frame_index.tolist() == [0, 1, 11, 12, 13]  # a skipped step and seven refused calls are the gap
+    assert e0.control_present.tolist() == [False, True, True, False, True]
+    assert e0.keys.tolist() == [[0, 0, 0, 0], [1, 0, 0, 1], [0, 1, 0, 0], [0, 0, 0, 0], [0, 0, 1, 0]]
+    f32 = lambda *v: np.array(v, np.float32)  # noqa: E731
+    assert np.array_equal(e0.axes, np.stack([f32(0, 0), f32(0.1, -0.03), f32(0, 0), f32(0, 0), f32(1, -1)]))
+    assert np.array_equal(e0.embedding[1], f32(0.25, -1e-7, 3e9)) and e0.embedding[4].tolist() == [1, 1, 1]
+    assert [(p["from_frame"], p["text"]) for p in e0.prompts] == [(0, COURTYARD), (2, CELLAR), (4, COURTYARD)]
+
+    with Image.open(jpegs[0]) as a, Image.open(jpegs[1]) as b:
+        decoded = [np.asarray(a.convert("RGB")), np.asarray(b.convert("RGB"))]
+    assert np.array_equal(e1.frames, np.stack([decoded[0], pattern(1, 1, 4)[..., :3], decoded[1]]))  # alpha dropped
+    assert e1.frame_index.tolist() == [0, 1, 3] and e1.control_present.tolist() == [False, True, True]
+    assert e1.axes[1].tolist() == [0.25, 0.75] and e1.embedding[2].tolist() == [-1, -2, -3]
+
+    assert np.array_equal(e2.frames, np.stack([pattern(2, 0), pattern(2, 1)]))
+    assert e2.prompts[0]["text"] == "a harbour" and e2.keys[1].tolist() == [0, 0, 0, 1]
+    capsys.readouterr()
+    assert main(["dataset", "info", str(tmp_path / "data")]) == 0
+    info = capsys.readouterr().out
+    assert "24x16 at 16 fps" in info and "3 episode(s), 10 frames" in info and CELLAR in info

@@ -5,6 +5,8 @@
 //   mono ConsoleTest.exe live ws://127.0.0.1:PORT/ --token T --prompt P --seed N --keys 1,0,.. --axes .. --embedding ..
 //                        --frames N --dump DIR
 //       a whole session through the gateway (see Live below), then waits for the daemon to shut down
+//   mono ConsoleTest.exe capture DIR --jpegs A.jpg,B.jpg
+//       writes an engine capture into DIR with CaptureWriter as a game would (see Capture below)
 //
 // Prints one JSON line per check: {"check": NAME, "ok": true|false, ...}; exits 1 if any check failed.
 using System;
@@ -13,6 +15,7 @@ using System.Collections.Generic;
 using System.Globalization;
 using System.IO;
 using System.Text;
+using System.Threading;
 using System.Threading.Tasks;
 using Worldsim;
 
@@ -26,10 +29,11 @@ static class ConsoleTest
         {
             if (args.Length == 2 && args[0] == "golden") Golden(args[1]);
             else if (args.Length >= 2 && args[0] == "live") Live(args).GetAwaiter().GetResult();
+            else if (args.Length >= 2 && args[0] == "capture") Capture(args);
             else
             {
                 Console.Error.WriteLine("usage: ConsoleTest.exe golden MESSAGES.json | " +
-                                        "live WS_URL [--option value ...]");
+                                        "live WS_URL [--option value ...] | capture DIR --jpegs A.jpg,B.jpg");
                 return 2;
             }
         }
@@ -492,6 +496,224 @@ static class ConsoleTest
                "reason", d.ShutdownReason, "error", d.Fault == null ? null : d.Fault.Message);
         d.Dispose();
         Report("done", true);
+    }
+
+    // ---- capture writer ---------------------------------------------------------------------------------------------
+
+    static readonly string[] CaptureKeys = { "W", "A", "S", "D" }, CaptureAxes = { "mouse_dx", "mouse_dy" };
+    const int CaptureWidth = 24, CaptureHeight = 16, CaptureEmbedding = 3;
+    const string CaptureEngine = "unity-console-test \"Mono\" C:\\games \u00fc";
+    const string Courtyard = "a castle courtyard", Cellar = "a \"dark\" cellar \u2014 na\u00efve";
+
+    /// <summary>Writes a capture into dir as a game would; tests/test_bridge_unity.py imports it and checks every
+    /// frame. Episode 0: PNG frames made here, a row on the first frame (dropped), a skipped step, refused calls
+    /// (each a gap), prompt changes, a frame without control. Episode 1: the given JPEG files and an RGBA PNG.
+    /// Episode 2 captures nothing (no folder left). A second writer appends an episode; other schemas and fps are
+    /// refused. Runs in a culture whose decimal separator is a comma, which must not reach the JSON.</summary>
+    static void Capture(string[] args)
+    {
+        string dir = args[1];
+        byte[][] jpegs = Array.ConvertAll(Options(args)["jpegs"].Split(','), File.ReadAllBytes);
+        Thread.CurrentThread.CurrentCulture = new CultureInfo("de-DE");
+        Report("capture_culture", (0.5f).ToString() == "0,5");
+
+        var w = new CaptureWriter();
+        CaptureRefused<InvalidOperationException>("episode before begin", w.StartEpisode, "call Begin()");
+        CaptureRefused<ArgumentException>("fps NaN", () => w.Begin(dir, CaptureKeys, CaptureAxes, 3, 4, double.NaN,
+                                                                   CaptureEngine), "fps must be a positive");
+        CaptureRefused<ArgumentException>("negative embedding width",
+                                          () => w.Begin(dir, CaptureKeys, CaptureAxes, -1, 4, 16, CaptureEngine),
+                                          "embeddingDim must be 0 or more");
+        Report("capture_nothing_yet", !Directory.Exists(dir));
+        w.Begin(dir, CaptureKeys, CaptureAxes, CaptureEmbedding, 4, 16, CaptureEngine);
+        CaptureRefused<InvalidOperationException>("frame before an episode",
+                                                  () => w.AddFrame(Png(0, 0, 3), "png", null, null), "StartEpisode()");
+        w.StartEpisode();
+        string first = w.EpisodePath;
+        Report("capture_episode", Path.GetFileName(first) == "episode_000000", "path", first);
+        w.AddFrame(Png(0, 0, 3), "png", F(1, 0, 0, 0), F(0.5f, -0.5f), F(1, 2, 3), Courtyard);  // step 0
+        Report("capture_flushed", LinesOnDisk(first) == 1, "lines", LinesOnDisk(first));
+        w.AddFrame(Png(0, 1, 3), "png", F(1, 0, 0, 1), F(0.1f, -0.03f), F(0.25f, -1e-7f, 3e9f), Courtyard);
+        w.SkipFrame();  // step 2
+        CaptureRefused<ArgumentException>("keys width", () => w.AddFrame(Png(0, 3, 3), "png", F(1, 0, 0), F(0, 0),
+                                          F(0, 0, 0)), "frame 3: keys has 3 values, the control schema has 4");
+        CaptureRefused<ArgumentException>("NaN axis", () => w.AddFrame(Png(0, 4, 3), "png", F(0, 0, 0, 0),
+                                          F(0, float.NaN), F(0, 0, 0)), "frame 4: axes[1] is NaN");
+        CaptureRefused<ArgumentException>("infinite embedding", () => w.AddFrame(Png(0, 5, 3), "png", F(0, 0, 0, 0),
+                                          F(0, 0), F(float.PositiveInfinity, 0, 0)), "frame 5: embedding[0] is");
+        CaptureRefused<ArgumentException>("frame size", () => w.AddFrame(Png(0, 6, 3, 12, 8), "png", null, null),
+                                          "frame 6 is 12x8, the episode's frames are 24x16");
+        CaptureRefused<ArgumentException>("PNG bytes as jpg", () => w.AddFrame(Png(0, 7, 3), "jpg", null, null),
+                                          "frame 7: the bytes are not a JPEG");
+        CaptureRefused<ArgumentException>("embedding without keys and axes", () => w.AddFrame(Png(0, 8, 3), "png",
+                                          null, null, F(1, 2, 3)), "frame 8: keys is null");
+        CaptureRefused<ArgumentException>("unknown extension", () => w.AddFrame(Png(0, 9, 3), "bmp", null, null),
+                                          "frame 9: extension must be \"png\" or \"jpg\", got \"bmp\"");
+        CaptureRefused<ArgumentException>("missing embedding", () => w.AddFrame(Png(0, 10, 3), "png", F(0, 0, 0, 0),
+                                          F(0, 0)), "frame 10: embedding has 0 values, the control schema has 3");
+        w.AddFrame(Png(0, 11, 3), "png", F(0, 1, 0, 0), F(0, 0), F(0, 0, 0), Cellar);
+        Report("capture_flushed", LinesOnDisk(first) == 3, "lines", LinesOnDisk(first));
+        w.AddFrame(Png(0, 12, 3), "png", null, null);  // no control led into it
+        w.AddFrame(Png(0, 13, 3), "png", F(0, 0, 1, 0), F(1, -1), F(1, 1, 1), Courtyard);
+        Report("capture_episode_frames", w.EpisodeFrames == 5, "frames", w.EpisodeFrames);
+
+        w.StartEpisode();  // ends episode 0
+        Report("capture_episode", Path.GetFileName(w.EpisodePath) == "episode_000001", "path", w.EpisodePath);
+        w.AddFrame(jpegs[0], "jpg", null, null);
+        w.AddFrame(Png(1, 1, 4), "png", F(1, 1, 1, 1), F(0.25f, 0.75f), F(0, 0, 0));
+        CaptureRefused<ArgumentException>("JPEG bytes as png", () => w.AddFrame(jpegs[1], "png", null, null),
+                                          "frame 2: the bytes are not a PNG");
+        w.AddFrame(jpegs[1], "jpg", F(0, 0, 0, 0), F(0, 0), F(-1, -2, -3));
+        w.EndEpisode();
+        w.StartEpisode();
+        string empty = w.EpisodePath;
+        w.EndEpisode();
+        Report("capture_empty_episode", Path.GetFileName(empty) == "episode_000002" && !Directory.Exists(empty));
+        w.Dispose();
+        CaptureRefused<InvalidOperationException>("episode after dispose", w.StartEpisode, "call Begin()");
+
+        var again = new CaptureWriter();  // the same schema and fps: further episodes, capture.json kept
+        again.Begin(dir, CaptureKeys, CaptureAxes, CaptureEmbedding, 4, 16, "another engine");
+        again.StartEpisode();
+        Report("capture_appended", Path.GetFileName(again.EpisodePath) == "episode_000002", "path", again.EpisodePath);
+        again.AddFrame(Png(2, 0, 3), "png", null, null, null, "a harbour");
+        again.AddFrame(Png(2, 1, 3), "png", F(0, 0, 0, 1), F(-0.5f, 0.5f), F(0.5f, 0.5f, 0.5f));
+        again.Dispose();
+
+        var fromWelcome = new CaptureWriter();  // a welcome of the same schema at 16 fps is the same capture
+        fromWelcome.Begin(dir, CaptureWelcome(4), "x");
+        Report("capture_welcome", fromWelcome.CapturePath == dir);
+        fromWelcome.Dispose();
+        CaptureRefused<IOException>("another frames_per_latent",
+                                    () => new CaptureWriter().Begin(dir, CaptureWelcome(2), "x"),
+                                    "holds another capture");
+        CaptureRefused<IOException>("another fps", () => new CaptureWriter().Begin(dir, CaptureKeys, CaptureAxes, 3, 4,
+                                    30, CaptureEngine), "holds another capture");
+        CaptureRefused<IOException>("another schema", () => new CaptureWriter().Begin(dir, new[] { "W", "A", "S" },
+                                    CaptureAxes, 3, 4, 16, CaptureEngine), "use another folder");
+        Report("capture_done", true);
+    }
+
+    static float[] F(params float[] values)
+    {
+        return values;
+    }
+
+    static void CaptureRefused<T>(string name, Action call, string mentions) where T : Exception
+    {
+        try
+        {
+            call();
+            Report("capture_refused", false, "name", name, "error", "accepted");
+        }
+        catch (T e)
+        {
+            Report("capture_refused", e.Message.Contains(mentions), "name", name, "error", e.Message);
+        }
+    }
+
+    /// <summary>Lines of the episode's frames.jsonl on disk, read while the writer still has it open.</summary>
+    static int LinesOnDisk(string episode)
+    {
+        using (var f = new FileStream(Path.Combine(episode, CaptureWriter.LinesFile), FileMode.Open, FileAccess.Read,
+                                      FileShare.ReadWrite))
+        using (var r = new StreamReader(f))
+            return r.ReadToEnd().Split('\n').Length - 1;
+    }
+
+    static Welcome CaptureWelcome(long framesPerLatent)
+    {
+        Func<string[], List<object>> names = a => new List<object>(a);
+        return new Welcome(new Dictionary<string, object>
+        {
+            { "protocol", "1.1.0" },
+            { "video", new Dictionary<string, object> { { "width", 24L }, { "height", 16L }, { "fps", 16.0 } } },
+            { "control", new Dictionary<string, object> {
+                { "keys", names(CaptureKeys) }, { "axes", names(CaptureAxes) },
+                { "embedding_dim", (long)CaptureEmbedding }, { "frames_per_latent", framesPerLatent } } },
+            { "formats", new List<object> { "jpeg" } },
+            { "limits", new Dictionary<string, object> {
+                { "heartbeat_s", 5.0 }, { "idle_timeout_s", 30.0 }, { "max_samples", 4L },
+                { "max_message_bytes", 1L << 20 }, { "max_prompt_chars", 1000L } } },
+        });
+    }
+
+    /// <summary>The test pattern (x*17 + y*29 + frame*41 + episode*67 + channel*85) mod 256 as a PNG (RGB, or RGBA
+    /// with 4 channels), written without a compressor: zlib "stored" blocks with the adler32 and crc32 the formats
+    /// require.</summary>
+    static byte[] Png(int episode, int frame, int channels, int width = CaptureWidth, int height = CaptureHeight)
+    {
+        var raw = new MemoryStream();
+        for (int y = 0; y < height; y++)
+        {
+            raw.WriteByte(0);  // row filter: none
+            for (int x = 0; x < width; x++)
+                for (int c = 0; c < channels; c++)
+                    raw.WriteByte((byte)(x * 17 + y * 29 + frame * 41 + episode * 67 + c * 85));
+        }
+        byte[] data = raw.ToArray();
+        var zlib = new MemoryStream();
+        zlib.WriteByte(0x78);  // deflate, 32 KiB window; with the next byte a multiple of 31
+        zlib.WriteByte(0x01);
+        for (int at = 0; at < data.Length; at += 65535)
+        {
+            int n = Math.Min(65535, data.Length - at);
+            zlib.WriteByte((byte)(at + n == data.Length ? 1 : 0));  // final block?, type 0 (stored)
+            zlib.WriteByte((byte)n);
+            zlib.WriteByte((byte)(n >> 8));
+            zlib.WriteByte((byte)~n);
+            zlib.WriteByte((byte)(~n >> 8));
+            zlib.Write(data, at, n);
+        }
+        BigEndian(zlib, Adler32(data));
+
+        var header = new MemoryStream();
+        BigEndian(header, (uint)width);
+        BigEndian(header, (uint)height);
+        header.Write(new byte[] { 8, (byte)(channels == 4 ? 6 : 2), 0, 0, 0 }, 0, 5);  // 8 bits, RGB(A), no interlace
+        var png = new MemoryStream();
+        png.Write(new byte[] { 0x89, 0x50, 0x4e, 0x47, 0x0d, 0x0a, 0x1a, 0x0a }, 0, 8);
+        Chunk(png, "IHDR", header.ToArray());
+        Chunk(png, "IDAT", zlib.ToArray());
+        Chunk(png, "IEND", new byte[0]);
+        return png.ToArray();
+    }
+
+    static void Chunk(Stream png, string type, byte[] data)
+    {
+        byte[] typed = new byte[4 + data.Length];
+        Encoding.ASCII.GetBytes(type, 0, 4, typed, 0);
+        Buffer.BlockCopy(data, 0, typed, 4, data.Length);
+        BigEndian(png, (uint)data.Length);
+        png.Write(typed, 0, typed.Length);
+        BigEndian(png, Crc32(typed));
+    }
+
+    static void BigEndian(Stream s, uint v)
+    {
+        s.Write(new[] { (byte)(v >> 24), (byte)(v >> 16), (byte)(v >> 8), (byte)v }, 0, 4);
+    }
+
+    static uint Adler32(byte[] data)
+    {
+        uint a = 1, b = 0;
+        foreach (byte x in data)
+        {
+            a = (a + x) % 65521;
+            b = (b + a) % 65521;
+        }
+        return b << 16 | a;
+    }
+
+    static uint Crc32(byte[] data)
+    {
+        uint crc = 0xffffffff;
+        foreach (byte x in data)
+        {
+            crc ^= x;
+            for (int k = 0; k < 8; k++) crc = (crc & 1) != 0 ? 0xedb88320 ^ (crc >> 1) : crc >> 1;
+        }
+        return ~crc;
     }
 }
 
