@@ -13,6 +13,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -25,7 +26,9 @@ from ..codecs.base import StreamingDecoder
 from ..codecs.preview import PreviewDecoder
 from ..model.config import ControlConfig, load_preset
 from ..model.dit import CausalWanDiT
+from ..model_package import PackageError, is_package, read_package
 from ..pipeline.runtime import resolve_device, resolve_dtype
+from ..sampling.schedule import SamplerConfig
 from ..text.hashing import HashingPromptEmbedder, PromptEmbedder
 from .protocol import ControlSchema
 
@@ -51,9 +54,9 @@ class BackendOptions:
     keys: tuple[str, ...] = DEFAULT_KEYS  # control schema of a preset's (untrained) control module
     axes: tuple[str, ...] = DEFAULT_AXES
     embedding_dim: int = 0
-    fps: float = 16.0
-    sink_frames: int = 3
-    window_frames: int = 12
+    fps: float | None = None  # default: the package's, else 16
+    sink_frames: int | None = None  # KV cache, latent frames; default: the package's, else 3
+    window_frames: int | None = None  # default: the package's, else 12
     chunk_latents: int | None = None  # latent frames per chunk (default: the model's training chunk size)
     seed: int = 0  # random weights of a preset
     # a Wan2.1 folder (model=DIR) only:
@@ -83,6 +86,7 @@ class Backend:
     schema: ControlSchema  # the controls sessions accept (empty when the model has no control module)
     decoder_name: str = "preview"
     text_encoder_name: str = "hashing"
+    sampler: SamplerConfig | None = None  # None: the default few-step sampler
     source: dict = field(default_factory=dict)  # where the weights came from (folder, layout, checkpoint)
 
     @property
@@ -155,9 +159,20 @@ def _checked_chunk(opts: BackendOptions, cfg) -> int:
     return chunk
 
 
+def _with_defaults(opts: BackendOptions, fps: float = 16.0, sink_frames: int = 3,
+                   window_frames: int = 12) -> BackendOptions:
+    """Options with stream settings the user left unset filled in (from a package, else the daemon's defaults)."""
+    return dataclasses.replace(opts, fps=fps if opts.fps is None else opts.fps,
+                               sink_frames=sink_frames if opts.sink_frames is None else opts.sink_frames,
+                               window_frames=window_frames if opts.window_frames is None else opts.window_frames)
+
+
 def build_backend(opts: BackendOptions) -> Backend:
     device = resolve_device(opts.device)
     dtype = resolve_dtype(opts.dtype, device, cpu_half=True)
+    if opts.model and is_package(opts.model):
+        return _package_backend(opts, device, dtype)
+    opts = _with_defaults(opts)
     if opts.model and Path(opts.model).is_dir():
         return _folder_backend(opts, device, dtype)
     if opts.checkpoint or opts.taehv or opts.decoder in ("wan", "taehv"):
@@ -235,6 +250,79 @@ def _folder_backend(opts: BackendOptions, device: torch.device, dtype: torch.dty
                    fps=opts.fps, sink_frames=opts.sink_frames, window_frames=opts.window_frames, chunk_latents=chunk,
                    make_decoder=make_decoder, embed_prompt=text, encode_start=encode_start if vae else None,
                    schema=_schema(cfg, stride), decoder_name=kind, text_encoder_name="umt5", source=source)
+
+
+def _package_backend(opts: BackendOptions, device: torch.device, dtype: torch.dtype) -> Backend:
+    """A worldsim model package (worldsim/model_package.py): its DiT, codec, text encoder, sampler and cache
+    defaults. Every mismatch between the manifest and the weights is named before serving."""
+    from ..checkpoints import load_model
+    from ..codecs.toy_codec import ToyCodec
+    from ..codecs.wan_vae import WanVAEDecoder, load_wan_vae
+
+    pkg = read_package(opts.model)
+    where = str(pkg.root / "worldsim-model.json")
+    if opts.checkpoint or opts.taehv or opts.decoder not in ("auto",) or opts.config:
+        raise ValueError("a model package names its own weights, codec and text encoder: --checkpoint, --taehv, "
+                         "--decoder and --config do not apply")
+    geo, cache = pkg.geometry, pkg.cache
+    opts = _with_defaults(opts, fps=float(geo["fps"]), sink_frames=cache.get("sink_frames", 3),
+                          window_frames=cache.get("window_frames", 12))
+    model = load_model(pkg.dit, dtype=dtype, device=device)
+    cfg = model.cfg
+    text = pkg.text_encoder
+    if text["kind"] == "hashing":
+        if (text["text_len"], text["text_dim"]) != (cfg.text_len, cfg.text_dim):
+            raise PackageError(f"{where}: text_encoder is {text['text_len']} x {text['text_dim']} but the DiT "
+                               f"({pkg.dit.name}) takes {cfg.text_len} x {cfg.text_dim}")
+        embed = HashingPromptEmbedder(cfg.text_len, cfg.text_dim)
+    else:
+        from ..text.umt5 import UMT5TextEncoder, load_tokenizer, load_umt5_encoder
+        from ..pipeline.runtime import text_encoder_dtype
+
+        embed = UMT5TextEncoder(load_umt5_encoder(pkg.file(text["path"]), dtype=text_encoder_dtype(device),
+                                                  device="cpu" if opts.offload_text_encoder else device),
+                                load_tokenizer(pkg.file(text["tokenizer"])), text_len=cfg.text_len, device=device,
+                                offload=opts.offload_text_encoder)
+    kind, spatial, temporal = pkg.codec["kind"], geo["spatial_stride"], geo["temporal_stride"]
+    if geo["latent_shape"][0] != cfg.in_dim:
+        raise PackageError(f"{where}: geometry latent_shape has {geo['latent_shape'][0]} channels but the DiT "
+                           f"({pkg.dit.name}) takes {cfg.in_dim}")
+    if cfg.control is not None and cfg.control.frames_per_latent != temporal:
+        raise PackageError(f"{where}: geometry temporal_stride {temporal} but the DiT's controls have "
+                           f"{cfg.control.frames_per_latent} frames per latent")
+    if kind == "toy":
+        codec = ToyCodec.load(pkg.file(pkg.codec["path"]), device=device).to(dtype)
+        facts = (codec.cfg.latent_channels, codec.spatial_stride, codec.temporal_stride)
+    elif kind == "wan_vae":
+        codec = WanVAEDecoder(load_wan_vae(pkg.file(pkg.codec["path"]), dtype=dtype, device=device))
+        facts = (codec.latent_channels, codec.spatial_stride, codec.temporal_stride)
+    else:
+        codec, facts = None, (cfg.in_dim, SPATIAL_STRIDE, temporal)
+    if facts != (cfg.in_dim, spatial, temporal):
+        raise PackageError(f"{where}: the {kind} codec has {facts[0]} latent channels, spatial stride {facts[1]} and "
+                           f"temporal stride {facts[2]}; the manifest and DiT say {cfg.in_dim}, {spatial}, {temporal}")
+    height, width, latent_shape = _video_size(dataclasses.replace(opts, height=opts.height or geo["height"],
+                                                                  width=opts.width or geo["width"]), cfg, spatial)
+    chunk = _checked_chunk(opts, cfg)
+    if kind == "toy":
+        make_decoder = lambda: codec  # noqa: E731 - per-frame: no state between chunks, one module serves all
+    elif kind == "wan_vae":
+        make_decoder = lambda: WanVAEDecoder(codec.vae)  # noqa: E731 - own causal cache per session
+    else:
+        make_decoder = lambda: PreviewDecoder(cfg.in_dim, temporal_stride=temporal, spatial_stride=spatial)  # noqa: E731
+
+    def encode_start(image: np.ndarray) -> torch.Tensor:
+        frames = torch.from_numpy(np.array(image, np.float32) / 255).permute(2, 0, 1)[None, None]  # [1, 1, 3, H, W]
+        return codec.encode(frames.to(device, dtype)).float()  # [1, C, 1, h, w]
+
+    prov = pkg.provenance
+    return Backend(model=model, name=prov.get("name") or pkg.root.name, untrained=bool(prov.get("untrained", False)),
+                   latent_shape=latent_shape, video_shape=(height, width), fps=opts.fps, sink_frames=opts.sink_frames,
+                   window_frames=opts.window_frames, chunk_latents=chunk, make_decoder=make_decoder,
+                   embed_prompt=embed, encode_start=encode_start if codec is not None else
+                   preview_encoder(make_decoder(), latent_shape), schema=_schema(cfg, temporal), decoder_name=kind,
+                   text_encoder_name=text["kind"], sampler=pkg.sampler(),
+                   source={"package": str(pkg.root), "provenance": prov})
 
 
 def describe(backend: Backend) -> dict:

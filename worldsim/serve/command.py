@@ -29,17 +29,18 @@ def add_serve_arguments(p: argparse.ArgumentParser) -> None:
     m = p.add_argument_group("model")
     m.add_argument("--preset", default="small", help="model preset with random, untrained weights (default: small)")
     m.add_argument("--model", metavar="PATH",
-                   help="serve this instead of a preset: a Wan2.1 model folder (official or diffusers layout; with "
-                        "--checkpoint for Self-Forcing weights; UMT5 prompts, Wan VAE or TAEHV frames), or one "
-                        "checkpoint file (worldsim .safetensors, Self-Forcing .pt with --config; hashing prompts, "
-                        "preview frames)")
+                   help="serve this instead of a preset: a worldsim model package (a folder with "
+                        "worldsim-model.json, e.g. OUT/final of `worldsim train self-forcing`), a Wan2.1 model folder "
+                        "(official or diffusers layout; with --checkpoint for Self-Forcing weights; UMT5 prompts, Wan "
+                        "VAE or TAEHV frames), or one checkpoint file (worldsim .safetensors, Self-Forcing .pt with "
+                        "--config; hashing prompts, preview frames)")
     m.add_argument("--config", help="architecture for a checkpoint file that stores none (preset name or Wan folder)")
     add_model_folder_arguments(m, decoder_default=None)
     m.add_argument("--height", type=int, help="video height in pixels (default 128; 480 for Wan2.1-sized models)")
     m.add_argument("--width", type=int, help="video width in pixels (default 128; 832 for Wan2.1-sized models)")
-    m.add_argument("--fps", type=float, default=16.0, help="frame rate sessions are paced at (default 16)")
-    m.add_argument("--sink", type=int, default=3, help="KV-cache sink, latent frames (default 3)")
-    m.add_argument("--window", type=int, default=12, help="KV-cache rolling window, latent frames (default 12)")
+    m.add_argument("--fps", type=float, help="frame rate sessions are paced at (default: a package's, else 16)")
+    m.add_argument("--sink", type=int, help="KV-cache sink, latent frames (default: a package's, else 3)")
+    m.add_argument("--window", type=int, help="KV-cache rolling window, latent frames (default: a package's, else 12)")
     m.add_argument("--chunk-latents", type=int, metavar="N",
                    help="latent frames per chunk (default: the model's, 3 for Wan2.1 Self-Forcing); 1 or 2 cut "
                         "control-to-photon latency at some cost in quality")

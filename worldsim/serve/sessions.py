@@ -68,7 +68,7 @@ class ServeSession:
         self.epoch = epoch
         self.stream = StreamingSession(b.model, self.prompt_embed, latent_shape=b.latent_shape,
                                        seed=self.spec.seed, sink_frames=b.sink_frames, window_frames=b.window_frames,
-                                       chunk_frames=b.chunk_latents)
+                                       chunk_frames=b.chunk_latents, sampler=b.sampler)
         self.decoder = b.make_decoder()
         self.chunk = 0
         self.frames_out = 0

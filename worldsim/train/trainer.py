@@ -287,21 +287,57 @@ class Trainer:
             if self.step % cfg.ckpt_every == 0 or self.step == total:
                 self.save_checkpoint()
         bar.close()
-        self.export()
+        self.export(last)
         if self.tb:
             self.tb.close()
         return RunResult(self.out, self.step, last)
 
-    def export(self) -> None:
-        """Write each trained model (EMA weights where kept) to ``OUT/final/<name>`` in its serving format."""
+    def export(self, metrics: dict[str, float] | None = None) -> None:
+        """Write each trained model (EMA weights where kept) to ``OUT/final/<name>`` in its serving format; a stage
+        that trains a servable student (``package_model``) also makes ``OUT/final`` a model package."""
         acc, st = self.acc, self.stage
         states = {n: self.ema.state_dict(st.unwrap(n)) if self.ema and n == st.ema_model else acc.get_state_dict(m)
                   for n, m in st.models.items()}
         if acc.is_main_process:
+            written = {}
             for name, state in states.items():
-                path = st.export(name, state, self.out / "final" / name)
+                written[name] = path = st.export(name, state, self.out / "final" / name)
                 log.info("wrote %s", path)
+            if st.package_model is not None:
+                log.info("wrote %s", self.write_package(written[st.package_model], metrics or {}))
         acc.wait_for_everyone()
+
+    def write_package(self, dit: Path, metrics: dict[str, float]) -> Path:
+        """``OUT/final/worldsim-model.json`` (worldsim/model_package.py): the student with the data's codec and
+        text encoder, the stage's sampler, and cache defaults spanning what a training clip attended to."""
+        import dataclasses as dc
+
+        from ..codecs.toy_codec import ToyCodec
+        from ..model_package import write_package
+
+        cfg, info, st = self.cfg, self.data.info, self.stage
+        codec, model_cfg = info.codec, st.unwrap(st.package_model).cfg
+        if isinstance(codec, ToyCodec):
+            codec_entry = {"kind": "toy", "path": str(Path(cfg.data.codec).resolve())}
+        else:
+            codec_entry = {"kind": "wan_vae", "path": str(Path(cfg.data.codec).resolve())}
+        if cfg.data.text_encoder is None:
+            text = {"kind": "hashing", "text_len": model_cfg.text_len, "text_dim": model_cfg.text_dim}
+        else:
+            enc = Path(cfg.data.text_encoder).resolve()
+            tok = Path(cfg.data.tokenizer).resolve() if cfg.data.tokenizer else (
+                enc.parent / "tokenizer" if enc.is_dir() else enc.parent / "google" / "umt5-xxl")
+            text = {"kind": "umt5", "path": str(enc), "tokenizer": str(tok)}
+        c, h, w = info.latent_shape
+        geometry = {"height": info.height, "width": info.width, "fps": info.fps, "latent_shape": [c, h, w],
+                    "spatial_stride": info.height // h, "temporal_stride": codec.temporal_stride}
+        sampler = {k: list(v) if isinstance(v, tuple) else v for k, v in dc.asdict(st.sampler).items()}
+        cache = {"sink_frames": 0, "window_frames": cfg.data.clip_chunks * model_cfg.chunk_frames}
+        provenance = {"name": f"{self.stage_name} ({self.out.name})", "stage": self.stage_name, "steps": self.step,
+                      "data": str(Path(cfg.data.path).resolve()), "recipe": dc.asdict(cfg), "metrics": metrics,
+                      "untrained": False}
+        return write_package(self.out / "final", dit=dit, codec=codec_entry, text_encoder=text, geometry=geometry,
+                             sampler=sampler, cache=cache, provenance=provenance)
 
 
 def train(stage: str, cfg: TrainConfig, *, resume: bool = False, init: str | Path | None = None) -> RunResult:

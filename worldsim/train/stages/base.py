@@ -72,6 +72,7 @@ class Stage:
     Options: ClassVar[type] = NoOptions  # dataclass of the recipe's ``stage:`` block
     data_kind: ClassVar[str] = "latents"  # "latents": LatentBatch (codec latents, text, controls); "frames": FrameBatch
     ema_model: ClassVar[str | None] = None  # name in ``models`` whose EMA the trainer keeps
+    package_model: ClassVar[str | None] = None  # name in ``models`` exported as a servable model package
 
     def __init__(self, ctx: StageContext):
         self.ctx = ctx

@@ -32,6 +32,7 @@ class DistillOptions:
 class DistillStage(Stage):
     Options = DistillOptions
     ema_model = "generator"
+    package_model = "generator"  # the few-step student: OUT/final is a model package (worldsim serve --model)
 
     def build_teacher_and_student(self) -> CausalWanDiT:
         """Load the frozen teacher; return the student, from ``--init``, ``student`` (e.g. ode-init's output) or the

@@ -1,0 +1,112 @@
+"""Model packages: `worldsim train` writes one for its student (micro recipes here), `worldsim serve --model PKG`
+serves it with the manifest's codec, text encoder, sampler and cache, and bad manifests are named."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from train_helpers import write_dataset
+
+from serve_helpers import make_daemon  # noqa: F401 - fixture
+from worldsim.checkpoints import load_model
+from worldsim.client import Client
+from worldsim.codecs.base import to_uint8
+from worldsim.codecs.toy_codec import ToyCodec
+from worldsim.model_package import MANIFEST, PackageError, read_package
+from worldsim.sampling.session import StreamingSession
+from worldsim.serve.backend import BackendOptions, build_backend
+from worldsim.text.hashing import HashingPromptEmbedder
+from worldsim.train.config import load_recipe
+from worldsim.train.trainer import train
+
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
+RECIPES = Path(__file__).resolve().parents[1] / "configs" / "train"
+PROMPT = "a quiet forest"
+
+
+@pytest.fixture(scope="module")
+def package(tmp_path_factory) -> Path:
+    """codec -> teacher -> ode-init student, each by its micro recipe; the student's final/ is the package."""
+    root = tmp_path_factory.mktemp("pkg")
+    write_dataset(root / "data")
+    codec = train("codec", load_recipe(RECIPES / "codec_micro.yaml", [f"data.path={root / 'data'}",
+                                                                     f"out={root / 'codec'}"])).out
+    shared = [f"data.path={root / 'data'}", f"data.codec={codec / 'final' / 'codec.safetensors'}"]
+    teacher = train("teacher", load_recipe(RECIPES / "teacher_micro.yaml", [*shared, f"out={root / 'teacher'}"])).out
+    student = train("ode-init", load_recipe(RECIPES / "ode_init_micro.yaml", [
+        *shared, f"out={root / 'student'}", f"stage.teacher={teacher / 'final' / 'teacher.safetensors'}"])).out
+    shutil.rmtree(codec)  # the package must not depend on the codec run's folder: it holds its own copy
+    return student / "final"
+
+
+def test_training_writes_a_self_contained_package(package):
+    pkg = read_package(package)
+    m = pkg.manifest
+    assert m["codec"] == {"kind": "toy", "path": "codec.safetensors"} and m["dit"] == "generator.safetensors"
+    assert m["text_encoder"]["kind"] == "hashing" and m["provenance"]["stage"] == "ode-init"
+    assert m["provenance"]["steps"] == 4 and m["cache"] == {"sink_frames": 0, "window_frames": 6}
+    assert m["geometry"]["temporal_stride"] == 1 and pkg.sampler().denoising_steps
+
+
+def reference(pkg_dir: Path, chunks: int, seed: int) -> np.ndarray:
+    """The package run in-process by hand: [T, H, W, 3] uint8."""
+    pkg = read_package(pkg_dir)
+    model = load_model(pkg.dit)
+    codec = ToyCodec.load(pkg.file(pkg.codec["path"]))
+    prompt = HashingPromptEmbedder(model.cfg.text_len, model.cfg.text_dim)(PROMPT)
+    session = StreamingSession(model, prompt, latent_shape=tuple(pkg.geometry["latent_shape"]), seed=seed,
+                               sink_frames=pkg.cache["sink_frames"], window_frames=pkg.cache["window_frames"],
+                               sampler=pkg.sampler())
+    return np.concatenate([to_uint8(codec.decode(session.step()))[0].numpy() for _ in range(chunks)])
+
+
+def test_daemon_serves_the_package_as_trained(package, make_daemon):
+    d = make_daemon(build_backend(BackendOptions(model=str(package))))
+    with Client(d.endpoint, timeout=60) as c:
+        model = c.welcome.model
+        assert model["untrained"] is False and model["decoder"] == "toy" and model["text_encoder"] == "hashing"
+        assert model["package"] == str(package) and model["window_frames"] == 6
+        assert c.welcome.video["fps"] == read_package(package).geometry["fps"]
+        s = c.open(PROMPT, seed=3, fps=0)
+        frames, deadline = [], time.monotonic() + 60
+        while len(frames) < 9 and time.monotonic() < deadline:
+            f = c.frame(1)
+            if f is not None and f.session == s:
+                frames.append(f.image)
+    assert np.array_equal(np.stack(frames), reference(package, chunks=3, seed=3))
+
+
+def broken(package: Path, tmp_path: Path, edit) -> Path:
+    copy = tmp_path / "pkg"
+    shutil.copytree(package, copy)
+    m = json.loads((copy / MANIFEST).read_text())
+    edit(m, copy)
+    (copy / MANIFEST).write_text(json.dumps(m))
+    return copy
+
+
+BAD = [
+    (lambda m, d: (d / "generator.safetensors").unlink(), r"'dit' names .*generator.safetensors, which does not exist"),
+    (lambda m, d: m.update(version=2), r"version 2 is not readable"),
+    (lambda m, d: m["codec"].update(kind="vqgan"), r"codec 'kind' 'vqgan' is not one of"),
+    (lambda m, d: m["codec"].update(path="gone.safetensors"), r"codec 'path' names .*gone.safetensors"),
+    (lambda m, d: m["text_encoder"].update(text_dim=7), r"text_encoder is \d+ x 7 but the DiT"),
+    (lambda m, d: m["geometry"]["latent_shape"].__setitem__(0, 9), r"latent_shape has 9 channels"),
+    (lambda m, d: m["geometry"].update(height=m["geometry"]["height"] + 1), r"latent_shape.* must give height"),
+    (lambda m, d: m["geometry"].update(spatial_stride=2, height=m["geometry"]["height"] // 2,
+                                       width=m["geometry"]["width"] // 2), r"the toy codec has .* spatial stride 4"),
+    (lambda m, d: m.update(sampler={"shift": 5, "steps": 3}), r"'sampler' is not a sampler config"),
+    (lambda m, d: m.pop("text_encoder"), r"'text_encoder' is missing"),
+]
+
+
+@pytest.mark.parametrize("edit, error", BAD)
+def test_bad_packages_are_named(package, tmp_path, edit, error):
+    with pytest.raises(PackageError, match=error):
+        build_backend(BackendOptions(model=str(broken(package, tmp_path, edit))))
