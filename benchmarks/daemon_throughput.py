@@ -240,11 +240,15 @@ def paced_clients(args: argparse.Namespace, endpoint: str, clients: int, fmt: st
     from worldsim.client import Client
     from worldsim.client.photon import PlayoutClock
 
-    cs = [Client(endpoint, name=f"bench{i}", timeout=120) for i in range(clients)]
+    cs, sids = [], []
     try:
+        for i in range(clients):  # an open waits for the chunk in progress: keep the others' heartbeats going
+            cs.append(Client(endpoint, name=f"bench{i}", timeout=120))
+            sids.append(cs[-1].open("a quiet forest", seed=i, fps=args.fps, format=fmt))
+            for c in cs:
+                c.frames_ready()
         keys = len(cs[0].welcome.control.keys)
         row = {"keys": [[1.0] + [0.0] * (keys - 1)]} if keys else None
-        sids = [c.open("a quiet forest", seed=i, fps=args.fps, format=fmt) for i, c in enumerate(cs)]
         clocks = [PlayoutClock(args.fps) for _ in cs]
         t_start = next_input = time.monotonic()
         measuring, counts, latencies, delivery = False, [0] * clients, [], []
