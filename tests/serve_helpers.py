@@ -4,6 +4,10 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import json
+import queue
+import subprocess
+import threading
 import time
 from pathlib import Path
 
@@ -179,3 +183,55 @@ def wait_for(predicate, timeout: float, step: float = 0.05) -> bool:
             return True
         time.sleep(step)
     return predicate()
+
+
+class JsonLines:
+    """A program that reports on stdout in JSON lines (an engine client's test program), read on a thread as they
+    arrive. ``until(name)`` returns the first line whose ``key`` is ``name`` that it has not returned before,
+    waiting for it with a deadline; a line ``failed`` says is a failure, or the end of the output, fails the test
+    with what was seen. ``proc.stdin`` is open for programs that wait for the test."""
+
+    def __init__(self, cmd: list[str], *, key: str, failed, cwd=None):
+        self.proc = subprocess.Popen(cmd, cwd=cwd, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                                     stderr=subprocess.PIPE, text=True)
+        self.key, self.failed = key, failed
+        self.seen: list[dict] = []
+        self._lines: queue.Queue = queue.Queue()
+        self._returned: set[int] = set()
+        threading.Thread(target=self._read, daemon=True).start()
+
+    def _read(self) -> None:
+        for line in self.proc.stdout:
+            self._lines.put(line)
+        self._lines.put(None)
+
+    def named(self, name: str) -> list[dict]:
+        return [m for m in self.seen if m[self.key] == name]
+
+    def until(self, name: str, timeout: float = 60) -> dict:
+        deadline = time.monotonic() + timeout
+        while True:
+            for i, m in enumerate(self.seen):
+                if m[self.key] == name and i not in self._returned:
+                    self._returned.add(i)
+                    return m
+            try:
+                line = self._lines.get(timeout=max(0.0, deadline - time.monotonic()))
+            except queue.Empty:
+                raise AssertionError(f"no {name!r} line within {timeout} s; got {[m[self.key] for m in self.seen]}") \
+                    from None
+            if line is None:
+                raise AssertionError(f"the program ended before {name!r}: {self.seen}\n{self.proc.stderr.read()}")
+            try:
+                msg = json.loads(line)
+            except json.JSONDecodeError:
+                raise AssertionError(f"the program printed a line that is not JSON: {line!r}") from None
+            self.seen.append(msg)
+            assert not self.failed(msg), msg
+
+    def kill(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.kill()
+        self.proc.wait(10)
+        for f in (self.proc.stdin, self.proc.stdout, self.proc.stderr):
+            f.close()

@@ -12,7 +12,7 @@ import time
 import numpy as np
 import pytest
 
-from serve_helpers import make_daemon, make_gateway, tiny_backend  # noqa: F401 - fixtures
+from serve_helpers import tiny_backend
 
 # Chromium as root in a closed network: no sandbox, and none of its background connections to Google's hosts.
 CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run", "--disable-background-networking",

@@ -2,20 +2,16 @@
 
 from __future__ import annotations
 
-import json
 import logging
 import os
-import queue
 import shutil
 import subprocess
 import sys
-import threading
-import time
 from pathlib import Path
 
 import pytest
 
-from serve_helpers import wait_for
+from serve_helpers import JsonLines, wait_for
 
 NODE_DIR = Path(__file__).resolve().parent.parent / "bridge" / "node"
 INSTALL = "Node.js >= 18 and npm (apt-get install nodejs npm)"
@@ -42,50 +38,16 @@ def node() -> str:
     return node
 
 
-class NodeScript:
-    """A node program's JSON lines as they arrive (a reader thread), with a deadline per line."""
+class NodeScript(JsonLines):
+    """test/live.js, reporting one JSON line per event ("fail" lines fail the test)."""
 
     def __init__(self, node: str, *args: str):
-        self.proc = subprocess.Popen([node, "test/live.js", *args], cwd=NODE_DIR, stdin=subprocess.PIPE,
-                                     stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-        self.lines: queue.Queue = queue.Queue()
-        self.seen: list[dict] = []
-        threading.Thread(target=self._read, daemon=True).start()
-
-    def _read(self) -> None:
-        for line in self.proc.stdout:
-            self.lines.put(line)
-        self.lines.put(None)
-
-    def until(self, event: str, timeout: float = 60) -> dict:
-        """Read lines up to the first with this event; fails on a "fail" line or the end of output."""
-        deadline = time.monotonic() + timeout
-        while True:
-            try:
-                line = self.lines.get(timeout=max(0.0, deadline - time.monotonic()))
-            except queue.Empty:
-                raise AssertionError(f"no {event!r} line within {timeout} s; got {self.seen}") from None
-            if line is None:
-                raise AssertionError(f"the script ended before {event!r}: {self.seen}\n{self.proc.stderr.read()}")
-            msg = json.loads(line)
-            self.seen.append(msg)
-            assert msg["event"] != "fail", msg["message"]
-            if msg["event"] == event:
-                return msg
-
-    def events(self, event: str) -> list[dict]:
-        return [m for m in self.seen if m["event"] == event]
+        super().__init__([node, "test/live.js", *args], cwd=NODE_DIR, key="event",
+                         failed=lambda m: m["event"] == "fail")
 
     def finish(self, timeout: float = 30) -> None:
         assert self.until("done")
         assert self.proc.wait(timeout) == 0, self.proc.stderr.read()
-
-    def kill(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.kill()
-        self.proc.wait(10)
-        for f in (self.proc.stdin, self.proc.stdout, self.proc.stderr):
-            f.close()
 
 
 def test_codec_matches_the_golden_bytes(node):
@@ -117,7 +79,7 @@ def test_live_session(node, backend, make_daemon):
         assert frames["first"] == ["rgb24", [video["height"], video["width"], 3], video["height"] * video["width"] * 3]
 
         script.until("invalid")
-        refused = {r["what"]: r for r in script.events("refused")}
+        refused = {r["what"]: r for r in script.named("refused")}
         assert refused["hello 2.0.0"]["code"] == "version_mismatch"
         assert refused["close 999"]["code"] == "unknown_session"
         assert refused["open jpeg_quality 0"]["code"] == "bad_field"

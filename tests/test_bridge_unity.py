@@ -8,19 +8,16 @@ import io
 import json
 import logging
 import os
-import queue
 import re
 import shutil
 import subprocess
-import threading
-import time
 from pathlib import Path
 
 import numpy as np
 import pytest
 from PIL import Image
 
-from serve_helpers import wait_for
+from serve_helpers import JsonLines, wait_for
 from worldsim.cli import main
 from worldsim.client import Client
 from worldsim.dataset import load_dataset
@@ -82,40 +79,6 @@ def test_codec_matches_the_golden_bytes(console):
     assert sum(line["check"] == "split_refused" for line in lines) == 4
 
 
-class Checks:
-    """The console program's JSON lines as they arrive (read on a thread), each waited for with a deadline."""
-
-    def __init__(self, cmd: list[str]):
-        self.proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-        self.lines: queue.Queue = queue.Queue()
-        self.seen: dict[str, list[dict]] = {}  # check name -> its lines so far
-        threading.Thread(target=self._read, daemon=True).start()
-
-    def _read(self) -> None:
-        for line in self.proc.stdout:
-            self.lines.put(json.loads(line))
-        self.lines.put(None)
-
-    def until(self, check: str, timeout: float = 60) -> dict:
-        """Lines up to the first named ``check``, failing on a line that is not ok or the end of the output."""
-        deadline = time.monotonic() + timeout
-        while check not in self.seen:
-            try:
-                line = self.lines.get(timeout=max(0.0, deadline - time.monotonic()))
-            except queue.Empty:
-                raise AssertionError(f"no {check!r} line within {timeout} s; got {list(self.seen)}") from None
-            if line is None:
-                raise AssertionError(f"the program ended before {check!r}: {self.seen}\n{self.proc.stderr.read()}")
-            assert line["ok"], line
-            self.seen.setdefault(line["check"], []).append(line)
-        return self.seen[check][0]
-
-    def kill(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.kill()
-        self.proc.wait(10)
-
-
 def test_live_session_through_the_gateway(console, backend, make_daemon, make_gateway, tmp_path, caplog):
     """Handshake with a token, a JPEG session with controls, an embedding and a prompt switch, errors, heartbeats,
     an rgb24 session with a reset, a clean close, then the daemon's shutdown; checked from both ends."""
@@ -126,14 +89,14 @@ def test_live_session_through_the_gateway(console, backend, make_daemon, make_ga
            "--keys", csv(KEYS), "--axes", csv(AXES), "--embedding", csv(EMBEDDING), "--frames", "30",
            "--dump", str(tmp_path)]
     with caplog.at_level(logging.INFO, logger="worldsim.serve"):
-        checks = Checks(cmd)
+        checks = JsonLines(cmd, key="check", failed=lambda m: not m["ok"])
         try:
             assert "is the token right" in checks.until("token_required")["error"]
             welcome = checks.until("handshake")
             h, w = welcome["height"], welcome["width"]
             assert welcome["embedding_dim"] == len(EMBEDDING) and len(welcome["keys"]) == len(KEYS)
             sent = checks.until("inputs_sent")
-            assert len(checks.seen["local_refusal"]) == 5
+            assert len(checks.named("local_refusal")) == 5
             frames = checks.until("frames_jpeg")
             assert frames["count"] >= 30 and frames["last_prompt_seq"] == sent["prompt_seq"]
             echo = checks.until("echoed_controls")  # the last frame: made after every input, so from the held state

@@ -10,10 +10,8 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-import torch
 from train_helpers import write_dataset
 
-from serve_helpers import make_daemon  # noqa: F401 - fixture
 from worldsim.checkpoints import load_model
 from worldsim.client import Client
 from worldsim.codecs.base import to_uint8

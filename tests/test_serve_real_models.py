@@ -11,7 +11,6 @@ import numpy as np
 import pytest
 import torch
 
-from serve_helpers import make_daemon  # noqa: F401 - fixture
 from tiny_models import (randomize, write_diffusers_folder, write_official_folder, write_self_forcing_checkpoint,
                          write_taehv)
 from worldsim.checkpoints import CheckpointError, save_self_forcing_pt
