@@ -194,3 +194,19 @@ def test_frame_payloads_round_trip():
     back = frame_format.decode(jpg, "jpeg")
     assert back.shape == smooth.shape and np.abs(back.astype(int) - smooth).mean() < 3
     assert frame_format.fit(img, 24, 32).shape == (24, 32, 3)
+
+
+def test_client_drops_frames_of_reset_epochs_and_closed_sessions():
+    """Replies overtake queued frames (daemon and gateway), so a client can get a frame of the old epoch after the
+    reset reply, or of a session after its close reply: both are stale."""
+    from worldsim.client.core import ClientCore, Frame
+
+    def frame(session: int, epoch: int) -> Frame:
+        return Frame({"type": "frame", "session": session, "epoch": epoch}, b"", 0.0)
+
+    core = ClientCore("t")
+    assert not core.stale(frame(1, 0))
+    core.restarted(1, 2)
+    assert core.stale(frame(1, 1)) and not core.stale(frame(1, 2)) and not core.stale(frame(2, 0))
+    core.closed(2)
+    assert core.stale(frame(2, 5)) and not core.stale(frame(1, 3))

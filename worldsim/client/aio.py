@@ -72,6 +72,8 @@ class AsyncClient:
 
     def _dispatch(self, item) -> None:
         if isinstance(item, Frame):
+            if self.core.stale(item):
+                return
             if len(self._frames) == self._frames.maxlen:
                 self.frames_dropped += 1
             self._frames.append(item)
@@ -159,13 +161,14 @@ class AsyncClient:
 
     async def reset(self, session: int) -> dict:
         reply = await self._request(*self.core.message("reset", session=session))
-        self._frames = deque((f for f in self._frames if f.session != session or f.epoch >= reply["epoch"]),
-                             maxlen=self._frames.maxlen)
+        self.core.restarted(session, reply["epoch"])
+        self._frames = deque((f for f in self._frames if not self.core.stale(f)), maxlen=self._frames.maxlen)
         return reply
 
     async def close_session(self, session: int) -> dict:
         reply = await self._request(*self.core.message("close", session=session))
-        self._frames = deque((f for f in self._frames if f.session != session), maxlen=self._frames.maxlen)
+        self.core.closed(session)
+        self._frames = deque((f for f in self._frames if not self.core.stale(f)), maxlen=self._frames.maxlen)
         return reply["stats"]
 
     async def stats(self, session: int | None = None) -> dict:

@@ -134,6 +134,20 @@ class ClientCore:
         self._shown_upto = -1  # newest input seq already counted by inputs_shown
         self.last_sent = self._last_ping = time.monotonic()
         self._unanswered_since: float | None = None  # first message sent since the daemon last said anything
+        self._epoch: dict[int, int] = {}  # session -> the epoch its last reset started
+        self._closed: set[int] = set()  # sessions this client closed
+
+    def restarted(self, session: int, epoch: int) -> None:
+        self._epoch[session] = epoch
+
+    def closed(self, session: int) -> None:
+        self._closed.add(session)
+        self._epoch.pop(session, None)
+
+    def stale(self, frame: "Frame") -> bool:
+        """A frame of a session this client closed, or of an epoch before its last reset: replies overtake frames
+        already queued (in the daemon, and in a WebSocket gateway), so such frames can still arrive after them."""
+        return frame.session in self._closed or frame.epoch < self._epoch.get(frame.session, 0)
 
     def message(self, kind: str, **fields) -> tuple[int, bytes]:
         """(seq, packed message); None-valued fields are left out."""

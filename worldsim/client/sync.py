@@ -68,6 +68,8 @@ class Client:
 
     def _dispatch(self, item) -> None:
         if isinstance(item, Frame):
+            if self.core.stale(item):
+                return
             if len(self._frames) == self._frames.maxlen:
                 self.frames_dropped += 1
             self._frames.append(item)
@@ -164,14 +166,15 @@ class Client:
     def reset(self, session: int) -> dict:
         """Restart the stream (new ``epoch``; frames of the old one are discarded)."""
         reply = self._request(*self.core.message("reset", session=session))
-        self._frames = deque((f for f in self._frames if f.session != session or f.epoch >= reply["epoch"]),
-                             maxlen=self._frames.maxlen)
+        self.core.restarted(session, reply["epoch"])
+        self._frames = deque((f for f in self._frames if not self.core.stale(f)), maxlen=self._frames.maxlen)
         return reply
 
     def close_session(self, session: int) -> dict:
         """Close a session; returns its final stats."""
         reply = self._request(*self.core.message("close", session=session))
-        self._frames = deque((f for f in self._frames if f.session != session), maxlen=self._frames.maxlen)
+        self.core.closed(session)
+        self._frames = deque((f for f in self._frames if not self.core.stale(f)), maxlen=self._frames.maxlen)
         return reply["stats"]
 
     def stats(self, session: int | None = None) -> dict:
