@@ -108,3 +108,4 @@ BAD = [
 def test_bad_packages_are_named(package, tmp_path, edit, error):
     with pytest.raises(PackageError, match=error):
         build_backend(BackendOptions(model=str(broken(package, tmp_path, edit))))
+

@@ -73,3 +73,20 @@ def test_model_spec_and_schema_check(tmp_path):
     dit, codec = tiny_files(tmp_path, ControlConfig(keys=("W",), frames_per_latent=1))
     with pytest.raises(ValueError, match="control schema"):
         evaluate([ModelSpec("bad", dit)], codec, EvalConfig(episodes=1, chunks=2), progress=False)
+
+
+def test_a_model_package_is_evaluated_with_its_own_sampler(tmp_path):
+    """A package (worldsim/model_package.py) evaluates exactly as its DiT does with the package's sampler."""
+    from worldsim.model_package import write_package
+
+    dit, codec = tiny_files(tmp_path)
+    h = w = 64  # the toy world's frames; the codec's stride 8 gives 8x8 latents
+    write_package(tmp_path, dit=dit, codec={"kind": "toy", "path": str(codec)},
+                  text_encoder={"kind": "hashing", "text_len": TINY.text_len, "text_dim": TINY.text_dim},
+                  geometry={"height": h, "width": w, "fps": 16, "latent_shape": [8, h // 8, w // 8],
+                            "spatial_stride": 8, "temporal_stride": 1},
+                  sampler={"shift": 3.0, "denoising_steps": [1000, 500]}, cache={}, provenance={})
+    cfg = EvalConfig(episodes=1, chunks=2, seed=1, shift=3.0)
+    from_package = evaluate([ModelSpec.parse(f"pkg={tmp_path}")], codec, cfg, progress=False)["models"]["pkg"]
+    from_dit = evaluate([ModelSpec.parse(f"dit={dit}:2")], codec, cfg, progress=False)["models"]["dit"]
+    assert from_package["timesteps"] == from_dit["timesteps"] and from_package["mse"] == from_dit["mse"]

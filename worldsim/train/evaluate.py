@@ -33,6 +33,7 @@ from tqdm import tqdm
 from ..checkpoints import load_model
 from ..codecs.base import to_uint8
 from ..codecs.toy_codec import ToyCodec
+from ..model_package import is_package, read_package
 from ..model.control import Controls
 from ..model.dit import CausalWanDiT
 from ..sampling.schedule import FlowMatchSchedule, SamplerConfig, evenly_spaced_steps
@@ -47,7 +48,9 @@ REFERENCES = ("ground_truth", "codec", "frozen")
 
 @dataclass(frozen=True)
 class ModelSpec:
-    """A model to evaluate: ``NAME=PATH[:STEPS]`` on the command line."""
+    """A model to evaluate: ``NAME=PATH[:STEPS]`` on the command line. PATH is a DiT checkpoint, or a model package
+    (``OUT/final`` of a student stage), which brings its own sampler: STEPS and the evaluation's shift then do not
+    apply."""
 
     name: str
     path: Path
@@ -140,9 +143,13 @@ class Generator:
 
     def __init__(self, spec: ModelSpec, codec: ToyCodec, cfg: EvalConfig):
         self.spec, self.codec, self.cfg = spec, codec, cfg
-        self.model = load_model(spec.path, device=cfg.device)
+        if is_package(spec.path):
+            pkg = read_package(spec.path)
+            self.model, self.sampler = load_model(pkg.dit, device=cfg.device), pkg.sampler()
+        else:
+            self.model = load_model(spec.path, device=cfg.device)
+            self.sampler = SamplerConfig(shift=cfg.shift, denoising_steps=evenly_spaced_steps(spec.steps))
         check_compatible(self.model, codec, spec.name)
-        self.sampler = SamplerConfig(shift=cfg.shift, denoising_steps=evenly_spaced_steps(spec.steps))
         self.text = HashingPromptEmbedder(self.model.cfg.text_len, self.model.cfg.text_dim)  # as in training
         self.n = self.model.cfg.chunk_frames
 
