@@ -244,3 +244,31 @@ def test_slow_websocket_client_does_not_slow_others(make_daemon, make_gateway):
         print(f"the non-reader's generation stopped after {stopped_at} frames")
     finally:
         sink.close()
+
+
+def test_no_frame_of_an_old_epoch_or_closed_session_follows_the_reply(make_daemon, make_gateway):
+    """Replies overtake the frames the gateway holds for a slow reader; those of the reset epoch or the closed
+    session are dropped there, so §8 holds over WebSocket as over ZeroMQ."""
+    d = make_daemon(tiny_backend(size=128))
+    peer = WsPeer(make_gateway(d).url, max_queue=4)
+    try:
+        peer.hello()
+        s = peer.reply(peer.request("open", fps=0, format="rgb24"))["session"]
+        assert settles(lambda: d.sessions[s].delivery.frames_sent, 1.0, 30)  # every pipe and queue is full
+        seq = peer.request("reset", session=s)
+        after, seen_ok = [], False
+        while (parts := peer.recv(3)) is not None:
+            header = msgpack.unpackb(parts[0], raw=False)
+            if header.get("re") == seq:
+                seen_ok = True
+            elif seen_ok and header["type"] == "frame":
+                after.append(header["epoch"])
+            if len(after) >= 30:
+                break
+        assert seen_ok and after and set(after) == {1}
+        seq = peer.request("close", session=s)
+        rest = [msgpack.unpackb(p[0], raw=False) for p in iter(lambda: peer.recv(1), None)]
+        closed = next(i for i, m in enumerate(rest) if m.get("re") == seq)
+        assert all(m["type"] != "frame" for m in rest[closed + 1:])
+    finally:
+        peer.close()

@@ -131,7 +131,7 @@ class Relay:
             cfg.curve.apply(self.sock)
         self.sock.connect(cfg.daemon)
         self.control: deque[bytes] = deque()
-        self.frames: deque[bytes] = deque()
+        self.frames: deque[tuple[int, int, bytes]] = deque()  # (session, epoch, message)
         self.ready, self.room = asyncio.Event(), asyncio.Event()
         self.finished = False  # the daemon said shutdown: flush, then close the WebSocket
         self.frames_sent = 0
@@ -178,13 +178,26 @@ class Relay:
                 await self.room.wait()
             parts = await self.sock.recv_multipart(copy=False)
             if len(parts) == 1:
+                msg = msgpack.unpackb(parts[0].bytes, raw=False)
                 self.push_control(parts[0].bytes)
-                if msgpack.unpackb(parts[0].bytes, raw=False).get("type") == "shutdown":
+                self.drop_stale(msg)
+                if msg.get("type") == "shutdown":
                     self.finished = True
                     return
             elif len(parts) == 2:
-                self.frames.append(frame_message(parts[0].bytes, parts[1].buffer))
+                header = msgpack.unpackb(parts[0].bytes, raw=False)
+                self.frames.append((header.get("session"), header.get("epoch", 0),
+                                    frame_message(parts[0].bytes, parts[1].buffer)))
                 self.ready.set()
+
+    def drop_stale(self, msg: dict) -> None:
+        """Control messages overtake queued frames here, so keep §8's promise: no frame of an older epoch after a
+        ``reset``'s ``ok``, none of a session after its ``closed``."""
+        kind, sid = msg.get("type"), msg.get("session")
+        if kind == "closed" or (kind == "ok" and msg.get("op") == "reset"):
+            keep_from = msg.get("epoch", 0) if kind == "ok" else None
+            self.frames = deque(f for f in self.frames if f[0] != sid or (keep_from is not None and f[1] >= keep_from))
+            self.room.set()
 
     def push_control(self, message: bytes) -> None:
         if len(self.control) >= self.cfg.max_pending_replies:
@@ -201,7 +214,7 @@ class Relay:
                 if self.control:
                     await self.ws.send(self.control.popleft())
                 else:
-                    await self.ws.send(self.frames.popleft())
+                    await self.ws.send(self.frames.popleft()[2])
                     self.frames_sent += 1
                     self.room.set()
             if self.finished:
