@@ -128,15 +128,13 @@ func _restart() -> void:
 
 
 func _read_command_line() -> void:
-	for arg in OS.get_cmdline_user_args():
-		var parts: PackedStringArray = arg.trim_prefix("--").split("=", true, 1)
-		if parts.size() != 2:
-			push_warning("ignored argument %s (expected --name=value)" % arg)
-			continue
-		match parts[0]:
+	var options := SampleCommandLine.options()
+	for option in options:
+		var value: String = options[option]
+		match option:
 			"capture":
-				capture_dir = parts[1]
+				capture_dir = value
 			"fps":
-				capture_fps = parts[1].to_int()
+				capture_fps = value.to_int()
 			_:
-				push_warning("unknown argument --%s" % parts[0])
+				push_warning("unknown argument --%s" % option)

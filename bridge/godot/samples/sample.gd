@@ -101,24 +101,22 @@ func _unhandled_input(event: InputEvent) -> void:
 
 
 func _read_command_line() -> void:
-	for arg in OS.get_cmdline_user_args():
-		var parts: PackedStringArray = arg.trim_prefix("--").split("=", true, 1)
-		if parts.size() != 2:
-			push_warning("ignored argument %s (expected --name=value)" % arg)
-			continue
-		match parts[0]:
+	var options := SampleCommandLine.options()
+	for option in options:
+		var value: String = options[option]
+		match option:
 			"url":
-				url = parts[1]
+				url = value
 			"token":
-				token = parts[1]
+				token = value
 			"prompt":
-				prompt = parts[1]
+				prompt = value
 			"seed":
-				seed_value = parts[1].to_int()
+				seed_value = value.to_int()
 			"format":
-				format = parts[1]
+				format = value
 			_:
-				push_warning("unknown argument --%s" % parts[0])
+				push_warning("unknown argument --%s" % option)
 
 
 func _on_welcomed(welcome: Dictionary) -> void:
