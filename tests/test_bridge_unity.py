@@ -77,6 +77,8 @@ def test_codec_matches_the_golden_bytes(console):
     assert {line["name"] for line in lines if line["check"] == "split"} == {e["name"] for e in golden["gateway"]}
     assert sum(line["check"] == "refused" for line in lines) >= 12
     assert sum(line["check"] == "split_refused" for line in lines) == 4
+    assert sum(line["check"] == "json_refused" for line in lines) == 14
+    assert {"json_parsed", "json_nesting"} <= {line["check"] for line in lines}
 
 
 def test_live_session_through_the_gateway(console, backend, make_daemon, make_gateway, tmp_path, caplog):

@@ -56,8 +56,58 @@ static class ConsoleTest
         for (int i = 0; i + 1 < fields.Length; i += 2) line[(string)fields[i]] = fields[i + 1];
         if (!ok) failures++;
         var sb = new StringBuilder();
-        Json.Write(sb, line);
+        WriteJson(sb, line);
         Console.WriteLine(sb.ToString());
+    }
+
+    /// <summary>A check line's value as JSON: maps and lists nested, bin data as hex, strings ASCII-only.</summary>
+    static void WriteJson(StringBuilder sb, object v)
+    {
+        if (v == null) { sb.Append("null"); return; }
+        if (v is bool) { sb.Append((bool)v ? "true" : "false"); return; }
+        if (v is string) { Json.Quote(sb, (string)v); return; }
+        if (v is double)
+        {
+            double d = (double)v;
+            sb.Append(double.IsNaN(d) || double.IsInfinity(d) ? "null" : d.ToString("R", CultureInfo.InvariantCulture));
+            return;
+        }
+        if (v is long || v is ulong || v is int)
+        {
+            sb.Append(Convert.ToString(v, CultureInfo.InvariantCulture));
+            return;
+        }
+        var bytes = v as byte[];
+        if (bytes != null) { Json.Quote(sb, Hex(bytes)); return; }
+        var map = v as IDictionary;
+        if (map != null)
+        {
+            sb.Append('{');
+            bool first = true;
+            foreach (DictionaryEntry e in map)
+            {
+                if (!first) sb.Append(", ");
+                first = false;
+                Json.Quote(sb, e.Key.ToString());
+                sb.Append(": ");
+                WriteJson(sb, e.Value);
+            }
+            sb.Append('}');
+            return;
+        }
+        var list = v as IList;
+        if (list != null)
+        {
+            sb.Append('[');
+            for (int i = 0; i < list.Count; i++)
+            {
+                if (i > 0) sb.Append(", ");
+                WriteJson(sb, list[i]);
+            }
+            sb.Append(']');
+            return;
+        }
+        Json.Quote(sb, v.ToString());
     }
 
     static string Hex(byte[] b)
@@ -171,6 +221,32 @@ static class ConsoleTest
         SplitRefused("undecodable header", "01000000c1", "never used");
         EncodeRefused("a DateTime", DateTime.UtcNow, "cannot encode");
         EncodeRefused("an integer map key", new Hashtable { { 1, 2 } }, "string keys");
+
+        // Core's JSON reader, which read the golden file above: integers are long, numbers with a fraction or an
+        // exponent double; anything but one JSON value is refused, naming the problem and where.
+        const string Text = " [0, -7, 9223372036854775807, 1.0, -2.5e-3, 1E2,\r\n" +
+                            "\t\"\\u00fc\\n\\/\\\"\", true, null, {}]\n";
+        object parsed = Json.Parse(Text);
+        var want = new List<object> { 0L, -7L, long.MaxValue, 1.0, -2.5e-3, 100.0, "\u00fc\n/\"", true, null,
+                                      new Dictionary<string, object>() };
+        Report("json_parsed", Same(parsed, want), "parsed", parsed);
+        parsed = Json.Parse(Repeat("[", 1024) + "0" + Repeat("]", 1024));
+        Report("json_nesting", parsed is List<object>);
+        JsonRefused("trailing text", "{} x", "trailing text after the value at character 3");
+        JsonRefused("unterminated string", "[\"ab", "unterminated string at character 1");
+        JsonRefused("bad escape", "\"a\\x\"", "bad escape \\x at character 2");
+        JsonRefused("short \\u escape", "\"\\u12\"", "bad \\u escape (four hex digits expected) at character 1");
+        JsonRefused("raw control character", "\"a\tb\"", "unescaped control character in a string at character 2");
+        JsonRefused("leading zero", "[01]", "leading zero in a number at character 1");
+        JsonRefused("fraction without digits", "1.", "a digit expected after the decimal point at character 2");
+        JsonRefused("integer past int64", "9223372036854775808", "does not fit in 64 bits at character 0");
+        JsonRefused("float past float64", "1e400", "out of the float64 range at character 0");
+        JsonRefused("duplicate key", "{\"a\": 1, \"a\": 2}", "duplicate key \"a\" at character 9");
+        JsonRefused("trailing comma", "[1,]", "unexpected ']', expected a value at character 3");
+        JsonRefused("missing colon", "{\"a\" 1}", "expected ':', got '1' at character 5");
+        JsonRefused("only white space", " ", "unexpected end of the text at character 1");
+        JsonRefused("nesting past 1024", Repeat("[", 1025) + "0" + Repeat("]", 1025),
+                    "nested deeper than 1024 at character 1025");
     }
 
     static string Repeat(string s, int n)
@@ -222,6 +298,19 @@ static class ConsoleTest
         catch (MsgPackException e)
         {
             Report("encode_refused", e.Message.Contains(mentions), "name", name, "error", e.Message);
+        }
+    }
+
+    static void JsonRefused(string name, string text, string mentions)
+    {
+        try
+        {
+            object v = Json.Parse(text);
+            Report("json_refused", false, "name", name, "error", "parsed to " + v);
+        }
+        catch (FormatException e)
+        {
+            Report("json_refused", e.Message.Contains(mentions), "name", name, "error", e.Message);
         }
     }
 
@@ -714,171 +803,5 @@ static class ConsoleTest
             for (int k = 0; k < 8; k++) crc = (crc & 1) != 0 ? 0xedb88320 ^ (crc >> 1) : crc >> 1;
         }
         return ~crc;
-    }
-}
-
-/// <summary>Just enough JSON: the golden file in, check lines out (non-ASCII escaped).</summary>
-static class Json
-{
-    public static object Parse(string text)
-    {
-        int pos = 0;
-        object v = Value(text, ref pos);
-        Space(text, ref pos);
-        if (pos != text.Length) throw new FormatException("JSON: trailing text at " + pos);
-        return v;
-    }
-
-    static void Space(string s, ref int p)
-    {
-        while (p < s.Length && char.IsWhiteSpace(s[p])) p++;
-    }
-
-    static object Value(string s, ref int p)
-    {
-        Space(s, ref p);
-        if (p >= s.Length) throw new FormatException("JSON: unexpected end");
-        char c = s[p];
-        if (c == '{')
-        {
-            var map = new Dictionary<string, object>();
-            p++;
-            Space(s, ref p);
-            if (s[p] == '}') { p++; return map; }
-            while (true)
-            {
-                Space(s, ref p);
-                string key = String(s, ref p);
-                Space(s, ref p);
-                Expect(s, ref p, ':');
-                map.Add(key, Value(s, ref p));
-                Space(s, ref p);
-                if (s[p] == '}') { p++; return map; }
-                Expect(s, ref p, ',');
-            }
-        }
-        if (c == '[')
-        {
-            var list = new List<object>();
-            p++;
-            Space(s, ref p);
-            if (s[p] == ']') { p++; return list; }
-            while (true)
-            {
-                list.Add(Value(s, ref p));
-                Space(s, ref p);
-                if (s[p] == ']') { p++; return list; }
-                Expect(s, ref p, ',');
-            }
-        }
-        if (c == '"') return String(s, ref p);
-        if (Word(s, ref p, "null")) return null;
-        if (Word(s, ref p, "true")) return true;
-        if (Word(s, ref p, "false")) return false;
-        int start = p;
-        while (p < s.Length && "+-0123456789.eE".IndexOf(s[p]) >= 0) p++;
-        string num = s.Substring(start, p - start);
-        if (num.Length == 0) throw new FormatException("JSON: unexpected '" + c + "' at " + start);
-        // Integers stay integers (long); anything with a fraction or exponent is a float64.
-        if (num.IndexOfAny(new[] { '.', 'e', 'E' }) < 0) return long.Parse(num, CultureInfo.InvariantCulture);
-        return double.Parse(num, NumberStyles.Float, CultureInfo.InvariantCulture);
-    }
-
-    static bool Word(string s, ref int p, string word)
-    {
-        if (string.CompareOrdinal(s, p, word, 0, word.Length) != 0) return false;
-        p += word.Length;
-        return true;
-    }
-
-    static void Expect(string s, ref int p, char c)
-    {
-        if (p >= s.Length || s[p] != c) throw new FormatException("JSON: expected '" + c + "' at " + p);
-        p++;
-    }
-
-    static string String(string s, ref int p)
-    {
-        Expect(s, ref p, '"');
-        var sb = new StringBuilder();
-        while (s[p] != '"')
-        {
-            char c = s[p++];
-            if (c != '\\') { sb.Append(c); continue; }
-            char e = s[p++];
-            switch (e)
-            {
-                case 'n': sb.Append('\n'); break;
-                case 't': sb.Append('\t'); break;
-                case 'r': sb.Append('\r'); break;
-                case 'b': sb.Append('\b'); break;
-                case 'f': sb.Append('\f'); break;
-                case 'u': sb.Append((char)int.Parse(s.Substring(p, 4), NumberStyles.HexNumber)); p += 4; break;
-                default: sb.Append(e); break;  // \" \\ \/
-            }
-        }
-        p++;
-        return sb.ToString();
-    }
-
-    public static void Write(StringBuilder sb, object v)
-    {
-        if (v == null) { sb.Append("null"); return; }
-        if (v is bool) { sb.Append((bool)v ? "true" : "false"); return; }
-        if (v is string) { Quote(sb, (string)v); return; }
-        if (v is double)
-        {
-            double d = (double)v;
-            sb.Append(double.IsNaN(d) || double.IsInfinity(d) ? "null" : d.ToString("R", CultureInfo.InvariantCulture));
-            return;
-        }
-        if (v is long || v is ulong || v is int)
-        {
-            sb.Append(Convert.ToString(v, CultureInfo.InvariantCulture));
-            return;
-        }
-        var bytes = v as byte[];
-        if (bytes != null) { Quote(sb, BitConverter.ToString(bytes).Replace("-", "").ToLowerInvariant()); return; }
-        var map = v as IDictionary;
-        if (map != null)
-        {
-            sb.Append('{');
-            bool first = true;
-            foreach (DictionaryEntry e in map)
-            {
-                if (!first) sb.Append(", ");
-                first = false;
-                Quote(sb, e.Key.ToString());
-                sb.Append(": ");
-                Write(sb, e.Value);
-            }
-            sb.Append('}');
-            return;
-        }
-        var list = v as IList;
-        if (list != null)
-        {
-            sb.Append('[');
-            for (int i = 0; i < list.Count; i++)
-            {
-                if (i > 0) sb.Append(", ");
-                Write(sb, list[i]);
-            }
-            sb.Append(']');
-            return;
-        }
-        Quote(sb, v.ToString());
-    }
-
-    static void Quote(StringBuilder sb, string s)
-    {
-        sb.Append('"');
-        foreach (char c in s)
-        {
-            if (c == '"' || c == '\\') sb.Append('\\').Append(c);
-            else if (c < 0x20 || c > 0x7e) sb.Append("\\u").Append(((int)c).ToString("x4"));
-            else sb.Append(c);
-        }
-        sb.Append('"');
     }
 }

@@ -139,7 +139,7 @@ namespace Worldsim
 
             string image = step.ToString("D6", CultureInfo.InvariantCulture) + "." + extension;
             var line = new StringBuilder("{\"image\": ");
-            Quote(line, image);
+            Json.Quote(line, image);
             if (step != lastWritten + 1)
                 line.Append(", \"index\": ").Append(step.ToString(CultureInfo.InvariantCulture));  // steps were skipped
             bool control = keys != null || axes != null || (embedding != null && embedding.Length > 0);
@@ -159,7 +159,7 @@ namespace Worldsim
             if (newPrompt)
             {
                 line.Append(", \"prompt\": ");
-                Quote(line, prompt);
+                Json.Quote(line, prompt);
             }
             line.Append("}\n");
 
@@ -303,7 +303,7 @@ namespace Worldsim
                                string engine)
         {
             var sb = new StringBuilder("{\"format\": ");
-            Quote(sb, Format);
+            Json.Quote(sb, Format);
             sb.Append(", \"version\": ").Append(Version.ToString(CultureInfo.InvariantCulture));
             sb.Append(", \"control\": {\"keys\": ");
             Names(sb, keys);
@@ -312,7 +312,7 @@ namespace Worldsim
             sb.Append(", \"embedding_dim\": ").Append(embeddingDim.ToString(CultureInfo.InvariantCulture));
             sb.Append(", \"frames_per_latent\": ").Append(framesPerLatent.ToString(CultureInfo.InvariantCulture));
             sb.Append("}, \"fps\": ").Append(Invariant(fps)).Append(", \"engine\": ");
-            Quote(sb, engine);
+            Json.Quote(sb, engine);
             return sb.Append('}').ToString();
         }
 
@@ -322,7 +322,7 @@ namespace Worldsim
             for (int i = 0; i < names.Length; i++)
             {
                 if (i > 0) sb.Append(", ");
-                Quote(sb, names[i]);
+                Json.Quote(sb, names[i]);
             }
             sb.Append(']');
         }
@@ -349,19 +349,6 @@ namespace Worldsim
             return v.ToString("R", CultureInfo.InvariantCulture);
         }
 
-        static void Quote(StringBuilder sb, string s)
-        {
-            sb.Append('"');
-            foreach (char c in s)
-            {
-                if (c == '"' || c == '\\') sb.Append('\\').Append(c);
-                else if (c < 0x20 || c > 0x7e)
-                    sb.Append("\\u").Append(((int)c).ToString("x4", CultureInfo.InvariantCulture));
-                else sb.Append(c);
-            }
-            sb.Append('"');
-        }
-
         /// <summary>Whether an existing capture.json declares this format, schema and fps (the importer's defaults
         /// for fields it leaves out).</summary>
         static bool SameCapture(string text, string[] keys, string[] axes, int embeddingDim, int framesPerLatent,
@@ -370,7 +357,7 @@ namespace Worldsim
             Dictionary<string, object> info, control;
             try
             {
-                info = JsonReader.Parse(text) as Dictionary<string, object>;
+                info = Json.Parse(text) as Dictionary<string, object>;
             }
             catch (FormatException)
             {
@@ -380,17 +367,24 @@ namespace Worldsim
             if (info == null || !info.TryGetValue("control", out v)) return false;
             control = v as Dictionary<string, object>;
             if (control == null) return false;
-            return Equals(Get(info, "format"), Format) && Equals(Get(info, "version"), (double)Version) &&
+            return Equals(Get(info, "format"), Format) && SameNumber(Get(info, "version"), Version) &&
                    SameNames(Get(control, "keys"), keys) && SameNames(Get(control, "axes"), axes) &&
-                   Equals(Get(control, "embedding_dim") ?? 0.0, (double)embeddingDim) &&
-                   Equals(Get(control, "frames_per_latent") ?? 4.0, (double)framesPerLatent) &&
-                   Equals(Get(info, "fps"), fps);
+                   SameNumber(Get(control, "embedding_dim") ?? 0L, embeddingDim) &&
+                   SameNumber(Get(control, "frames_per_latent") ?? 4L, framesPerLatent) &&
+                   SameNumber(Get(info, "fps"), fps);
         }
 
         static object Get(Dictionary<string, object> map, string key)
         {
             object v;
             return map.TryGetValue(key, out v) ? v : null;
+        }
+
+        /// <summary>Whether a parsed JSON number (long or double, as written) equals the number, as Python's 1 ==
+        /// 1.0.</summary>
+        static bool SameNumber(object found, double number)
+        {
+            return found is long ? (long)found == number : found is double && (double)found == number;
         }
 
         static bool SameNames(object found, string[] names)
@@ -400,117 +394,6 @@ namespace Worldsim
             for (int i = 0; i < names.Length; i++)
                 if (!Equals(list[i], names[i])) return false;
             return true;
-        }
-
-        /// <summary>Just enough JSON to read a capture.json back: objects, arrays, strings, numbers (as double),
-        /// true, false, null. Throws FormatException.</summary>
-        static class JsonReader
-        {
-            public static object Parse(string s)
-            {
-                int p = 0;
-                object v = Value(s, ref p);
-                Space(s, ref p);
-                if (p != s.Length) throw new FormatException("trailing text at " + p);
-                return v;
-            }
-
-            static void Space(string s, ref int p)
-            {
-                while (p < s.Length && (s[p] == ' ' || s[p] == '\t' || s[p] == '\n' || s[p] == '\r')) p++;
-            }
-
-            static char Next(string s, ref int p)
-            {
-                Space(s, ref p);
-                if (p >= s.Length) throw new FormatException("unexpected end");
-                return s[p];
-            }
-
-            static void Expect(string s, ref int p, char c)
-            {
-                if (Next(s, ref p) != c) throw new FormatException("expected '" + c + "' at " + p);
-                p++;
-            }
-
-            static object Value(string s, ref int p)
-            {
-                char c = Next(s, ref p);
-                if (c == '{')
-                {
-                    var map = new Dictionary<string, object>();
-                    p++;
-                    if (Next(s, ref p) == '}') { p++; return map; }
-                    while (true)
-                    {
-                        Next(s, ref p);
-                        string key = String(s, ref p);
-                        Expect(s, ref p, ':');
-                        map[key] = Value(s, ref p);
-                        if (Next(s, ref p) == '}') { p++; return map; }
-                        Expect(s, ref p, ',');
-                    }
-                }
-                if (c == '[')
-                {
-                    var list = new List<object>();
-                    p++;
-                    if (Next(s, ref p) == ']') { p++; return list; }
-                    while (true)
-                    {
-                        list.Add(Value(s, ref p));
-                        if (Next(s, ref p) == ']') { p++; return list; }
-                        Expect(s, ref p, ',');
-                    }
-                }
-                if (c == '"') return String(s, ref p);
-                foreach (string word in new[] { "true", "false", "null" })
-                    if (string.CompareOrdinal(s, p, word, 0, word.Length) == 0)
-                    {
-                        p += word.Length;
-                        return word == "null" ? null : (object)(word == "true");
-                    }
-                int start = p;
-                while (p < s.Length && "+-0123456789.eE".IndexOf(s[p]) >= 0) p++;
-                double d;
-                if (!double.TryParse(s.Substring(start, p - start), NumberStyles.Float, CultureInfo.InvariantCulture,
-                                     out d))
-                    throw new FormatException("unexpected '" + c + "' at " + start);
-                return d;
-            }
-
-            static string String(string s, ref int p)
-            {
-                if (s[p] != '"') throw new FormatException("expected a string at " + p);
-                p++;
-                var sb = new StringBuilder();
-                while (true)
-                {
-                    if (p >= s.Length) throw new FormatException("unterminated string");
-                    char c = s[p++];
-                    if (c == '"') return sb.ToString();
-                    if (c != '\\') { sb.Append(c); continue; }
-                    if (p >= s.Length) throw new FormatException("unterminated string");
-                    char e = s[p++];
-                    switch (e)
-                    {
-                        case 'n': sb.Append('\n'); break;
-                        case 't': sb.Append('\t'); break;
-                        case 'r': sb.Append('\r'); break;
-                        case 'b': sb.Append('\b'); break;
-                        case 'f': sb.Append('\f'); break;
-                        case 'u':
-                            int code;
-                            if (p + 4 > s.Length || !int.TryParse(s.Substring(p, 4), NumberStyles.AllowHexSpecifier,
-                                                                  CultureInfo.InvariantCulture, out code))
-                                throw new FormatException("bad \\u escape at " + p);
-                            sb.Append((char)code);
-                            p += 4;
-                            break;
-                        default: sb.Append(e); break;  // \" \\ \/
-                    }
-                }
-            }
         }
     }
 }
