@@ -122,24 +122,28 @@ def load_dit(folder: ModelFolder, *, use_ema: bool, dtype: torch.dtype, device: 
     return load_model(dit, dtype=dtype, device=device)
 
 
-def load_text_encoder(folder: ModelFolder, dit_cfg: DiTConfig, device: torch.device, offload: bool):
-    """The folder's UMT5 as a cached prompt encoder for this DiT (offload: kept on the CPU between prompts)."""
+def load_text_encoder(encoder: Path, tokenizer: Path, dit_cfg: DiTConfig, device: torch.device, offload: bool):
+    """UMT5 (Wan's .pth or a text_encoder/ folder) as a cached prompt encoder for this DiT (offload: kept on the CPU
+    between prompts)."""
     from ..text.umt5 import UMT5TextEncoder, load_tokenizer, load_umt5_encoder
 
-    dtype = text_encoder_dtype(device)
-    model = load_umt5_encoder(folder["text_encoder"].path, dtype=dtype, device="cpu" if offload else device)
-    encoder = UMT5TextEncoder(model, load_tokenizer(folder["tokenizer"].path), text_len=dit_cfg.text_len,
-                              device=device, offload=offload)
-    if encoder.dim != dit_cfg.text_dim:
-        raise ValueError(f"{folder['text_encoder'].path}: the text encoder gives {encoder.dim}-dim embeddings but "
-                         f"the DiT takes {dit_cfg.text_dim}")
-    return encoder
+    model = load_umt5_encoder(encoder, dtype=text_encoder_dtype(device), device="cpu" if offload else device)
+    text = UMT5TextEncoder(model, load_tokenizer(tokenizer), text_len=dit_cfg.text_len, device=device,
+                           offload=offload)
+    if text.dim != dit_cfg.text_dim:
+        raise ValueError(f"{encoder}: the text encoder gives {text.dim}-dim embeddings but the DiT takes "
+                         f"{dit_cfg.text_dim}")
+    return text
+
+
+def folder_text_encoder(folder: ModelFolder, dit_cfg: DiTConfig, device: torch.device, offload: bool):
+    return load_text_encoder(folder["text_encoder"].path, folder["tokenizer"].path, dit_cfg, device, offload)
 
 
 def encode_prompts(folder: ModelFolder, prompts: Sequence[str], dit_cfg: DiTConfig, device: torch.device,
                    offload: bool) -> dict[str, torch.Tensor]:
     """prompt -> [1, text_len, text_dim] on ``device``; the encoder is freed afterwards."""
-    encoder = load_text_encoder(folder, dit_cfg, device, offload)
+    encoder = folder_text_encoder(folder, dit_cfg, device, offload)
     embeds = encoder.encode(list(prompts))
     del encoder
     gc.collect()

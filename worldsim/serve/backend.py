@@ -167,6 +167,16 @@ def _with_defaults(opts: BackendOptions, fps: float = 16.0, sink_frames: int = 3
                                window_frames=window_frames if opts.window_frames is None else opts.window_frames)
 
 
+def codec_encoder(codec, device: torch.device, dtype: torch.dtype) -> Callable[[np.ndarray], torch.Tensor]:
+    """Start frames through a codec with an encoder (Wan VAE, toy codec): [H, W, 3] uint8 -> [1, C, 1, h, w]."""
+
+    def encode(image: np.ndarray) -> torch.Tensor:
+        frames = torch.from_numpy(np.array(image, np.float32) / 255).permute(2, 0, 1)[None, None]  # [1, 1, 3, H, W]
+        return codec.encode(frames.to(device, dtype)).float()
+
+    return encode
+
+
 def build_backend(opts: BackendOptions) -> Backend:
     device = resolve_device(opts.device)
     dtype = resolve_dtype(opts.dtype, device, cpu_half=True)
@@ -205,10 +215,9 @@ def build_backend(opts: BackendOptions) -> Backend:
 def _folder_backend(opts: BackendOptions, device: torch.device, dtype: torch.dtype) -> Backend:
     """A Wan2.1 folder (+ Self-Forcing .pt): the DiT, UMT5, the chosen decoder and the Wan VAE encoder, loaded as
     ``worldsim generate`` loads them. Every missing file is named before anything heavy is read."""
-    from ..codecs.wan_vae import WanVAEDecoder
     from ..model.attention import select_backend
     from ..pipeline.folders import find_model_folder
-    from ..pipeline.generate import DECODER_TYPES, load_decoder, load_dit, load_text_encoder
+    from ..pipeline.generate import DECODER_TYPES, folder_text_encoder, load_decoder, load_dit
     from ..pipeline.runtime import compile_blocks
 
     kind = "wan" if opts.decoder == "auto" else opts.decoder
@@ -229,8 +238,8 @@ def _folder_backend(opts: BackendOptions, device: torch.device, dtype: torch.dty
     if channels != cfg.out_dim:
         raise ValueError(f"{folder[kind].path}: the {kind} decoder takes {channels}-channel latents but the DiT "
                          f"makes {cfg.out_dim}")
-    text = load_text_encoder(folder, cfg, device, offload=opts.offload_text_encoder)
-    vae = decoder if kind == "wan" else (WanVAEDecoder(load_decoder(folder, "wan", dtype=dtype, device=device).vae)
+    text = folder_text_encoder(folder, cfg, device, offload=opts.offload_text_encoder)
+    vae = decoder if kind == "wan" else (load_decoder(folder, "wan", dtype=dtype, device=device)
                                          if folder["vae"].present else None)
     if opts.compile:
         compile_blocks(model)
@@ -239,16 +248,13 @@ def _folder_backend(opts: BackendOptions, device: torch.device, dtype: torch.dty
     def make_decoder():
         return type(decoder)(decoder.vae if kind == "wan" else decoder.model)
 
-    def encode_start(image: np.ndarray) -> torch.Tensor:
-        frames = torch.from_numpy(np.array(image, np.float32) / 255).permute(2, 0, 1)[None, None]  # [1, 1, 3, H, W]
-        return vae.encode(frames)  # [1, C, 1, h, w] normalised latents
-
     ckpt = folder.parts.get("checkpoint")
     source = {"folder": str(folder.root), "layout": folder.layout, "checkpoint": ckpt and str(ckpt.path)}
     name = folder.root.name + (f" + {ckpt.path.name}" if ckpt else "")
     return Backend(model=model, name=name, untrained=False, latent_shape=latent_shape, video_shape=(height, width),
                    fps=opts.fps, sink_frames=opts.sink_frames, window_frames=opts.window_frames, chunk_latents=chunk,
-                   make_decoder=make_decoder, embed_prompt=text, encode_start=encode_start if vae else None,
+                   make_decoder=make_decoder, embed_prompt=text,
+                   encode_start=codec_encoder(vae, device, dtype) if vae else None,
                    schema=_schema(cfg, stride), decoder_name=kind, text_encoder_name="umt5", source=source)
 
 
@@ -276,13 +282,10 @@ def _package_backend(opts: BackendOptions, device: torch.device, dtype: torch.dt
                                f"({pkg.dit.name}) takes {cfg.text_len} x {cfg.text_dim}")
         embed = HashingPromptEmbedder(cfg.text_len, cfg.text_dim)
     else:
-        from ..text.umt5 import UMT5TextEncoder, load_tokenizer, load_umt5_encoder
-        from ..pipeline.runtime import text_encoder_dtype
+        from ..pipeline.generate import load_text_encoder
 
-        embed = UMT5TextEncoder(load_umt5_encoder(pkg.file(text["path"]), dtype=text_encoder_dtype(device),
-                                                  device="cpu" if opts.offload_text_encoder else device),
-                                load_tokenizer(pkg.file(text["tokenizer"])), text_len=cfg.text_len, device=device,
-                                offload=opts.offload_text_encoder)
+        embed = load_text_encoder(pkg.file(text["path"]), pkg.file(text["tokenizer"]), cfg, device,
+                                  opts.offload_text_encoder)
     kind, spatial, temporal = pkg.codec["kind"], geo["spatial_stride"], geo["temporal_stride"]
     if geo["latent_shape"][0] != cfg.in_dim:
         raise PackageError(f"{where}: geometry latent_shape has {geo['latent_shape'][0]} channels but the DiT "
@@ -311,15 +314,11 @@ def _package_backend(opts: BackendOptions, device: torch.device, dtype: torch.dt
     else:
         make_decoder = lambda: PreviewDecoder(cfg.in_dim, temporal_stride=temporal, spatial_stride=spatial)  # noqa: E731
 
-    def encode_start(image: np.ndarray) -> torch.Tensor:
-        frames = torch.from_numpy(np.array(image, np.float32) / 255).permute(2, 0, 1)[None, None]  # [1, 1, 3, H, W]
-        return codec.encode(frames.to(device, dtype)).float()  # [1, C, 1, h, w]
-
     prov = pkg.provenance
     return Backend(model=model, name=prov.get("name") or pkg.root.name, untrained=bool(prov.get("untrained", False)),
                    latent_shape=latent_shape, video_shape=(height, width), fps=opts.fps, sink_frames=opts.sink_frames,
                    window_frames=opts.window_frames, chunk_latents=chunk, make_decoder=make_decoder,
-                   embed_prompt=embed, encode_start=encode_start if codec is not None else
+                   embed_prompt=embed, encode_start=codec_encoder(codec, device, dtype) if codec is not None else
                    preview_encoder(make_decoder(), latent_shape), schema=_schema(cfg, temporal), decoder_name=kind,
                    text_encoder_name=text["kind"], sampler=pkg.sampler(),
                    source={"package": str(pkg.root), "provenance": prov})

@@ -131,7 +131,7 @@ class Relay:
             cfg.curve.apply(self.sock)
         self.sock.connect(cfg.daemon)
         self.control: deque[bytes] = deque()
-        self.frames: deque[tuple[int, int, bytes]] = deque()  # (session, epoch, message)
+        self.frames: deque[tuple[bytes, bytes]] = deque()  # (msgpack header, message)
         self.ready, self.room = asyncio.Event(), asyncio.Event()
         self.finished = False  # the daemon said shutdown: flush, then close the WebSocket
         self.frames_sent = 0
@@ -185,9 +185,8 @@ class Relay:
                     self.finished = True
                     return
             elif len(parts) == 2:
-                header = msgpack.unpackb(parts[0].bytes, raw=False)
-                self.frames.append((header.get("session"), header.get("epoch", 0),
-                                    frame_message(parts[0].bytes, parts[1].buffer)))
+                header = parts[0].bytes
+                self.frames.append((header, frame_message(header, parts[1].buffer)))
                 self.ready.set()
 
     def drop_stale(self, msg: dict) -> None:
@@ -196,7 +195,12 @@ class Relay:
         kind, sid = msg.get("type"), msg.get("session")
         if kind == "closed" or (kind == "ok" and msg.get("op") == "reset"):
             keep_from = msg.get("epoch", 0) if kind == "ok" else None
-            self.frames = deque(f for f in self.frames if f[0] != sid or (keep_from is not None and f[1] >= keep_from))
+
+            def keep(header: bytes) -> bool:
+                h = msgpack.unpackb(header, raw=False)
+                return h.get("session") != sid or (keep_from is not None and h.get("epoch", 0) >= keep_from)
+
+            self.frames = deque(f for f in self.frames if keep(f[0]))
             self.room.set()
 
     def push_control(self, message: bytes) -> None:
@@ -214,7 +218,7 @@ class Relay:
                 if self.control:
                     await self.ws.send(self.control.popleft())
                 else:
-                    await self.ws.send(self.frames.popleft()[2])
+                    await self.ws.send(self.frames.popleft()[1])
                     self.frames_sent += 1
                     self.room.set()
             if self.finished:
