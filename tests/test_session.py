@@ -135,3 +135,35 @@ def test_switch_and_session_errors(model):
         session(model, window=2)
     with pytest.raises(ValueError, match="channels"):
         StreamingSession(model, text(), latent_shape=(16, 4, 6))
+
+
+@torch.no_grad()
+def test_every_cache_write_is_renoised_to_the_context_timestep(model):
+    """With context_noise > 0, pushed start frames and a recache enter the cache as generated chunks do: re-noised
+    to that timestep (x = (1 - s) clean + s noise), not clean latents labelled with it."""
+    from worldsim.sampling.schedule import SamplerConfig
+
+    sampler = SamplerConfig(context_noise=250.0)
+    writes = []
+    forward = model.forward_chunk
+
+    def spy(x, t, *args, **kw):
+        if float(t.flatten()[0]) == sampler.context_noise:
+            writes.append(x.clone())
+        return forward(x, t, *args, **kw)
+
+    clean = torch.full((1, *SHAPE[:1], 3, *SHAPE[1:]), 3.0)  # constant latents: any added noise shows as spread
+    model.forward_chunk = spy
+    try:
+        s = session(model, context_latents=clean, sampler=sampler)
+        sigma = float(s.schedule.sigma(torch.tensor([sampler.context_noise]))[0])
+        s.step()
+        writes.clear()
+        s._history[0].latents = clean  # recache rewrites the pushed chunk from these clean latents
+        s.set_prompt(text(seed=3), "recache")
+        s.step()
+    finally:
+        del model.forward_chunk
+    assert writes, "the recache wrote nothing at the context timestep"
+    residual = writes[0] - (1 - sigma) * clean  # sigma * noise when re-noised, sigma * clean (constant) when not
+    assert 0.7 < float(residual.std() / sigma) < 1.3 and abs(float(residual.mean())) < 0.3 * sigma

@@ -136,7 +136,14 @@ class StreamingSession:
 
     def _write_clean(self, chunks: list[_Chunk]) -> None:
         for ch in chunks:
-            self._forward(ch.latents, self.sampler.context_noise, ch.start, ch.controls)
+            self._write_context(ch)
+
+    def _write_context(self, chunk: _Chunk) -> None:
+        """Write a finished chunk's K/V as a generated one enters the cache: re-noised to ``context_noise`` and run
+        at that timestep (start frames, pushed context and recache alike)."""
+        cn, n = self.sampler.context_noise, chunk.latents.shape[2]
+        x = context_input(chunk.latents, lambda: self._noise(n), self.schedule, cn)
+        self._forward(x, cn, chunk.start, chunk.controls)
 
     # ---- generation ----------------------------------------------------------------------------------------
     def _forward(self, x: torch.Tensor, t: float, start: int, controls: Controls | None) -> torch.Tensor:
@@ -168,8 +175,8 @@ class StreamingSession:
             self._commit(_Chunk(self.frame, latents[:, :, a:b], None if controls is None else controls.slice_frames(a, b)))
 
     def _commit(self, chunk: _Chunk) -> None:
-        """Write a finished chunk's clean K/V into the cache and remember its latents."""
-        self._forward(chunk.latents, self.sampler.context_noise, chunk.start, chunk.controls)
+        """Write a finished chunk's K/V into the cache and remember its latents."""
+        self._write_context(chunk)
         self._history.append(chunk)
         self.frame = chunk.end
         self._prune_history()
