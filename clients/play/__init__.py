@@ -1,1 +1,2 @@
-"""``worldsim play``: the pygame reference client (app.py, controls.py, hud.py, recorder.py, command.py)."""
+"""``worldsim play``: the pygame reference client (app.py, controls.py, hud.py, palette.py, recorder.py,
+command.py)."""

@@ -1,4 +1,5 @@
-"""The pygame reference client: show the stream, send keyboard/mouse controls per video frame, switch prompts.
+"""The pygame reference client: show the stream, send keyboard/mouse controls per video frame, switch prompts
+(typed into the prompt box, or picked from the palette with the number keys 1-9).
 
 Set ``SDL_VIDEODRIVER=dummy`` before importing this module to run without a display (``worldsim play --headless``
 does). Frames arrive a chunk at a time; they are shown at the stream's frame rate from a short buffer that skips
@@ -22,6 +23,7 @@ from worldsim.serve.stats import RateMeter, Recent
 
 from .controls import ControlMapper, InputSource, PygameInput
 from .hud import Hud, HudState
+from .palette import PromptPalette
 from .recorder import Recorder
 
 REDRAW_S = 0.1  # HUD refresh when no new frame or input arrives
@@ -40,6 +42,7 @@ class PlayConfig:
     max_frames: int | None = None  # stop after showing this many frames
     grab_mouse: bool = True
     status_every_s: float = 0.0  # print the HUD's first lines to stdout this often (headless runs)
+    palette: PromptPalette | None = None  # prompts on the number keys 1-9; None: PromptPalette.default()
 
 
 class PlayApp:
@@ -53,8 +56,12 @@ class PlayApp:
         self.video_size = (int(w.video["width"]), int(w.video["height"]))
         self.mapper = ControlMapper(list(w.control.keys), list(w.control.axes), config.sensitivity)
         self.has_controls = bool(w.control.keys or w.control.axes)
+        self.palette = config.palette or PromptPalette.default()
+        self.palette.check(int(w.prompt["max_chars"]))
         self.hud_state = HudState(prompt=config.prompt, mode=config.mode, target_fps=self.fps,
-                                  untrained=bool(w.model.get("untrained")), recording=config.record)
+                                  untrained=bool(w.model.get("untrained")), recording=config.record,
+                                  palette=[e.label for e in self.palette.entries],
+                                  active=self.palette.active(config.prompt))
         self.buffer: deque[Frame] = deque()
         self.shown_rate, self.latency = RateMeter(), Recent(256)
         self.shown = self.skipped = 0
@@ -138,6 +145,8 @@ class PlayApp:
             self.reset()
         elif key == pygame.K_F12:
             self.screenshot()
+        elif pygame.K_1 <= key <= pygame.K_9 and key not in self.mapper.watched:  # schema keys stay controls
+            self.pick(key - pygame.K_0)
         else:
             self.mapper.key_down(key)
 
@@ -149,7 +158,16 @@ class PlayApp:
         if self.recorder is not None:
             self.recorder.prompt_sent(seq, text, self.hud_state.mode)
         self.hud_state.prompt = text
+        self.hud_state.active = self.palette.active(text)
         self.notify(f"prompt switch ({self.hud_state.mode}) applies at the next chunk", 3)
+
+    def pick(self, number: int) -> None:
+        """Number key ``number``: switch to that palette entry's prompt with the current mode (as if typed)."""
+        entry = self.palette.entry(number)
+        if entry is None:
+            self.notify(f"no prompt on key {number}: the palette has {len(self.palette.entries)}", 3)
+        else:
+            self.switch_prompt(entry.text)
 
     def toggle_pause(self) -> None:
         hs = self.hud_state

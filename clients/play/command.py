@@ -33,7 +33,10 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="start `worldsim serve` on a free local port for this session and stop it on exit")
     p.add_argument("--serve-args", default="", metavar="ARGS",
                    help="extra arguments for the spawned daemon, e.g. \"--model PATH\" or \"--preset tiny\"")
-    p.add_argument("--prompt", default="a quiet forest path at dawn", help="opening prompt")
+    p.add_argument("--prompt", help="opening prompt (default: the palette's first)")
+    p.add_argument("--prompts", metavar="FILE",
+                   help="prompt palette for the number keys 1-9: one prompt per line, optionally 'label: prompt'; "
+                        "# comments (default: the toy world's five themes)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--format", choices=["auto", "rgb24", "jpeg"], default="auto",
                    help="frame format (auto: rgb24 on this machine, jpeg over a network)")
@@ -75,7 +78,13 @@ def run(args: argparse.Namespace) -> int:
     from worldsim.serve.security import is_local
 
     from .app import PlayApp, PlayConfig
+    from .palette import PromptPalette
 
+    try:
+        palette = PromptPalette.load(args.prompts)
+    except ValueError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 1
     endpoint, daemon = args.connect, None
     if args.spawn_daemon:
         endpoint = _free_endpoint()
@@ -86,10 +95,11 @@ def run(args: argparse.Namespace) -> int:
     try:
         curve = ClientCurve.from_dir(args.keys, args.key_name) if args.keys else None
         with Client(endpoint, name="worldsim-play", curve=curve, timeout=args.timeout) as client:
-            cfg = PlayConfig(prompt=args.prompt, seed=args.seed, format=fmt, mode=args.mode, window=args.window,
-                             sensitivity=args.sensitivity, record=args.record, screenshot_dir=args.screenshot_dir,
-                             max_frames=max_frames, grab_mouse=not (args.no_grab or headless),
-                             status_every_s=2.0 if headless else 0.0)
+            cfg = PlayConfig(prompt=args.prompt or palette.entries[0].text, seed=args.seed, format=fmt,
+                             mode=args.mode, window=args.window, sensitivity=args.sensitivity, record=args.record,
+                             screenshot_dir=args.screenshot_dir, max_frames=max_frames,
+                             grab_mouse=not (args.no_grab or headless), status_every_s=2.0 if headless else 0.0,
+                             palette=palette)
             summary = PlayApp(client, cfg).run()
     except (ClientError, OSError, ValueError) as e:
         print(f"error: {e}", file=sys.stderr)
