@@ -4,11 +4,25 @@
         --model student=runs/self_forcing/final/generator.safetensors:4 \\
         --model teacher=runs/teacher/final/teacher.safetensors:16 --episodes 8 --chunks 20 --out runs/eval
 
-Each model continues the first chunk of fresh held-out episodes for --chunks chunks, driven by the episodes'
-controls and prompts; reported: motion agreement with the commanded direction (per kind and overall), drift of
-image statistics and PSNR against the ground truth over the first and the last two chunks, seconds per chunk
-(denoising only), next to the ground truth, the codec's reconstruction and a frozen video. Writes
-``results.json`` and a ``strip_<model>.png`` per model (ground truth above generated, per episode) to --out.
+Each model continues the first chunk of fresh held-out episodes for --chunks chunks twice, from the same context
+with the same noise: driven by the episodes' controls and prompts, and with the controls mirrored (W<->S, A<->D,
+mouse deltas negated). Reported per model:
+
+- counterfactual controllability per kind (turn, move, strafe): over the control rows commanding one motion, the
+  balanced, signed score of the pairs in which both rollouts move confidently (1: opposite directions, the true one
+  as commanded; 0.5, exactly, for a model that ignores the controls) and the detection rate (pairs with confident
+  motion in both rollouts); results.json has each outcome (correct, reversed, same, no_motion) and per-sign scores;
+- motion agreement with the commanded direction (true controls only; its chance level is the mismatched row's);
+- PSNR and SSIM against the ground truth of the first generated chunk, and per chunk;
+- drift of image statistics over the first and the last two chunks (--chunks 20: 10x the training clips);
+- seconds per chunk (denoising only).
+
+Next to them, references scored the same way: the ground truth (the world under the true and the mirrored
+controls), the codec's reconstruction, a frozen video, ``ignores_controls`` (the true ground truth as both
+rollouts), ``mismatched`` (the ground truth scored against another episode's controls: the chance levels; needs
+--episodes 2 or more) and ``shuffled`` (frames in random order). Writes ``results.json`` and a
+``strip_<model>.png`` per model (per episode: ground truth, generated, mirrored ground truth, generated under the
+mirrored controls) to --out.
 """
 
 from __future__ import annotations

@@ -6,17 +6,19 @@ import json
 import math
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 from PIL import Image
 
+from worldsim.checkpoints import load_model
 from worldsim.checkpoints.worldsim_format import save_worldsim
 from worldsim.codecs.toy_codec import ToyCodec, ToyCodecConfig
 from worldsim.model.config import ControlConfig, DiTConfig
 from worldsim.model.dit import CausalWanDiT
-from worldsim.train.evaluate import EvalConfig, ModelSpec, evaluate, format_table
+from worldsim.train.evaluate import REFERENCES, EvalConfig, ModelSpec, evaluate, format_table
 from worldsim.world import AXES, KEYS
-from worldsim.world.metrics import KINDS
+from worldsim.world.metrics import KINDS, OUTCOMES
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")  # tiny tensors: one thread (conftest)
 
@@ -38,31 +40,65 @@ def tiny_files(root: Path, control: ControlConfig | None = TINY.control) -> tupl
 
 def test_evaluate_structure_and_references(tmp_path):
     dit, codec = tiny_files(tmp_path)
-    cfg = EvalConfig(episodes=1, chunks=2, seed=1)  # seed 1: the episode turns, so motion rows are scored
+    cfg = EvalConfig(episodes=2, chunks=2, seed=1)  # seed 1: the episodes turn, so motion rows are scored
     out = tmp_path / "eval"
     results = evaluate([ModelSpec.parse(f"tiny={dit}:2")], codec, cfg, out=out, progress=False)
 
-    assert set(results["references"]) == {"ground_truth", "codec", "frozen"}
+    assert set(results["references"]) == set(REFERENCES)
     model = results["models"]["tiny"]
     assert model["steps"] == 2 and len(model["timesteps"]) == 2 and model["seconds_per_chunk"] > 0
     for r in [model, *results["references"].values()]:
-        assert set(r["motion"]) == {*KINDS, "all"}
-        for key in ("drift_moments", "drift_histogram", "mse"):
+        assert set(r["motion"]) == {*KINDS, "all"} and set(r["counterfactual"]) == set(KINDS)
+        for c in r["counterfactual"].values():
+            assert c["pairs"] == sum(c[o] for o in OUTCOMES) and c["detected"] == c["pairs"] - c["no_motion"]
+        for key in ("drift_moments", "drift_histogram", "mse", "ssim"):
             assert len(r[key]["per_chunk"]) == cfg.chunks
-            assert all(math.isfinite(v) for v in (r[key]["early"], r[key]["late"], *r[key]["per_chunk"]))
+            assert all(math.isfinite(v) for v in (r[key]["first"], r[key]["early"], r[key]["late"],
+                                                  *r[key]["per_chunk"]))
     assert all(math.isfinite(v) for v in model["psnr"]["per_chunk"])
-    truth, frozen = results["references"]["ground_truth"], results["references"]["frozen"]
+    refs = results["references"]
+    truth, frozen = refs["ground_truth"], refs["frozen"]
     assert truth["motion"]["all"]["rows"] > 0
     assert truth["motion"]["all"]["agreement"] > frozen["motion"]["all"]["agreement"]
     assert truth["drift_moments"]["late"] == 0 and frozen["drift_moments"]["late"] > 0
+    assert truth["ssim"]["first"] == 1.0 and truth["psnr"]["first"] is None  # identical frames
+    assert frozen["ssim"]["first"] < 1.0
+    turn = truth["counterfactual"]["turn"]
+    assert turn["detected"] > 0 and turn["score"] > 0.9  # the world itself follows mirrored controls
+    assert all(c["detected"] == 0 for c in frozen["counterfactual"].values())
+    for c in refs["ignores_controls"]["counterfactual"].values():  # identical pairs: never opposite
+        assert c["correct"] == c["reversed"] == 0 and c["score"] in (None, 0.5)
 
     assert json.loads((out / "results.json").read_text())["models"]["tiny"]["steps"] == 2
     strip = Image.open(out / "strip_tiny.png")
-    assert strip.size == (64 * 3, 2 * 64)  # 7 scored frames, every 3rd; ground truth above generated
-    assert "tiny" in format_table(results) and "(frozen)" in format_table(results)
+    # per episode, 7 scored frames, every 3rd: truth, generated, mirrored truth, generated under mirrored controls
+    assert strip.size == (64 * 3, 2 * (4 * 64) + 4)
+    table = format_table(results)
+    assert all(name in table for name in ("tiny", "(frozen)", "(mismatched)", "(shuffled)"))
 
     again = evaluate([ModelSpec.parse(f"tiny={dit}:2")], codec, cfg, progress=False)
     assert again["models"]["tiny"]["mse"] == model["mse"]  # deterministic for a seed
+    assert again["models"]["tiny"]["counterfactual"] == model["counterfactual"]
+
+
+def test_a_model_that_ignores_controls_scores_chance(tmp_path):
+    """The control module zeroed (as a fresh checkpoint's): the true and mirrored rollouts are the same frames, so
+    no pair moves in opposite directions and the score is exactly 0.5 wherever motion is detected."""
+    dit, codec = tiny_files(tmp_path)
+    model = load_model(dit)
+    with torch.no_grad():
+        model.control_embedding.mlp[2].weight.zero_()
+        model.control_embedding.mlp[2].bias.zero_()
+    deaf = save_worldsim(model, tmp_path / "deaf.safetensors")
+    cfg = EvalConfig(episodes=1, chunks=2, seed=1)
+    results = evaluate([ModelSpec.parse(f"deaf={deaf}:2")], codec, cfg, out=tmp_path / "eval", progress=False)
+    assert "mismatched" not in results["references"]  # one episode: no other controls to mismatch with
+    strip = np.asarray(Image.open(tmp_path / "eval" / "strip_deaf.png"))
+    np.testing.assert_array_equal(strip[64:128], strip[192:256])  # generated == generated under mirrored controls
+    counts = results["models"]["deaf"]["counterfactual"]
+    assert counts["turn"]["pairs"] > 0
+    for c in counts.values():
+        assert c["correct"] == c["reversed"] == 0 and c["score"] in (None, 0.5)
 
 
 def test_model_spec_and_schema_check(tmp_path):

@@ -1,5 +1,6 @@
-"""Evaluation of trained toy models against the ground-truth world: do generated motions follow the commanded
-direction, and how far do image statistics drift over a rollout much longer than the training clips?
+"""Evaluation of trained toy models against the ground-truth world: do generated motions follow the controls
+(counterfactually: do mirrored controls reverse them?), how close are the frames to the world's, and how far do
+image statistics drift over a rollout much longer than the training clips?
 
 Protocol, per held-out episode (generated fresh by the world's own episode generator, from a seed the training
 data does not use) and per model:
@@ -9,12 +10,27 @@ data does not use) and per model:
 2. the session generates ``chunks`` more chunks, each driven by the episode's controls for its frames and by the
    prompt in effect at the chunk's first frame, exactly as the training data pairs them (``worldsim.train.data``:
    latent frame l takes control row l, row t driving frame t-1 -> t; a prompt switch is "soft", as in training);
-3. the decoded frames are scored against the episode's ground truth.
+3. the same again from the same context with the same noise seed, but with the generated chunks' controls
+   mirrored (``worldsim.world.metrics.mirror_controls``: W<->S, A<->D, mouse deltas negated);
+4. the decoded frames are scored against the episode's ground truth: motion agreement (true controls), the
+   counterfactual pairs per kind (``counterfactual_counts``: do the two rollouts move in opposite directions, the
+   true one as commanded?), MSE/PSNR, SSIM and paired statistics drift per chunk.
 
 The scored span starts at the last context frame, so the first transition scored is context -> first generated
-frame. Three references are scored the same way: the ground truth itself (the ceiling of motion agreement), the
-codec's reconstruction of it (what the codec alone loses) and a frozen video, the span's first frame repeated (the
-floor). Motion counts are pooled over episodes; drift, MSE and PSNR are per generated chunk, averaged over episodes.
+frame. References are scored the same way, each as a pair of videos:
+
+- ``ground_truth``: the world's rollouts from the context's last state under the true and the mirrored controls
+  (the ceiling);
+- ``codec``: the codec's reconstruction of both (what the codec alone loses);
+- ``frozen``: the span's first frame repeated, in both (no motion at all);
+- ``ignores_controls``: the true ground truth as both rollouts, what a perfect model that ignores the controls
+  would give (counterfactual score exactly 0.5);
+- ``mismatched``: the ground-truth pair scored against the next held-out episode's controls (the chance level of
+  every motion score; needs two episodes or more);
+- ``shuffled``: the ground-truth pair with its frames in one random order (chance for an incoherent video).
+
+Motion and counterfactual counts are pooled over episodes; drift, MSE, PSNR and SSIM are per generated chunk,
+averaged over episodes.
 """
 
 from __future__ import annotations
@@ -22,7 +38,7 @@ from __future__ import annotations
 import json
 import math
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
@@ -39,11 +55,12 @@ from ..model.dit import CausalWanDiT
 from ..sampling.schedule import FlowMatchSchedule, SamplerConfig, evenly_spaced_steps
 from ..sampling.session import StreamingSession
 from ..text.hashing import HashingPromptEmbedder
-from ..world import AXES, KEYS
-from ..world.episodes import EpisodeConfig, episode_seeds, generate_episode
-from ..world.metrics import KINDS, motion_breakdown, stat_drift
+from ..world import AXES, KEYS, World
+from ..world.episodes import EpisodeConfig, episode_seeds, generate_episode, themes_per_frame
+from ..world.metrics import (KINDS, OUTCOMES, SIGNS, counterfactual_counts, counterfactual_summary, mirror_controls,
+                             motion_breakdown, ssim, stat_drift)
 
-REFERENCES = ("ground_truth", "codec", "frozen")
+REFERENCES = ("ground_truth", "codec", "frozen", "ignores_controls", "mismatched", "shuffled")
 
 
 @dataclass(frozen=True)
@@ -93,18 +110,28 @@ class HeldOutEpisode:
     axes: np.ndarray  # [N, 2]
     prompts: list[str]  # the prompt of each chunk
     pitch: float  # view pitch at the scored span's first frame (the last context frame)
+    mirror: HeldOutEpisode | None = None  # the same context, then the generated chunks under mirrored controls
 
 
 def held_out_episodes(cfg: EvalConfig, chunk_frames: int) -> list[HeldOutEpisode]:
-    """Fresh episodes from the world's episode generator, long enough for the context and ``cfg.chunks`` chunks."""
-    ep_cfg = EpisodeConfig(frames=(cfg.chunks + 1) * chunk_frames, chunk_frames=chunk_frames)
+    """Fresh episodes from the world's episode generator, long enough for the context and ``cfg.chunks`` chunks,
+    each with its mirror: the world rolled out from the last context state under the mirrored controls."""
+    n = chunk_frames
+    ep_cfg = EpisodeConfig(frames=(cfg.chunks + 1) * n, chunk_frames=n)
+    world = World(ep_cfg.world)
     out = []
     for seed in episode_seeds(cfg.seed, cfg.episodes):
         ep = generate_episode(seed, ep_cfg)
         starts = [p["from_frame"] for p in ep.prompts]
-        prompts = [ep.prompts[int(np.searchsorted(starts, c * chunk_frames, side="right")) - 1]["text"]
+        prompts = [ep.prompts[int(np.searchsorted(starts, c * n, side="right")) - 1]["text"]
                    for c in range(cfg.chunks + 1)]
-        out.append(HeldOutEpisode(seed, ep.frames, ep.keys, ep.axes, prompts, ep.states[chunk_frames - 1].pitch))
+        keys, axes = mirror_controls(ep.keys, ep.axes)
+        keys[:n], axes[:n] = ep.keys[:n], ep.axes[:n]  # the context keeps its controls
+        themes = themes_per_frame(ep.prompts, ep_cfg.frames)
+        mirrored = world.rollout(ep.states[n - 1], keys[n:], axes[n:], themes=themes[n:]).frames
+        pitch = ep.states[n - 1].pitch
+        mirror = HeldOutEpisode(seed, np.concatenate([ep.frames[:n - 1], mirrored]), keys, axes, prompts, pitch)
+        out.append(HeldOutEpisode(seed, ep.frames, ep.keys, ep.axes, prompts, pitch, mirror))
     return out
 
 
@@ -188,37 +215,46 @@ class Tally:
     chunk_frames: int
     hits: dict[str, int] = field(default_factory=lambda: dict.fromkeys(KINDS, 0))
     rows: dict[str, int] = field(default_factory=lambda: dict.fromkeys(KINDS, 0))
+    pairs: dict[str, np.ndarray] = field(  # counterfactual counts [SIGNS, OUTCOMES] per kind
+        default_factory=lambda: {k: np.zeros((len(SIGNS), len(OUTCOMES)), np.int64) for k in KINDS})
     moments: list[np.ndarray] = field(default_factory=list)  # per episode [K]
     histogram: list[np.ndarray] = field(default_factory=list)
     mse: list[np.ndarray] = field(default_factory=list)
+    ssim: list[np.ndarray] = field(default_factory=list)
     seconds: list[float] = field(default_factory=list)
 
-    def add(self, span: np.ndarray, ep: HeldOutEpisode) -> None:
-        """Score a video of the span: the last context frame, then the K generated chunks' frames."""
+    def add(self, span: np.ndarray, mirrored: np.ndarray, ep: HeldOutEpisode) -> None:
+        """Score a video of the span (the last context frame, then the K generated chunks' frames) under the
+        controls of ``ep``, with its counterpart ``mirrored`` under the mirrored controls, against ``ep.frames``."""
         first = self.chunk_frames - 1
-        for kind, (h, r) in motion_breakdown(span, ep.keys[first:], ep.axes[first:], pitch=ep.pitch).items():
+        keys, axes = ep.keys[first:], ep.axes[first:]
+        for kind, (h, r) in motion_breakdown(span, keys, axes, pitch=ep.pitch).items():
             self.hits[kind] += h
             self.rows[kind] += r
+        for kind, counts in counterfactual_counts(span, mirrored, keys, axes, pitch=ep.pitch).items():
+            self.pairs[kind] += counts
         video, truth = span[1:], ep.frames[first + 1:]
         drift = stat_drift(video, truth, paired=True)
         err = ((video.astype(np.float64) - truth) / 255) ** 2
         self.moments.append(self._per_chunk(drift.moments))
         self.histogram.append(self._per_chunk(drift.histogram))
         self.mse.append(self._per_chunk(err.mean(axis=(1, 2, 3))))
+        self.ssim.append(self._per_chunk(ssim(video, truth)))
 
     def _per_chunk(self, per_frame: np.ndarray) -> np.ndarray:
         return per_frame.reshape(self.chunks, self.chunk_frames).mean(1)
 
     def summary(self) -> dict:
-        """JSON-ready metrics: motion agreement per kind and overall; per-chunk curves with early (first two
-        chunks: the training length) and late (last two) means."""
+        """JSON-ready metrics: motion agreement and the counterfactual pairs per kind; per-chunk curves with first
+        (chunk 1), early (first two chunks: the training length) and late (last two) means."""
         motion = {k: _agreement(self.hits[k], self.rows[k]) for k in KINDS}
         motion["all"] = _agreement(sum(self.hits.values()), sum(self.rows.values()))
         mse = np.mean(self.mse, axis=0)
         psnr = [-10 * math.log10(m) if m > 0 else None for m in mse]
-        out = {"motion": motion, "drift_moments": _curve(np.mean(self.moments, axis=0)),
+        out = {"motion": motion, "counterfactual": {k: counterfactual_summary(self.pairs[k]) for k in KINDS},
+               "drift_moments": _curve(np.mean(self.moments, axis=0)),
                "drift_histogram": _curve(np.mean(self.histogram, axis=0)), "mse": _curve(mse),
-               "psnr": {**_curve(mse, psnr=True), "per_chunk": psnr}}
+               "psnr": {**_curve(mse, psnr=True), "per_chunk": psnr}, "ssim": _curve(np.mean(self.ssim, axis=0))}
         if self.seconds:
             out["seconds_per_chunk"] = float(np.mean(self.seconds))
         return out
@@ -229,28 +265,31 @@ def _agreement(hits: int, rows: int) -> dict:
 
 
 def _curve(per_chunk: np.ndarray, psnr: bool = False) -> dict:
-    """Early / late means of a per-chunk curve (for PSNR: of the MSE, then converted)."""
+    """First-chunk value and early / late means of a per-chunk curve (for PSNR: of the MSE, then converted)."""
     def mean(values: np.ndarray) -> float | None:
         m = float(values.mean())
         return (-10 * math.log10(m) if m > 0 else None) if psnr else m
 
-    return {"early": mean(per_chunk[:2]), "late": mean(per_chunk[-2:]), "per_chunk": per_chunk.tolist()}
+    return {"first": mean(per_chunk[:1]), "early": mean(per_chunk[:2]), "late": mean(per_chunk[-2:]),
+            "per_chunk": per_chunk.tolist()}
 
 
-def strip_image(rows: list[tuple[np.ndarray, np.ndarray]], every: int) -> Image.Image:
-    """One PNG strip: per episode a ground-truth row above a generated row, every ``every``-th frame."""
+def strip_image(rows: list[tuple[np.ndarray, ...]], every: int) -> Image.Image:
+    """One PNG strip: per episode one row per video (ground truth, generated, mirrored ground truth, generated
+    under mirrored controls), every ``every``-th frame."""
     gap = 4
     blocks = []
-    for truth, video in rows:
-        pair = [np.concatenate(list(v[::every]), axis=1) for v in (truth, video)]
-        blocks += [pair[0], pair[1], np.full((gap, pair[0].shape[1], 3), 255, np.uint8)]
+    for videos in rows:
+        lines = [np.concatenate(list(v[::every]), axis=1) for v in videos]
+        blocks += [*lines, np.full((gap, lines[0].shape[1], 3), 255, np.uint8)]
     return Image.fromarray(np.concatenate(blocks[:-1]))
 
 
 def evaluate(specs: list[ModelSpec], codec_path: str | Path, cfg: EvalConfig = EvalConfig(),
              out: str | Path | None = None, progress: bool = True) -> dict:
     """Score each model and the references on the same held-out episodes; returns the results (also written to
-    ``out/results.json`` with a ``strip_<model>.png`` per model when ``out`` is given)."""
+    ``out/results.json`` with a ``strip_<model>.png`` per model when ``out`` is given). The ``mismatched``
+    reference needs two episodes or more; with one it is left out."""
     if not specs or len({s.name for s in specs}) != len(specs):
         raise ValueError(f"need at least one model, each with its own name; got {[s.name for s in specs]}")
     codec = ToyCodec.load(codec_path, device=cfg.device)
@@ -260,24 +299,33 @@ def evaluate(specs: list[ModelSpec], codec_path: str | Path, cfg: EvalConfig = E
         raise ValueError(f"the models generate chunks of different sizes {sorted(sizes)}; evaluate them apart")
     n = sizes.pop()
     episodes = held_out_episodes(cfg, n)
-    refs = {name: Tally(cfg.chunks, n) for name in REFERENCES}
+    refs = {name: Tally(cfg.chunks, n) for name in REFERENCES if name != "mismatched" or len(episodes) > 1}
     tallies = {g.spec.name: Tally(cfg.chunks, n) for g in generators}
     strips: dict[str, list] = {g.spec.name: [] for g in generators}
-    bar = tqdm(total=len(generators) * len(episodes) * cfg.chunks, unit="chunk", disable=not progress)
+    bar = tqdm(total=2 * len(generators) * len(episodes) * cfg.chunks, unit="chunk", disable=not progress)
     for i, ep in enumerate(episodes):
-        span = ep.frames[n - 1:]
-        recon = decoded_frames(codec.decode(codec.encode(to_tensor(span, cfg.device))))
-        refs["ground_truth"].add(span, ep)
-        refs["codec"].add(recon, ep)
-        refs["frozen"].add(np.repeat(span[:1], len(span), axis=0), ep)
+        span, mirrored = ep.frames[n - 1:], ep.mirror.frames[n - 1:]
+        recon, recon_mirrored = (decoded_frames(codec.decode(codec.encode(to_tensor(v, cfg.device))))
+                                 for v in (span, mirrored))
+        frozen = np.repeat(span[:1], len(span), axis=0)
+        refs["ground_truth"].add(span, mirrored, ep)
+        refs["codec"].add(recon, recon_mirrored, ep)
+        refs["frozen"].add(frozen, frozen, ep)
+        refs["ignores_controls"].add(span, span, ep)
+        if "mismatched" in refs:
+            other = episodes[(i + 1) % len(episodes)]
+            refs["mismatched"].add(span, mirrored, replace(ep, keys=other.keys, axes=other.axes, pitch=other.pitch))
+        order = np.random.default_rng([cfg.seed, i]).permutation(len(span))
+        refs["shuffled"].add(span[order], mirrored[order], ep)
         for g in generators:
             bar.set_description(g.spec.name)
             frames, seconds = g.rollout(ep, cfg.seed + i, tick=bar.update)
-            video = np.concatenate([recon[:1], frames])
-            tallies[g.spec.name].add(video, ep)
+            frames_mirrored, _ = g.rollout(ep.mirror, cfg.seed + i, tick=bar.update)  # same context, same noise
+            video, video_mirrored = (np.concatenate([recon[:1], f]) for f in (frames, frames_mirrored))
+            tallies[g.spec.name].add(video, video_mirrored, ep)
             tallies[g.spec.name].seconds += seconds
             if i < cfg.strip_episodes:
-                strips[g.spec.name].append((span, video))
+                strips[g.spec.name].append((span, video, mirrored, video_mirrored))
     bar.close()
     results = {"config": {**asdict(cfg), "chunk_frames": n, "codec": str(codec_path)},
                "episodes": [{"seed": ep.seed, "prompts": ep.prompts} for ep in episodes],
@@ -295,24 +343,29 @@ def evaluate(specs: list[ModelSpec], codec_path: str | Path, cfg: EvalConfig = E
 
 
 def format_table(results: dict) -> str:
-    """A plain-text table of the models, then the references."""
-    head = (f"{'model':<14} {'steps':>5}  {'turn':>5} {'move':>5} {'strafe':>6} {'all':>5}  "
-            f"{'drift early/late':>16}  {'hist early/late':>15}  {'PSNR early/late':>15}  {'s/chunk':>7}")
+    """A plain-text table of the models, then the references: per kind the counterfactual score with its
+    detection rate, overall motion agreement, first-chunk PSNR and SSIM, drift and speed."""
+    head = (f"{'model':<18} {'steps':>5}  {'turn':>9} {'move':>9} {'strafe':>9}  {'agree':>5}  {'PSNR1':>5} "
+            f"{'SSIM1':>5}  {'drift early/late':>16}  {'PSNR early/late':>15}  {'s/chunk':>7}")
     lines = [head, "-" * len(head)]
 
     def fmt(v, spec: str) -> str:
         return format(v, spec) if v is not None else format("-", ">" + spec.split(".")[0])
 
+    def kind(c: dict) -> str:
+        rate = f"{100 * c['detection_rate']:.0f}%" if c["detection_rate"] is not None else "-"
+        return f"{fmt(c['score'], '.2f')}/{rate:>4}"
+
     def row(name: str, r: dict, steps: str) -> str:
-        m = r["motion"]
-        agree = " ".join(fmt(m[k]["agreement"], w) for k, w in (("turn", "5.2f"), ("move", "5.2f"),
-                                                               ("strafe", "6.2f"), ("all", "5.2f")))
+        cf = " ".join(f"{kind(r['counterfactual'][k]):>9}" for k in KINDS)
         pair = {k: f"{fmt(r[k]['early'], f)} / {fmt(r[k]['late'], f)}" for k, f in
-                (("drift_moments", ".1f"), ("drift_histogram", ".3f"), ("psnr", ".1f"))}
-        secs = fmt(r.get("seconds_per_chunk"), ".3f")
-        return (f"{name:<14} {steps:>5}  {agree}  {pair['drift_moments']:>16}  {pair['drift_histogram']:>15}  "
-                f"{pair['psnr']:>15}  {secs:>7}")
+                (("drift_moments", ".1f"), ("psnr", ".1f"))}
+        return (f"{name:<18} {steps:>5}  {cf}  {fmt(r['motion']['all']['agreement'], '5.2f')}  "
+                f"{fmt(r['psnr']['first'], '5.1f')} {fmt(r['ssim']['first'], '5.3f')}  {pair['drift_moments']:>16}  "
+                f"{pair['psnr']:>15}  {fmt(r.get('seconds_per_chunk'), '7.3f')}")
 
     lines += [row(name, r, str(r["steps"])) for name, r in results["models"].items()]
     lines += [row(f"({name})", r, "") for name, r in results["references"].items()]
+    lines.append("turn/move/strafe: counterfactual score (0.5 = chance: the controls make no difference) / pairs "
+                 "with confident motion in both rollouts; agree: motion agreement, all kinds (chance: mismatched)")
     return "\n".join(lines)

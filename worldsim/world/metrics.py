@@ -17,9 +17,26 @@ better than the typical shift's (``confidence``): unrelated frames (a cut, a shu
 no motion. Each control row that commands one unambiguous motion is scored: hit if the observed shift has the
 commanded direction.
 
+Motion agreement alone cannot tell a model that follows controls from one that streams the ground forward: 83% of
+the scored walking rows of the toy episodes command forward, so ground truth scored against another episode's
+controls already agrees about a third of the time.
+
+**Counterfactual controllability.** Two rollouts from the same context and the same noise, one under the true
+controls and one under :func:`mirror_controls` (W<->S, A<->D, mouse deltas negated): whatever a model does without
+looking at the controls is the same in both. Per control row that commands one unambiguous motion (as above), the
+pair's outcome is *correct* (both rollouts move, in opposite directions, the true one as commanded), *reversed*
+(opposite, the wrong way round), *same* (both move the same way) or *no motion* (either rollout shows no confident
+shift). The score reads a detected pair as two signed trials (the true rollout against the command, the mirrored
+one against its mirror): correct 1, same 0.5, reversed 0, averaged within each sign of the true command and then
+over the two signs. A model that ignores the controls makes identical rollouts, so every detected pair is *same*
+and it scores exactly 0.5; so does one that always walks forward. No-motion pairs are left out of the score and
+reported as the detection rate.
+
 **Statistics drift.** Per-frame channel means and standard deviations and a coarse colour histogram, compared
 with a reference: the ground-truth frames of the same rollout (paired) or the opening frames (pooled). A model
 that slowly washes out, darkens or saturates over a long rollout shows a growing curve.
+
+**Fidelity.** :func:`ssim` (gaussian-window structural similarity) per frame against the ground truth.
 """
 
 from __future__ import annotations
@@ -29,10 +46,14 @@ from dataclasses import dataclass, field
 import numpy as np
 from numpy.lib.stride_tricks import sliding_window_view
 
-from .game import KEYS, WorldConfig
+from .game import AXES, KEYS, WorldConfig
 
 _W, _A, _S, _D, _SPACE = (KEYS.index(k) for k in ("W", "A", "S", "D", "Space"))
 KINDS = ("turn", "move", "strafe")
+MIRRORED_KEYS = {"W": "S", "S": "W", "A": "D", "D": "A"}  # key -> the key that commands the opposite motion
+MIRRORED_AXES = ("mouse_dx", "mouse_dy")  # axes whose sign flips
+OUTCOMES = ("correct", "reversed", "same", "no_motion")  # of a counterfactual pair
+SIGNS = (1, -1)  # the true command's sign, the first axis of counterfactual counts
 
 
 @dataclass(frozen=True)
@@ -144,24 +165,113 @@ def commanded(keys: np.ndarray, axes: np.ndarray, cfg: MotionConfig = MotionConf
             "strafe": np.where(still & (walk == 0), -side, 0)}
 
 
+def _scored_rows(want: dict[str, np.ndarray]) -> np.ndarray:
+    """Indices of the control rows that command at least one scored motion."""
+    return np.flatnonzero(np.any([want[k] != 0 for k in KINDS], axis=0))
+
+
+def _motions(frames: np.ndarray, axes: np.ndarray, rows: np.ndarray, cfg: MotionConfig, pitch: float
+             ) -> list[tuple[Motion, bool]]:
+    """Observed motion of each transition rows[i] -> rows[i] + 1, and whether enough close ground was in view to
+    judge moves and strafes (the horizon follows ``axes``)."""
+    horizon = horizons(axes, cfg, pitch)
+    out = []
+    for t in rows:
+        _, near = _regions(frames.shape[1], horizon[t + 1], cfg)
+        out.append((estimate_motion(frames[t], frames[t + 1], horizon[t + 1], cfg),
+                    near.stop - near.start >= cfg.min_rows))
+    return out
+
+
 def motion_breakdown(frames: np.ndarray, keys: np.ndarray, axes: np.ndarray, cfg: MotionConfig = MotionConfig(),
                      pitch: float = 0.0) -> dict[str, tuple[int, int]]:
     """(hits, scored rows) per kind. frames [N, H, W, 3]; keys [N, 6], axes [N, 2] with row t driving t-1 -> t
     (the dataset's alignment; row 0 is ignored); ``pitch`` at frame 0 (episodes start level)."""
     keys, axes = np.asarray(keys, np.float32), np.asarray(axes, np.float32)
     want = commanded(keys[1:], axes[1:], cfg)
-    horizon = horizons(axes, cfg, pitch)
+    rows = _scored_rows(want)
     out = {kind: [0, 0] for kind in KINDS}
-    for t in np.flatnonzero(np.any([want[k] != 0 for k in KINDS], axis=0)):
-        _, near = _regions(frames.shape[1], horizon[t + 1], cfg)
-        near_ok = near.stop - near.start >= cfg.min_rows  # enough close ground in view to judge moves
-        seen = estimate_motion(frames[t], frames[t + 1], horizon[t + 1], cfg)
+    for t, (seen, near_ok) in zip(rows, _motions(frames, axes, rows, cfg, pitch)):
         for kind in KINDS:
             if want[kind][t] and (kind == "turn" or near_ok):
                 shift = getattr(seen, kind)
                 out[kind][0] += int(abs(shift) >= cfg.min_shift and np.sign(shift) == want[kind][t])
                 out[kind][1] += 1
     return {k: (h, n) for k, (h, n) in out.items()}
+
+
+def mirror_plan(key_names: tuple[str, ...] = KEYS, axis_names: tuple[str, ...] = AXES
+                ) -> tuple[list[int], list[float]]:
+    """For a control schema: the index of each key's mirror partner (W<->S, A<->D; itself if it has none in the
+    schema) and each axis's sign under mirroring (-1 for the mouse deltas). Keys [..., K] mirror as
+    ``keys[..., perm]``, axes [..., A] as ``axes * signs``, for numpy arrays and torch tensors alike."""
+    perm = [key_names.index(MIRRORED_KEYS[k]) if MIRRORED_KEYS.get(k) in key_names else i
+            for i, k in enumerate(key_names)]
+    return perm, [-1.0 if a in MIRRORED_AXES else 1.0 for a in axis_names]
+
+
+def mirror_controls(keys: np.ndarray, axes: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """The toy world's controls keys [..., 6], axes [..., 2] mirrored: W<->S, A<->D, mouse_dx and mouse_dy
+    negated, Space and Shift kept. Every motion they command is reversed (see :func:`commanded`)."""
+    keys, axes = np.asarray(keys, np.float32), np.asarray(axes, np.float32)
+    if keys.shape[-1] != len(KEYS) or axes.shape[-1] != len(AXES):
+        raise ValueError(f"mirror_controls needs keys [..., {len(KEYS)}] ({', '.join(KEYS)}) and axes "
+                         f"[..., {len(AXES)}] ({', '.join(AXES)}), got {list(keys.shape)} and {list(axes.shape)}")
+    perm, signs = mirror_plan()
+    return keys[..., perm], axes * np.asarray(signs, np.float32)
+
+
+def _outcome(true: float, mirrored: float, sign: int, min_shift: float) -> int:
+    """Index into OUTCOMES of one counterfactual pair of observed shifts under a true command of ``sign``."""
+    a, b = (int(np.sign(s)) if abs(s) >= min_shift else 0 for s in (true, mirrored))
+    if not a or not b:
+        return OUTCOMES.index("no_motion")
+    if a == b:
+        return OUTCOMES.index("same")
+    return OUTCOMES.index("correct" if a == sign else "reversed")
+
+
+def counterfactual_counts(frames: np.ndarray, mirrored: np.ndarray, keys: np.ndarray, axes: np.ndarray,
+                          cfg: MotionConfig = MotionConfig(), pitch: float = 0.0) -> dict[str, np.ndarray]:
+    """Per kind, counts [2, 4] of counterfactual pairs by the true command's sign (SIGNS) and outcome (OUTCOMES).
+
+    frames [N, H, W, 3]: a rollout under keys [N, 6], axes [N, 2] (row t driving t-1 -> t, row 0 ignored);
+    mirrored [N, H, W, 3]: the rollout from the same context and noise under ``mirror_controls(keys, axes)``.
+    A row is scored where the true controls command one motion (:func:`commanded`; the mirrored ones then command
+    the opposite) and, for moves and strafes, enough close ground is in view in both rollouts.
+    """
+    keys, axes = np.asarray(keys, np.float32), np.asarray(axes, np.float32)
+    if mirrored.shape != frames.shape:
+        raise ValueError(f"the two rollouts of a pair differ in shape: {list(frames.shape)} and "
+                         f"{list(mirrored.shape)}")
+    want = commanded(keys[1:], axes[1:], cfg)
+    rows = _scored_rows(want)
+    seen = _motions(frames, axes, rows, cfg, pitch)
+    seen_mirrored = _motions(mirrored, mirror_controls(keys, axes)[1], rows, cfg, pitch)
+    out = {kind: np.zeros((len(SIGNS), len(OUTCOMES)), np.int64) for kind in KINDS}
+    for t, (a, near_a), (b, near_b) in zip(rows, seen, seen_mirrored):
+        for kind in KINDS:
+            sign = int(want[kind][t])
+            if sign and (kind == "turn" or near_a and near_b):
+                out[kind][SIGNS.index(sign), _outcome(getattr(a, kind), getattr(b, kind), sign, cfg.min_shift)] += 1
+    return out
+
+
+def counterfactual_summary(counts: np.ndarray) -> dict:
+    """Counts [2, 4] of one kind (:func:`counterfactual_counts`, summed over episodes) -> JSON-ready figures:
+    pairs, detected pairs and their rate, each outcome, the score per sign of the true command (None without
+    detections) and ``score``, their mean over the signs with detections (None if none)."""
+    counts = np.asarray(counts)
+    correct, _, same, _ = counts.T  # each [2]: per sign
+    detected = counts[:, :3].sum(1)
+    by_sign = {f"{s:+d}"[0]: float((correct[i] + same[i] / 2) / detected[i]) if detected[i] else None
+               for i, s in enumerate(SIGNS)}
+    scores = [v for v in by_sign.values() if v is not None]
+    pairs = int(counts.sum())
+    return {"pairs": pairs, "detected": int(detected.sum()),
+            "detection_rate": float(detected.sum() / pairs) if pairs else None,
+            **{name: int(counts[:, i].sum()) for i, name in enumerate(OUTCOMES)},
+            "score_by_sign": by_sign, "score": float(np.mean(scores)) if scores else None}
 
 
 def motion_agreement(frames: np.ndarray, keys: np.ndarray, axes: np.ndarray, cfg: MotionConfig = MotionConfig(),
@@ -213,3 +323,32 @@ def stat_drift(frames: np.ndarray, reference: np.ndarray | None = None, paired: 
     if not paired:
         rm, rh = rm.mean(0, keepdims=True), rh.mean(0, keepdims=True)
     return Drift(moments=np.abs(m - rm).mean(1), histogram=0.5 * np.abs(h - rh).sum(1))
+
+
+def _gaussian_blur(x: np.ndarray, radius: int, sigma: float) -> np.ndarray:
+    """Gaussian filter of x [N, H, W, C] over H and W, valid region only: [N, H - 2r, W - 2r, C]."""
+    g = np.exp(-0.5 * (np.arange(-radius, radius + 1) / sigma) ** 2)
+    g /= g.sum()
+    for axis in (1, 2):
+        x = sliding_window_view(x, 2 * radius + 1, axis=axis) @ g
+    return x
+
+
+def ssim(frames: np.ndarray, reference: np.ndarray, radius: int = 5, sigma: float = 1.5) -> np.ndarray:
+    """[N] structural similarity of frames [N, H, W, 3] uint8 to reference frames of the same shape: the mean over
+    pixels (where the whole window fits) and channels of Wang et al.'s SSIM map with an 11x11 gaussian window
+    (sigma 1.5), K1 = 0.01, K2 = 0.03 and a data range of 255. 1 for identical frames."""
+    if frames.shape != reference.shape or frames.ndim != 4:
+        raise ValueError(f"ssim needs frames and reference of one shape [N, H, W, C], got {list(frames.shape)} and "
+                         f"{list(reference.shape)}")
+    if min(frames.shape[1:3]) < 2 * radius + 1:
+        raise ValueError(f"frames of {frames.shape[1]}x{frames.shape[2]} are smaller than the {2 * radius + 1}-pixel "
+                         f"SSIM window")
+    x, y = frames.astype(np.float64), reference.astype(np.float64)
+    c1, c2 = (0.01 * 255) ** 2, (0.03 * 255) ** 2
+    mx, my = _gaussian_blur(x, radius, sigma), _gaussian_blur(y, radius, sigma)
+    vx = _gaussian_blur(x * x, radius, sigma) - mx * mx
+    vy = _gaussian_blur(y * y, radius, sigma) - my * my
+    cov = _gaussian_blur(x * y, radius, sigma) - mx * my
+    s = (2 * mx * my + c1) * (2 * cov + c2) / ((mx * mx + my * my + c1) * (vx + vy + c2))
+    return s.mean(axis=(1, 2, 3))
