@@ -82,10 +82,10 @@ def in_process(args: argparse.Namespace) -> dict:
     from worldsim.codecs.base import to_uint8
     from worldsim.model.control import Controls
     from worldsim.sampling.session import StreamingSession
-    from worldsim.serve.backend import BackendOptions, build_backend
+    from worldsim.runtime import RuntimeOptions, build_runtime
 
     torch.set_num_threads(args.threads)
-    b = build_backend(BackendOptions(preset=args.preset, height=args.height, width=args.width))
+    b = build_runtime(RuntimeOptions(preset=args.preset, height=args.height, width=args.width))
     k, n = b.schema.frames_per_latent, b.model.cfg.chunk_frames
     keys = torch.zeros(1, n, k, len(b.schema.keys))
     keys[..., 0] = 1

@@ -29,10 +29,9 @@ from worldsim.codecs.base import frames_for_chunk, to_uint8
 from worldsim.codecs.taehv import TAEHVConfig, TAEHVDecoder, TAEHVStreamingDecoder
 from worldsim.codecs.wan_vae import WanVAEDecoder
 from worldsim.model.attention import BACKENDS, select_backend
-from worldsim.model.config import load_preset
-from worldsim.model.dit import CausalWanDiT, count_parameters
-from worldsim.pipeline.runtime import compile_blocks, resolve_device, resolve_dtype, synchronize
-from worldsim.sampling.session import StreamingSession
+from worldsim.model.dit import count_parameters
+from worldsim.pipeline.devices import synchronize
+from worldsim.runtime import RuntimeOptions, build_runtime
 
 MODES = ("denoise", "wan", "taehv")
 CARD_GIB = 24
@@ -115,26 +114,20 @@ def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
-    device = resolve_device(args.device)
-    dtype = resolve_dtype(args.dtype, device)
-    cfg = load_preset(args.preset)
-    step = 8 * cfg.patch_size[1]
-    if args.height % step or args.width % step:
-        print(f"error: video size must be divisible by {step}", file=sys.stderr)
+    try:  # the model as worldsim serve and generate load it: the preset with random weights, no control module
+        runtime = build_runtime(RuntimeOptions(preset=args.preset, height=args.height, width=args.width,
+                                               device=args.device, dtype=args.dtype, attn=args.attn,
+                                               compile=args.compile, window_frames=args.window, sink_frames=args.sink,
+                                               keys=(), axes=()))
+    except ValueError as err:
+        print(f"error: {err}", file=sys.stderr)
         return 2
+    model, device, dtype, cfg = runtime.model, runtime.device, runtime.dtype, runtime.model.cfg
     backend = select_backend(args.attn, device, dtype, masked=False)
-    torch.manual_seed(0)
-    with torch.device(device):
-        model = CausalWanDiT(cfg).to(dtype).eval()
-    model.attn_backend = args.attn
-    if args.compile:
-        compile_blocks(model)
     prompt = torch.randn(1, cfg.text_len, cfg.text_dim, device=device, dtype=dtype)
-    latent_shape = (cfg.in_dim, args.height // 8, args.width // 8)
 
-    def make_session() -> StreamingSession:
-        return StreamingSession(model, prompt, latent_shape=latent_shape, seed=0, sink_frames=args.sink,
-                                window_frames=args.window)
+    def make_session():
+        return runtime.new_session(prompt, seed=0)
 
     cond = {"device": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu", "dtype": str(dtype),
             "preset": args.preset, "params": f"{count_parameters(model):,}", "video": f"{args.width}x{args.height}",

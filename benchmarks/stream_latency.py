@@ -23,7 +23,7 @@ from tqdm import tqdm
 from worldsim.model.attention import BACKENDS, select_backend
 from worldsim.model.config import load_preset
 from worldsim.model.dit import CausalWanDiT, count_parameters
-from worldsim.pipeline.runtime import DTYPES, resolve_device, resolve_dtype
+from worldsim.pipeline.devices import DTYPES, resolve_device, resolve_dtype
 from worldsim.sampling.session import StreamingSession
 
 VAE_SPATIAL = 8  # Wan VAE: 8x spatial, 4x temporal compression

@@ -15,7 +15,7 @@ import msgpack
 import pytest
 import zmq
 
-from worldsim.serve.backend import BackendOptions, build_backend
+from worldsim.runtime import RuntimeOptions, build_runtime
 from worldsim.serve.daemon import Daemon, DaemonConfig
 from worldsim.serve.protocol import PROTOCOL_VERSION, Limits
 
@@ -25,7 +25,7 @@ TEST_LIMITS = Limits(max_message_bytes=256 << 10, idle_timeout_s=10.0, heartbeat
 
 def tiny_backend(size: int = 32, embedding_dim: int = 5, **kw):
     """The tiny preset with a control schema (6 keys, 2 axes, an engine embedding) at ``size`` x ``size`` pixels."""
-    return build_backend(BackendOptions(preset="tiny", height=size, width=size, embedding_dim=embedding_dim,
+    return build_runtime(RuntimeOptions(preset="tiny", height=size, width=size, embedding_dim=embedding_dim,
                                         window_frames=6, sink_frames=0, **kw))
 
 

@@ -12,6 +12,7 @@ import torch
 
 from tiny_models import (write_diffusers_folder, write_official_folder, write_self_forcing_checkpoint, write_taehv)
 from worldsim import cli
+from worldsim import runtime as rt
 from worldsim.pipeline import generate as gen
 from worldsim.pipeline.folders import ModelFolderError, find_model_folder
 from worldsim.pipeline.schedule import chunk_at_seconds, load_schedule
@@ -48,7 +49,7 @@ def test_generate_official_layout_with_self_forcing_checkpoint(official, tmp_pat
 def test_self_forcing_ema_weights_replace_the_folder_dit(official):
     root, ema = official
     folder = find_model_folder(root, checkpoint=root.parent / "checkpoints" / "self_forcing_dmd.pt")
-    model = gen.load_dit(folder, use_ema=True, dtype=torch.float32, device=torch.device("cpu"))
+    model = rt.load_dit(folder, use_ema=True, dtype=torch.float32, device=torch.device("cpu"))
     assert all(torch.equal(v, ema[k]) for k, v in model.state_dict().items())
 
 
@@ -73,21 +74,21 @@ def test_schedule_switches_prompts_at_the_right_chunks(official, tmp_path, monke
     ]) + "\n")
     used = []  # (chunk, prompt embedding the chunk was made under)
 
-    class Spy(gen.StreamingSession):
+    class Spy(rt.StreamingSession):
         def step(self, controls=None):
             out = super().step(controls)
             used.append((self.frame // self.chunk_frames - 1, self.prompt.clone(), ))
             return out
 
-    monkeypatch.setattr(gen, "StreamingSession", Spy)
+    monkeypatch.setattr(rt, "StreamingSession", Spy)
     encoded = {}
-    real_encode = gen.encode_prompts
+    real_encode = rt.Runtime.encode_prompts
 
-    def encode(*args, **kwargs):
-        encoded.update(real_encode(*args, **kwargs))
+    def encode(self, prompts):
+        encoded.update(real_encode(self, prompts))
         return encoded
 
-    monkeypatch.setattr(gen, "encode_prompts", encode)
+    monkeypatch.setattr(rt.Runtime, "encode_prompts", encode)
     r = gen.generate(gen.GenerateConfig(model=root, schedule=schedule, chunks=5, out=tmp_path / "s.mp4",
                                         height=32, width=48, progress=False))
     assert r.switch_chunks == [2, 3] and read_mp4(r.path)[0] == 9 + 4 * 12
@@ -100,14 +101,14 @@ def test_schedule_switches_prompts_at_the_right_chunks(official, tmp_path, monke
 def test_an_interrupted_run_leaves_a_playable_video(official, tmp_path, monkeypatch):
     calls = []
 
-    class Interrupting(gen.StreamingSession):
+    class Interrupting(rt.StreamingSession):
         def step(self, controls=None):
             calls.append(1)
             if len(calls) == 2:
                 raise KeyboardInterrupt
             return super().step(controls)
 
-    monkeypatch.setattr(gen, "StreamingSession", Interrupting)
+    monkeypatch.setattr(rt, "StreamingSession", Interrupting)
     with pytest.raises(KeyboardInterrupt):
         gen.generate(gen.GenerateConfig(model=official[0], prompt="a cat", chunks=4, out=tmp_path / "cut.mp4",
                                         height=32, width=48, progress=False))

@@ -413,15 +413,15 @@ def test_readme_client_example_runs(backend, make_daemon):
 
 def test_backend_from_a_checkpoint(tmp_path, one_torch_thread):
     from worldsim.checkpoints import save_worldsim
-    from worldsim.serve.backend import BackendOptions, build_backend
+    from worldsim.runtime import RuntimeOptions, build_runtime
 
     trained = tiny_backend(embedding_dim=0).model  # stands in for trained weights with a control module
     save_worldsim(trained, tmp_path / "m.safetensors")
-    b = build_backend(BackendOptions(model=str(tmp_path / "m.safetensors"), height=32, width=64))
+    b = build_runtime(RuntimeOptions(model=str(tmp_path / "m.safetensors"), height=32, width=64))
     assert not b.untrained and b.schema.keys == ("W", "A", "S", "D", "Space", "Shift") and b.schema.embedding_dim == 0
     assert b.latent_shape == (4, 4, 8) and b.video_info()["width"] == 64
     with pytest.raises(ValueError, match="multiple of 16"):
-        build_backend(BackendOptions(preset="tiny", height=40, width=32))
+        build_runtime(RuntimeOptions(preset="tiny", height=40, width=32))
 
 
 def test_inputs_to_a_paused_session_do_not_look_like_a_dead_daemon(backend, make_daemon):

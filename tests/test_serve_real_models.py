@@ -18,10 +18,10 @@ from worldsim.client import Client
 from worldsim.codecs.base import to_uint8
 from worldsim.model.config import load_preset
 from worldsim.model.dit import CausalWanDiT
-from worldsim.pipeline import generate as gen
+from worldsim import runtime as rt
 from worldsim.pipeline.folders import ModelFolderError, find_model_folder
 from worldsim.sampling.session import StreamingSession
-from worldsim.serve.backend import BackendOptions, build_backend
+from worldsim.runtime import RuntimeOptions, build_runtime
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 SIZE = {"height": 32, "width": 48}
@@ -37,14 +37,15 @@ def official(tmp_path_factory):
 
 
 def in_process(root, checkpoint, decoder: str, chunks: int, seed: int = 5) -> np.ndarray:
-    """What `worldsim generate` makes from the same files, with the daemon's cache settings: [T, H, W, 3] uint8."""
+    """The same files wired by hand from the published-format loaders, with the daemon's cache settings:
+    [T, H, W, 3] uint8."""
     folder = find_model_folder(root, checkpoint=checkpoint)
     cpu = torch.device("cpu")
-    model = gen.load_dit(folder, use_ema=True, dtype=torch.float32, device=cpu)
-    embeds = gen.encode_prompts(folder, [PROMPT], model.cfg, cpu, offload=False)
-    dec = gen.load_decoder(folder, decoder, dtype=torch.float32, device=cpu)
-    shape = gen.latent_shape_for(model.cfg, dec.spatial_stride, SIZE["height"], SIZE["width"])
-    session = StreamingSession(model, embeds[PROMPT], latent_shape=shape, seed=seed, sink_frames=3, window_frames=12)
+    model = rt.load_dit(folder, use_ema=True, dtype=torch.float32, device=cpu)
+    text = rt.load_text_encoder(folder["text_encoder"].path, folder["tokenizer"].path, model.cfg, cpu, offload=False)
+    dec = rt.load_decoder(folder, decoder, dtype=torch.float32, device=cpu)
+    shape = (model.cfg.in_dim, SIZE["height"] // dec.spatial_stride, SIZE["width"] // dec.spatial_stride)
+    session = StreamingSession(model, text(PROMPT), latent_shape=shape, seed=seed, sink_frames=3, window_frames=12)
     dec.reset()
     return np.concatenate([to_uint8(dec.decode(session.step()))[0].numpy() for _ in range(chunks)])
 
@@ -65,7 +66,7 @@ def served(backend, make_daemon, n: int, seed: int = 5, **open_kw) -> tuple[dict
 @pytest.mark.parametrize("decoder", ["wan", "taehv"])
 def test_official_folder_and_self_forcing_checkpoint(official, make_daemon, decoder):
     root, ckpt = official
-    b = build_backend(BackendOptions(model=str(root), checkpoint=str(ckpt), decoder=decoder, **SIZE))
+    b = build_runtime(RuntimeOptions(model=str(root), checkpoint=str(ckpt), decoder=decoder, **SIZE))
     model, frames = served(b, make_daemon, 9 + 12)
     assert model["text_encoder"] == "umt5" and model["decoder"] == decoder and model["untrained"] is False
     assert model["layout"] == "wan" and model["checkpoint"] == str(ckpt) and model["folder"] == str(root)
@@ -74,21 +75,21 @@ def test_official_folder_and_self_forcing_checkpoint(official, make_daemon, deco
 
 def test_diffusers_folder(tmp_path, make_daemon):
     root = write_diffusers_folder(tmp_path / "Wan2.1-T2V-1.3B-Diffusers")
-    model, frames = served(build_backend(BackendOptions(model=str(root), **SIZE)), make_daemon, 9)
+    model, frames = served(build_runtime(RuntimeOptions(model=str(root), **SIZE)), make_daemon, 9)
     assert model["layout"] == "diffusers" and model["decoder"] == "wan" and model["checkpoint"] is None
     assert np.array_equal(np.stack([f.image for f in frames]), in_process(root, None, "wan", chunks=1))
 
 
 def test_prompt_switches_and_start_frames_use_the_real_encoders(official, make_daemon):
     root, ckpt = official
-    b = build_backend(BackendOptions(model=str(root), checkpoint=str(ckpt), **SIZE))
+    b = build_runtime(RuntimeOptions(model=str(root), checkpoint=str(ckpt), **SIZE))
     d = make_daemon(b)
     start = np.zeros((32, 48, 3), np.uint8)
     start[:, :24] = 255
     with Client(d.endpoint, timeout=60) as c:
         s = c.open(PROMPT, fps=0, start_frame=start)  # encoded by the Wan VAE encoder, decoded as frame 0
         first = c.frame(60)
-        vae = gen.load_decoder(find_model_folder(root), "wan", dtype=torch.float32, device=torch.device("cpu"))
+        vae = rt.load_decoder(find_model_folder(root), "wan", dtype=torch.float32, device=torch.device("cpu"))
         latents = vae.encode(torch.from_numpy(start / 255.0).float().permute(2, 0, 1)[None, None])
         assert first.index == 0 and np.array_equal(first.image, to_uint8(vae.decode(latents))[0, 0].numpy())
         seq = c.send(s, prompt="a quiet harbour at night", mode="recache")  # UMT5 on the encoder thread
@@ -102,17 +103,17 @@ def test_bad_model_folders_and_checkpoints_are_named(official, tmp_path):
     root, ckpt = official
     partial = write_official_folder(tmp_path / "partial", skip=("Wan2.1_VAE.pth",))
     with pytest.raises(ModelFolderError, match="Wan2.1_VAE.pth"):
-        build_backend(BackendOptions(model=str(partial), **SIZE))
+        build_runtime(RuntimeOptions(model=str(partial), **SIZE))
     with pytest.raises(ModelFolderError, match="taew2_1"):
-        build_backend(BackendOptions(model=str(partial), decoder="taehv", **SIZE))
+        build_runtime(RuntimeOptions(model=str(partial), decoder="taehv", **SIZE))
     other = CausalWanDiT(load_preset("tiny"))  # another architecture than the folder's DiT
     save_self_forcing_pt(randomize(other, 0).state_dict(), tmp_path / "other.pt")
     with pytest.raises(CheckpointError, match="other.pt"):
-        build_backend(BackendOptions(model=str(root), checkpoint=str(tmp_path / "other.pt"), **SIZE))
+        build_runtime(RuntimeOptions(model=str(root), checkpoint=str(tmp_path / "other.pt"), **SIZE))
     with pytest.raises(ValueError, match="need --model to be a Wan2.1 model folder"):
-        build_backend(BackendOptions(preset="tiny", decoder="taehv"))
+        build_runtime(RuntimeOptions(preset="tiny", decoder="taehv"))
     with pytest.raises(ValueError, match="multiple of 16"):
-        build_backend(BackendOptions(model=str(root), height=40, width=48))
+        build_runtime(RuntimeOptions(model=str(root), height=40, width=48))
 
 
 def test_serve_command_reports_a_missing_file_before_binding(tmp_path):

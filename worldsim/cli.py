@@ -111,7 +111,8 @@ def _bench_run(args: argparse.Namespace) -> int:
 
 def _generate_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--model", type=Path, required=True,
-                   help="model folder: Wan2.1-T2V-1.3B as published, or its diffusers layout")
+                   help="a Wan2.1-T2V-1.3B folder (as published, or its diffusers layout), a worldsim model package "
+                        "(OUT/final of a worldsim train run) or a checkpoint file")
     p.add_argument("--prompt", help="text prompt (the prompt for chunk 0 when --schedule starts later)")
     p.add_argument("--schedule", type=Path, help="JSONL prompt schedule: worldsim {prompt, chunk|seconds, mode} "
                                                  "lines or LongLive {prompts, switch_frame_indices} lines")
@@ -125,17 +126,17 @@ def _generate_arguments(p: argparse.ArgumentParser) -> None:
     length.add_argument("--chunks", type=int, help="video length in chunks (12 frames each, 9 for the first)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out", type=Path, default=Path("video.mp4"), help="output mp4 (default video.mp4)")
-    p.add_argument("--height", type=int, default=480)
-    p.add_argument("--width", type=int, default=832)
-    p.add_argument("--fps", type=int, default=16)
+    p.add_argument("--height", type=int, help="video height (default: a package's; 480 for a Wan2.1 folder)")
+    p.add_argument("--width", type=int, help="video width (default: a package's; 832 for a Wan2.1 folder)")
+    p.add_argument("--fps", type=float, help="frames per second (default: a package's, else 16)")
     p.add_argument("--crf", type=int, default=18, help="H.264 quality, lower is better (default 18)")
-    p.add_argument("--window", type=int, default=21, help="rolling KV window in latent frames (default 21)")
-    p.add_argument("--sink", type=int, default=0, help="sink latent frames kept forever (default 0)")
+    p.add_argument("--window", type=int, help="rolling KV window in latent frames (default: a package's, else 21)")
+    p.add_argument("--sink", type=int, help="sink latent frames kept forever (default: a package's, else 0)")
     p.add_argument("--device", default="auto", help="auto (cuda if available), cpu, cuda, cuda:1, ...")
     p.add_argument("--dtype", default="auto", choices=("auto", "bf16", "fp16", "fp32"),
                    help="DiT and decoder precision; auto: bf16 on a GPU, fp32 on the CPU")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
-    add_model_folder_arguments(p, decoder_default="wan")
+    add_model_folder_arguments(p, decoder_default=None)
 
 
 def _generate_run(args: argparse.Namespace) -> int:
@@ -144,7 +145,7 @@ def _generate_run(args: argparse.Namespace) -> int:
     cfg = GenerateConfig(
         model=args.model, prompt=args.prompt, out=args.out, seconds=args.seconds, chunks=args.chunks, seed=args.seed,
         schedule=args.schedule, schedule_index=args.schedule_index, switch_frames=args.switch_frames,
-        switch_mode=args.switch_mode, checkpoint=args.checkpoint, use_ema=args.use_ema, decoder=args.decoder,
+        switch_mode=args.switch_mode, checkpoint=args.checkpoint, use_ema=args.use_ema, decoder=args.decoder or "auto",
         taehv=args.taehv, height=args.height, width=args.width, fps=args.fps, window_frames=args.window,
         sink_frames=args.sink, device=args.device, dtype=args.dtype, attn=args.attn, compile=args.compile,
         offload_text_encoder=args.offload_text_encoder, crf=args.crf, progress=not args.quiet)
@@ -384,7 +385,7 @@ COMMANDS: list[Command] = [
     Command("keys", "make CurveZMQ keys for serving beyond this machine", _keys_arguments, _keys_run),
     Command("gateway", "WebSocket gateway to a running daemon (browsers, Godot, Unity; bridge/PROTOCOL.md)",
             _gateway_arguments, _gateway_run),
-    Command("generate", "text-to-video from a Wan2.1 model folder (+ Self-Forcing checkpoint) into an mp4",
+    Command("generate", "text-to-video into an mp4 from a Wan2.1 folder (+ Self-Forcing checkpoint) or a model package",
             _generate_arguments, _generate_run),
     Command("inspect", "check a model folder: what is there, what is missing and how to download it",
             _inspect_arguments, _inspect_run),

@@ -1,9 +1,11 @@
-"""Text-to-video generation from a model folder: prompts -> UMT5 -> streaming DiT -> streaming decoder -> mp4.
+"""Text-to-video generation from a model source: prompts -> text encoder -> streaming DiT -> streaming decoder -> mp4.
 
-The video is produced chunk by chunk (``chunk_frames`` latent frames each, 12 video frames with the defaults) with a
-rolling KV cache, so any length runs in constant memory; each chunk is decoded and muxed as soon as it is made.
-A prompt schedule switches the prompt at chunk boundaries. All prompts are encoded before the DiT moves to the GPU,
-then the text encoder is released, so the GPU never holds both (peak memory is the larger of the two, not the sum).
+The model comes from :mod:`worldsim.runtime` (a Wan2.1 folder with UMT5 + Wan VAE/TAEHV, a worldsim model package,
+or a checkpoint file), exactly as ``worldsim serve`` loads it. The video is produced chunk by chunk with a rolling KV
+cache, so any length runs in constant memory; each chunk is decoded and muxed as soon as it is made. A prompt
+schedule switches the prompt at chunk boundaries. All prompts are encoded while the DiT and decoder still wait in
+CPU RAM, then the text encoder is released and they move to the GPU, so the GPU never holds both (peak memory is
+the larger of the two, not the sum).
 
     result = generate(GenerateConfig(model="wan_models/Wan2.1-T2V-1.3B", checkpoint="checkpoints/self_forcing_dmd.pt",
                                      prompt="a red fox running through snow", seconds=10, out="fox.mp4"))
@@ -11,8 +13,6 @@ then the text encoder is released, so the GPU never holds both (peak memory is t
 
 from __future__ import annotations
 
-import gc
-import logging
 import math
 import time
 from collections.abc import Sequence
@@ -22,28 +22,17 @@ from pathlib import Path
 import torch
 from tqdm import tqdm
 
-from ..checkpoints import load_model
-from ..codecs.base import StreamingDecoder, frames_for_chunk, to_uint8
-from ..codecs.taehv import TAEHVStreamingDecoder, load_taehv
-from ..codecs.wan_vae import WanVAEDecoder, load_wan_vae
-from ..model.attention import select_backend
-from ..model.config import DiTConfig
-from ..model.dit import CausalWanDiT
-from ..sampling.session import StreamingSession
-from .folders import ModelFolder, find_model_folder
-from .runtime import compile_blocks, resolve_device, resolve_dtype, text_encoder_dtype
+from ..codecs.base import frames_for_chunk, to_uint8
+from ..model_package import is_package
+from ..runtime import DECODERS, Runtime, RuntimeOptions, build_runtime
 from .schedule import PromptSchedule, load_schedule
-
-log = logging.getLogger(__name__)
-
-DECODER_TYPES = {"wan": WanVAEDecoder, "taehv": TAEHVStreamingDecoder}
-DECODERS = tuple(DECODER_TYPES)
 
 
 @dataclass
 class GenerateConfig:
     """Everything ``worldsim generate`` takes. Length: ``chunks`` if given, else ``seconds`` rounded up to whole
-    chunks (5 s at 16 fps -> 7 chunks -> 81 frames, as Self Forcing makes)."""
+    chunks (5 s at 16 fps -> 7 chunks -> 81 frames, as Self Forcing makes). Video size, fps and cache default to
+    the source's (a package's own; for a Wan2.1 folder 832x480 at 16 fps with a 21-frame window)."""
 
     model: Path
     prompt: str | None = None
@@ -57,13 +46,13 @@ class GenerateConfig:
     switch_mode: str = "recache"  # default for switches that name no mode
     checkpoint: Path | None = None  # Self-Forcing .pt replacing the folder's DiT weights
     use_ema: bool = True
-    decoder: str = "wan"
+    decoder: str = "auto"  # wan | taehv for a folder (auto: wan); a package brings its own codec
     taehv: Path | None = None
-    height: int = 480
-    width: int = 832
-    fps: int = 16
-    window_frames: int = 21
-    sink_frames: int = 0
+    height: int | None = None
+    width: int | None = None
+    fps: float | None = None
+    window_frames: int | None = None  # default: a package's, else 21
+    sink_frames: int | None = None  # default: a package's, else 0
     device: str = "auto"
     dtype: str = "auto"
     attn: str = "auto"
@@ -80,7 +69,7 @@ class GenerateResult:
     chunks: int
     width: int
     height: int
-    fps: int
+    fps: float
     load_s: float  # loading weights and encoding prompts
     stream_s: float  # generating, decoding and writing every chunk
     first_frame_s: float  # from the start of streaming until the first chunk's frames were written
@@ -102,9 +91,9 @@ def plan_chunks(seconds: float, fps: float, chunk_frames: int, temporal_stride: 
     return max(chunks, 1)
 
 
-def build_schedule(cfg: GenerateConfig, chunk_frames: int, temporal_stride: int) -> PromptSchedule:
+def build_schedule(cfg: GenerateConfig, chunk_frames: int, temporal_stride: int, fps: float) -> PromptSchedule:
     if cfg.schedule is not None:
-        return load_schedule(cfg.schedule, chunk_frames=chunk_frames, fps=cfg.fps, temporal_stride=temporal_stride,
+        return load_schedule(cfg.schedule, chunk_frames=chunk_frames, fps=fps, temporal_stride=temporal_stride,
                              first_prompt=cfg.prompt, default_mode=cfg.switch_mode, index=cfg.schedule_index,
                              switch_frames=cfg.switch_frames)
     if not cfg.prompt or not cfg.prompt.strip():
@@ -112,111 +101,54 @@ def build_schedule(cfg: GenerateConfig, chunk_frames: int, temporal_stride: int)
     return PromptSchedule.single(cfg.prompt)
 
 
-def load_dit(folder: ModelFolder, *, use_ema: bool, dtype: torch.dtype, device: torch.device) -> CausalWanDiT:
-    """The folder's DiT, or its architecture with a Self-Forcing checkpoint's weights when one is given."""
-    dit = folder["dit"].path
-    if "checkpoint" in folder.parts:
-        return load_model(folder["checkpoint"].path, config=dit, use_ema=use_ema, dtype=dtype, device=device)
-    log.warning("no --checkpoint: using the base Wan2.1 weights, which were not trained for few-step causal "
-                "sampling; expect noise. Pass the Self-Forcing checkpoint (checkpoints/self_forcing_dmd.pt).")
-    return load_model(dit, dtype=dtype, device=device)
-
-
-def load_text_encoder(encoder: Path, tokenizer: Path, dit_cfg: DiTConfig, device: torch.device, offload: bool):
-    """UMT5 (Wan's .pth or a text_encoder/ folder) as a cached prompt encoder for this DiT (offload: kept on the CPU
-    between prompts)."""
-    from ..text.umt5 import UMT5TextEncoder, load_tokenizer, load_umt5_encoder
-
-    model = load_umt5_encoder(encoder, dtype=text_encoder_dtype(device), device="cpu" if offload else device)
-    text = UMT5TextEncoder(model, load_tokenizer(tokenizer), text_len=dit_cfg.text_len, device=device,
-                           offload=offload)
-    if text.dim != dit_cfg.text_dim:
-        raise ValueError(f"{encoder}: the text encoder gives {text.dim}-dim embeddings but the DiT takes "
-                         f"{dit_cfg.text_dim}")
-    return text
-
-
-def folder_text_encoder(folder: ModelFolder, dit_cfg: DiTConfig, device: torch.device, offload: bool):
-    return load_text_encoder(folder["text_encoder"].path, folder["tokenizer"].path, dit_cfg, device, offload)
-
-
-def encode_prompts(folder: ModelFolder, prompts: Sequence[str], dit_cfg: DiTConfig, device: torch.device,
-                   offload: bool) -> dict[str, torch.Tensor]:
-    """prompt -> [1, text_len, text_dim] on ``device``; the encoder is freed afterwards."""
-    encoder = folder_text_encoder(folder, dit_cfg, device, offload)
-    embeds = encoder.encode(list(prompts))
-    del encoder
-    gc.collect()
-    if device.type == "cuda":
-        torch.cuda.empty_cache()
-    return {p: e[None] for p, e in zip(prompts, embeds)}
-
-
-def latent_shape_for(dit_cfg: DiTConfig, spatial_stride: int, height: int, width: int) -> tuple[int, int, int]:
-    """(C, H, W) of one latent frame for a video size; ValueError unless the size fits the decoder and patch grid."""
-    s = spatial_stride * dit_cfg.patch_size[1]
-    if height % s or width % s or height <= 0 or width <= 0:
-        raise ValueError(f"video size {width}x{height} must be a positive multiple of {s} (decoder {spatial_stride}x, "
-                         f"patch {dit_cfg.patch_size[1]}x)")
-    return dit_cfg.in_dim, height // spatial_stride, width // spatial_stride
-
-
-def load_decoder(folder: ModelFolder, kind: str, *, dtype: torch.dtype, device: torch.device) -> StreamingDecoder:
-    if kind == "wan":
-        return WanVAEDecoder(load_wan_vae(folder["vae"].path, dtype=dtype, device=device))
-    if kind == "taehv":
-        return TAEHVStreamingDecoder(load_taehv(folder["taehv"].path, dtype=dtype, device=device))
-    raise ValueError(f"unknown decoder {kind!r}; choose one of {DECODERS}")
+def runtime_options(cfg: GenerateConfig) -> RuntimeOptions:
+    """The runtime a generate run loads: staged in CPU RAM; without a package's own cache settings, Self Forcing's
+    (a 21-frame window, no sink) rather than the daemon's interactive ones."""
+    own = is_package(cfg.model)
+    return RuntimeOptions(
+        model=str(cfg.model), checkpoint=cfg.checkpoint and str(cfg.checkpoint), use_ema=cfg.use_ema,
+        decoder=cfg.decoder, taehv=cfg.taehv and str(cfg.taehv), height=cfg.height, width=cfg.width, fps=cfg.fps,
+        window_frames=cfg.window_frames if cfg.window_frames is not None or own else 21,
+        sink_frames=cfg.sink_frames if cfg.sink_frames is not None or own else 0,
+        device=cfg.device, dtype=cfg.dtype, attn=cfg.attn, compile=cfg.compile,
+        offload_text_encoder=cfg.offload_text_encoder, stage_on_cpu=True)
 
 
 def generate(cfg: GenerateConfig) -> GenerateResult:
-    """Load the folder's models, stream the video into ``cfg.out`` and report what was made."""
-    if cfg.decoder not in DECODERS:
+    """Load the source's models, stream the video into ``cfg.out`` and report what was made."""
+    if cfg.decoder not in ("auto", *DECODERS):
         raise ValueError(f"unknown decoder {cfg.decoder!r}; choose one of {DECODERS}")
     t0 = time.perf_counter()
-    folder = find_model_folder(cfg.model, checkpoint=cfg.checkpoint, taehv=cfg.taehv)
-    folder.require(cfg.decoder)
-    device = resolve_device(cfg.device)
-    dtype = resolve_dtype(cfg.dtype, device)
-    select_backend(cfg.attn, device, dtype, masked=False)  # an unusable backend fails here, not after loading
-    # The DiT waits in CPU RAM while UMT5 encodes, so the GPU never holds both (UMT5-XXL is ~11 GiB in bf16).
-    model = load_dit(folder, use_ema=cfg.use_ema, dtype=dtype, device=torch.device("cpu"))
-    decoder_type = DECODER_TYPES[cfg.decoder]
-    latent_shape_for(model.cfg, decoder_type.spatial_stride, cfg.height, cfg.width)  # fail before loading UMT5
-    stride = decoder_type.temporal_stride
-    schedule = build_schedule(cfg, model.cfg.chunk_frames, stride)
-    chunks = cfg.chunks if cfg.chunks is not None else plan_chunks(cfg.seconds, cfg.fps, model.cfg.chunk_frames,
+    runtime = build_runtime(runtime_options(cfg))
+    stride = runtime.temporal_stride
+    schedule = build_schedule(cfg, runtime.chunk_latents, stride, runtime.fps)
+    chunks = cfg.chunks if cfg.chunks is not None else plan_chunks(cfg.seconds, runtime.fps, runtime.chunk_latents,
                                                                    stride)
     if chunks < 1:
         raise ValueError(f"--chunks must be >= 1, got {chunks}")
     if schedule.last_chunk >= chunks:
         raise ValueError(f"the schedule switches prompt at chunk {schedule.last_chunk} but the video has {chunks} "
                          f"chunk(s); make it longer (--seconds / --chunks)")
-    embeds = encode_prompts(folder, schedule.prompts, model.cfg, device, cfg.offload_text_encoder)
-    model.to(device)
-    decoder = load_decoder(folder, cfg.decoder, dtype=dtype, device=device)
-    model.attn_backend = cfg.attn
-    if cfg.compile:
-        compile_blocks(model)
+    embeds = runtime.encode_prompts(schedule.prompts)
+    runtime.release_text_encoder()
+    runtime.to_device()
     load_s = time.perf_counter() - t0
-    return stream_video(model, decoder, embeds, schedule, chunks, cfg, load_s)
+    return stream_video(runtime, embeds, schedule, chunks, cfg, load_s)
 
 
-def stream_video(model: CausalWanDiT, decoder: StreamingDecoder, embeds: dict[str, torch.Tensor],
-                 schedule: PromptSchedule, chunks: int, cfg: GenerateConfig, load_s: float = 0.0) -> GenerateResult:
+def stream_video(runtime: Runtime, embeds: dict[str, torch.Tensor], schedule: PromptSchedule, chunks: int,
+                 cfg: GenerateConfig, load_s: float = 0.0) -> GenerateResult:
     """Generate ``chunks`` chunks, switching prompts per ``schedule``, decoding and writing each as it is made."""
     from .video import Mp4Writer
 
-    latent_shape = latent_shape_for(model.cfg, decoder.spatial_stride, cfg.height, cfg.width)
-    channels = getattr(decoder, "latent_channels", model.cfg.out_dim)
-    if channels != model.cfg.out_dim:
-        raise ValueError(f"the decoder takes {channels}-channel latents but the DiT makes {model.cfg.out_dim}")
+    height, width = runtime.video_shape
+    fps = runtime.fps
     t0 = time.perf_counter()
-    session = StreamingSession(model, embeds[schedule.switches[0].prompt], latent_shape=latent_shape, seed=cfg.seed,
-                               sink_frames=cfg.sink_frames, window_frames=cfg.window_frames)
+    session = runtime.new_session(embeds[schedule.switches[0].prompt], seed=cfg.seed)
+    decoder = runtime.make_decoder()
     decoder.reset()
     first_frame_s, switched = 0.0, []
-    with Mp4Writer(cfg.out, cfg.width, cfg.height, fps=cfg.fps, crf=cfg.crf) as writer, \
+    with Mp4Writer(cfg.out, width, height, fps=fps, crf=cfg.crf) as writer, \
             tqdm(total=chunks, unit="chunk", desc="generating", disable=not cfg.progress) as bar:
         for k in range(chunks):
             switch = schedule.switch_at(k)
@@ -228,5 +160,5 @@ def stream_video(model: CausalWanDiT, decoder: StreamingDecoder, embeds: dict[st
                 first_frame_s = time.perf_counter() - t0
             bar.update(1)
             bar.set_postfix(frames=writer.frames, fps=f"{writer.frames / (time.perf_counter() - t0):.2f}")
-    return GenerateResult(Path(cfg.out), writer.frames, chunks, cfg.width, cfg.height, cfg.fps, load_s,
+    return GenerateResult(Path(cfg.out), writer.frames, chunks, width, height, fps, load_s,
                           time.perf_counter() - t0, first_frame_s, switched)

@@ -7,6 +7,7 @@ stops with an error or Ctrl-C — finalises the file, so what was written so far
 from __future__ import annotations
 
 import os
+from fractions import Fraction
 from pathlib import Path
 
 import numpy as np
@@ -16,7 +17,7 @@ import torch
 class Mp4Writer:
     """``with Mp4Writer(path, width, height, fps=16) as w: w.write(frames)``; frames [T, H, W, 3] uint8."""
 
-    def __init__(self, path: str | os.PathLike, width: int, height: int, *, fps: int = 16, crf: int = 18,
+    def __init__(self, path: str | os.PathLike, width: int, height: int, *, fps: float = 16, crf: int = 18,
                  preset: str = "veryfast"):
         import av
 
@@ -27,7 +28,7 @@ class Mp4Writer:
         self.width, self.height = width, height
         self.frames = 0
         self._container = av.open(str(self.path), mode="w")
-        self._stream = self._container.add_stream("libx264", rate=fps)
+        self._stream = self._container.add_stream("libx264", rate=Fraction(fps).limit_denominator(1001))
         self._stream.width, self._stream.height, self._stream.pix_fmt = width, height, "yuv420p"
         self._stream.options = {"crf": str(crf), "preset": preset}
         self._frame_type = av.VideoFrame

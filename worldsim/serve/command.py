@@ -123,14 +123,14 @@ def run_serve(args: argparse.Namespace) -> int:
 
     import torch
 
-    from .backend import BackendOptions, build_backend
+    from ..runtime import RuntimeOptions, build_runtime
     from .daemon import Daemon, DaemonConfig
     from .logs import configure
 
     configure(args.log_format, args.log_level)
     torch.set_num_threads(args.threads)
     try:
-        backend = build_backend(BackendOptions(
+        backend = build_runtime(RuntimeOptions(
             preset=args.preset, model=args.model, config=args.config, height=args.height, width=args.width,
             device=args.device, dtype=args.dtype, keys=args.control_keys, axes=args.control_axes,
             embedding_dim=args.embedding_dim, fps=args.fps, sink_frames=args.sink, window_frames=args.window,

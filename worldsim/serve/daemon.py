@@ -8,7 +8,7 @@ msgpack limits), rate-limited per peer (also before ``hello``) and schema-checke
 reply and the loop goes on. A client whose replies pile up past ``max_pending_replies`` (it stopped reading) or
 that is silent for ``idle_timeout_s`` is dropped and its sessions freed. The loop never runs the model.
 
-    daemon = Daemon(build_backend(BackendOptions()), DaemonConfig(bind="tcp://127.0.0.1:5555"))
+    daemon = Daemon(build_runtime(RuntimeOptions()), DaemonConfig(bind="tcp://127.0.0.1:5555"))
     daemon.serve_forever()   # or daemon.start() ... daemon.stop() for a background thread
 """
 
@@ -27,7 +27,7 @@ from dataclasses import dataclass, field
 import zmq
 
 from . import messages
-from .backend import Backend, describe
+from ..runtime import Runtime, describe
 from .engine import DropCmd, Engine, Event, Failed, Frames, InputCmd, OpenCmd, Opened, OpenFailed, PauseCmd, ResetCmd
 from .logs import LOGGER, event
 from .protocol import (Bye, Hello, Input, Limits, Open, Ping, ProtocolError, SessionOp, Stats, check_compatible, decode,
@@ -52,7 +52,7 @@ class DaemonConfig:
     max_batch: int | None = None  # sessions per batched forward at most (1: one at a time; None: 8 on CUDA, 1 on CPU)
 
 
-def default_max_batch(backend: Backend) -> int:
+def default_max_batch(backend: Runtime) -> int:
     """Batch sessions on a GPU, where one forward over 8 chunks costs little more than one; not on a CPU, where it
     costs as much as the separate forwards (benchmarks/daemon_throughput.py: +4% frames/s) and only delays the
     sessions that join."""
@@ -107,7 +107,7 @@ class SessionSlot:
 
 
 class Daemon:
-    def __init__(self, backend: Backend, config: DaemonConfig | None = None, logger: logging.Logger = LOGGER):
+    def __init__(self, backend: Runtime, config: DaemonConfig | None = None, logger: logging.Logger = LOGGER):
         self.backend, self.config, self.log = backend, config or DaemonConfig(), logger
         self.schema = backend.schema
         self.limits = self.config.limits

@@ -22,7 +22,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from .backend import Backend
+from ..runtime import Runtime
 from .logs import LOGGER, event
 from .pacing import Job, plan
 from .prompts import PromptEncoder
@@ -104,7 +104,7 @@ Event = Opened | OpenFailed | Frames | Failed
 
 
 class Engine:
-    def __init__(self, backend: Backend, limits: Limits, emit: Callable[[list[Event]], None],
+    def __init__(self, backend: Runtime, limits: Limits, emit: Callable[[list[Event]], None],
                  backlog: Callable[[int], int], logger: logging.Logger = LOGGER, max_batch: int = 8):
         """``backlog(sid)``: frames the daemon still holds for that session (called on the engine thread).
         ``max_batch``: sessions generated together in one batched forward at most (1: one at a time)."""

@@ -14,9 +14,9 @@ import numpy as np
 import torch
 
 from ..codecs.base import to_uint8
-from ..sampling.session import StreamingSession, step_sessions
+from ..sampling.session import step_sessions
 from . import frame_format, messages
-from .backend import Backend
+from ..runtime import Runtime
 from .controls import ControlBuffer
 from .pacing import Playout
 from .prompts import PromptEncoder
@@ -33,7 +33,7 @@ class FrameOut:
 
 
 class ServeSession:
-    def __init__(self, sid: int, spec: Open, backend: Backend, limits: Limits, stats: GenerationStats,
+    def __init__(self, sid: int, spec: Open, backend: Runtime, limits: Limits, stats: GenerationStats,
                  prompts: PromptEncoder, prompt_embed: torch.Tensor):
         """``prompt_embed``: the embedding of ``spec.prompt`` (ready: the engine opens a session only then)."""
         self.id, self.spec, self.backend, self.stats, self.prompts = sid, spec, backend, stats, prompts
@@ -66,9 +66,7 @@ class ServeSession:
         """Start the stream over as ``epoch`` with the current prompt, the same seed and start frame."""
         b = self.backend
         self.epoch = epoch
-        self.stream = StreamingSession(b.model, self.prompt_embed, latent_shape=b.latent_shape,
-                                       seed=self.spec.seed, sink_frames=b.sink_frames, window_frames=b.window_frames,
-                                       chunk_frames=b.chunk_latents, sampler=b.sampler)
+        self.stream = b.new_session(self.prompt_embed, seed=self.spec.seed)
         self.decoder = b.make_decoder()
         self.chunk = 0
         self.frames_out = 0

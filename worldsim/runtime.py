@@ -1,40 +1,57 @@
-"""What the daemon serves: the model, a decoder per session, the prompt embedder and the stream geometry.
+"""One inference runtime: everything that turns prompts + controls into frames, built from one model source.
 
-``build_backend(BackendOptions(...))`` serves one of:
+``build_runtime(RuntimeOptions(model=...))`` loads one of:
 
-- a Wan2.1 model folder (official or diffusers layout; ``model=DIR``), optionally with a Self-Forcing ``.pt``
-  (``checkpoint``): its DiT, UMT5 for prompts (cached per prompt), the Wan VAE or TAEHV streaming decoder, and the
-  Wan VAE encoder for start frames, exactly as ``worldsim generate`` loads them;
-- one checkpoint file (``model=FILE``: worldsim safetensors, Self-Forcing ``.pt`` with ``config``), or a preset with
-  random weights (untrained: the frames depict nothing, but respond to prompts and controls). These have no text
-  encoder or decoder of their own: prompts go through the hashing embedder and frames through the weight-free
-  :class:`~worldsim.codecs.preview.PreviewDecoder`.
+- a Wan2.1 model folder (official or diffusers layout), optionally with a Self-Forcing ``.pt`` (``checkpoint``): its
+  DiT, UMT5 for prompts (cached per prompt; ``offload_text_encoder`` keeps it in CPU RAM between prompts), the Wan
+  VAE or TAEHV streaming decoder, and the Wan VAE encoder for start frames;
+- a worldsim model package (:mod:`worldsim.model_package`): the DiT with its own codec, text encoder, sampler,
+  geometry and cache defaults;
+- one checkpoint file (worldsim safetensors, Self-Forcing ``.pt`` with ``config``), or, with no ``model``, a
+  preset with random weights (tests, benchmarks; the frames depict nothing but respond to prompts and controls).
+  These have no text encoder or decoder of their own: prompts go through the hashing embedder and frames through
+  the weight-free :class:`~worldsim.codecs.preview.PreviewDecoder`.
+
+``worldsim serve`` (and so ``worldsim play --spawn-daemon``), ``worldsim generate``, the toy evaluation of packages
+and the benchmarks all build from here; :meth:`Runtime.new_session` starts a stream with the source's sampler and
+cache settings.
 """
 
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Callable
+import gc
+import logging
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 import torch
 import torch.nn.functional as F
+from torch import nn
 
-from ..codecs.base import StreamingDecoder
-from ..codecs.preview import PreviewDecoder
-from ..model.config import ControlConfig, load_preset
-from ..model.dit import CausalWanDiT
-from ..model_package import PackageError, is_package, read_package
-from ..pipeline.runtime import resolve_device, resolve_dtype
-from ..sampling.schedule import SamplerConfig
-from ..text.hashing import HashingPromptEmbedder, PromptEmbedder
-from .protocol import ControlSchema
+from .codecs.base import StreamingDecoder
+from .codecs.preview import PreviewDecoder
+from .codecs.taehv import TAEHVStreamingDecoder, load_taehv
+from .codecs.wan_vae import WanVAEDecoder, load_wan_vae
+from .model.config import ControlConfig, DiTConfig, load_preset
+from .model.control import Controls
+from .model.dit import CausalWanDiT
+from .model_package import PackageError, is_package, read_package
+from .pipeline.devices import compile_blocks, resolve_device, resolve_dtype, text_encoder_dtype
+from .sampling.schedule import SamplerConfig
+from .sampling.session import StreamingSession
+from .serve.protocol import ControlSchema
+from .text.hashing import HashingPromptEmbedder, PromptEmbedder
+
+log = logging.getLogger(__name__)
 
 DEFAULT_KEYS = ("W", "A", "S", "D", "Space", "Shift")
 DEFAULT_AXES = ("mouse_dx", "mouse_dy")
 SPATIAL_STRIDE = 8  # video pixels per latent pixel (Wan VAE, preview decoder)
+DECODER_TYPES = {"wan": WanVAEDecoder, "taehv": TAEHVStreamingDecoder}
+DECODERS = tuple(DECODER_TYPES)
 
 
 def default_video(dim: int) -> tuple[int, int]:
@@ -43,11 +60,11 @@ def default_video(dim: int) -> tuple[int, int]:
 
 
 @dataclass
-class BackendOptions:
+class RuntimeOptions:
     preset: str = "small"
-    model: str | None = None  # checkpoint path; a preset gives random (untrained) weights
+    model: str | None = None  # Wan2.1 folder, model package or checkpoint file; None: the preset, random weights
     config: str | None = None  # architecture for a checkpoint that stores none (a preset name or a Wan folder)
-    height: int | None = None  # video pixels; latent = video / 8
+    height: int | None = None  # video pixels (default: the package's, else by model size)
     width: int | None = None
     device: str = "auto"
     dtype: str = "auto"  # fp32 | bf16 | fp16 | auto (bf16 on CUDA, fp32 on CPU)
@@ -62,15 +79,16 @@ class BackendOptions:
     # a Wan2.1 folder (model=DIR) only:
     checkpoint: str | None = None  # Self-Forcing .pt whose weights replace the folder's DiT
     use_ema: bool = True  # the .pt's generator_ema (else generator)
-    decoder: str = "auto"  # wan | taehv | preview; auto: wan for a folder, preview otherwise
+    decoder: str = "auto"  # wan | taehv | preview; auto: wan for a folder, the package's codec, else preview
     taehv: str | None = None  # TAEHV weights (default: taew2_1.pth in the folder)
     attn: str = "auto"  # attention backend (worldsim.model.attention)
     compile: bool = False  # torch.compile the transformer blocks
     offload_text_encoder: bool = False  # keep UMT5 on the CPU between prompts (a 24 GB card then fits the rest)
+    stage_on_cpu: bool = False  # load weights into CPU RAM; Runtime.to_device() moves them (see worldsim generate)
 
 
 @dataclass
-class Backend:
+class Runtime:
     model: CausalWanDiT
     name: str
     untrained: bool
@@ -81,13 +99,15 @@ class Backend:
     window_frames: int
     chunk_latents: int
     make_decoder: Callable[[], StreamingDecoder]
-    embed_prompt: PromptEmbedder
+    embed_prompt: PromptEmbedder | None  # text -> [1, L, D] float32 on the CPU; None once released
     encode_start: Callable[[np.ndarray], torch.Tensor] | None  # [H, W, 3] uint8 -> clean latents [1, C, 1, h, w]
     schema: ControlSchema  # the controls sessions accept (empty when the model has no control module)
     decoder_name: str = "preview"
     text_encoder_name: str = "hashing"
     sampler: SamplerConfig | None = None  # None: the default few-step sampler
     source: dict = field(default_factory=dict)  # where the weights came from (folder, layout, checkpoint)
+    target_device: torch.device | None = None  # where to_device() moves the weights (stage_on_cpu)
+    modules: list[nn.Module] = field(default_factory=list)  # decoder/encoder modules moved with the DiT
 
     @property
     def device(self) -> torch.device:
@@ -97,13 +117,81 @@ class Backend:
     def dtype(self) -> torch.dtype:
         return next(self.model.parameters()).dtype
 
+    @property
+    def temporal_stride(self) -> int:
+        """Video frames per latent frame."""
+        return self.schema.frames_per_latent
+
     def video_info(self) -> dict:
         k, n = self.schema.frames_per_latent, self.chunk_latents
         return {"width": self.video_shape[1], "height": self.video_shape[0], "fps": self.fps, "chunk_latents": n,
                 "frames_per_latent": k, "frames_per_chunk": k * n, "first_chunk_frames": 1 + k * (n - 1)}
 
+    def encode_prompts(self, prompts: Sequence[str]) -> dict[str, torch.Tensor]:
+        """prompt -> its embedding [1, L, D] (float32, CPU), each distinct prompt encoded once."""
+        if self.embed_prompt is None:
+            raise RuntimeError("the text encoder was released; encode every prompt before release_text_encoder()")
+        return {p: self.embed_prompt(p) for p in dict.fromkeys(prompts)}
 
-def _random_model(opts: BackendOptions, device: torch.device, dtype: torch.dtype) -> CausalWanDiT:
+    def release_text_encoder(self) -> None:
+        """Free the text encoder (a fixed prompt list is encoded; UMT5-XXL is ~11 GiB in bf16)."""
+        self.embed_prompt = None
+        gc.collect()
+        if self.device.type == "cuda":
+            torch.cuda.empty_cache()
+
+    def to_device(self) -> None:
+        """Move weights loaded with ``stage_on_cpu`` to the device they are meant for."""
+        if self.target_device is not None:
+            for m in (self.model, *self.modules):
+                m.to(self.target_device)
+
+    def new_session(self, prompt_embeds: torch.Tensor, *, seed: int = 0, context_latents: torch.Tensor | None = None,
+                    context_controls: Controls | None = None) -> StreamingSession:
+        """A stream with this runtime's latent shape, chunk size, sampler and cache (sink, window)."""
+        return StreamingSession(self.model, prompt_embeds, latent_shape=self.latent_shape, seed=seed,
+                                sink_frames=self.sink_frames, window_frames=self.window_frames,
+                                chunk_frames=self.chunk_latents, sampler=self.sampler, context_latents=context_latents,
+                                context_controls=context_controls)
+
+
+# ---- loaders for the published files ---------------------------------------------------------------------------
+def load_dit(folder, *, use_ema: bool, dtype: torch.dtype, device: torch.device) -> CausalWanDiT:
+    """A model folder's DiT, or its architecture with a Self-Forcing checkpoint's weights when one is given."""
+    from .checkpoints import load_model
+
+    dit = folder["dit"].path
+    if "checkpoint" in folder.parts:
+        return load_model(folder["checkpoint"].path, config=dit, use_ema=use_ema, dtype=dtype, device=device)
+    log.warning("no --checkpoint: using the base Wan2.1 weights, which were not trained for few-step causal "
+                "sampling; expect noise. Pass the Self-Forcing checkpoint (checkpoints/self_forcing_dmd.pt).")
+    return load_model(dit, dtype=dtype, device=device)
+
+
+def load_text_encoder(encoder: Path, tokenizer: Path, dit_cfg: DiTConfig, device: torch.device, offload: bool):
+    """UMT5 (Wan's .pth or a text_encoder/ folder) as a cached prompt encoder for this DiT (offload: kept on the CPU
+    between prompts)."""
+    from .text.umt5 import UMT5TextEncoder, load_tokenizer, load_umt5_encoder
+
+    model = load_umt5_encoder(encoder, dtype=text_encoder_dtype(device), device="cpu" if offload else device)
+    text = UMT5TextEncoder(model, load_tokenizer(tokenizer), text_len=dit_cfg.text_len, device=device,
+                           offload=offload)
+    if text.dim != dit_cfg.text_dim:
+        raise ValueError(f"{encoder}: the text encoder gives {text.dim}-dim embeddings but the DiT takes "
+                         f"{dit_cfg.text_dim}")
+    return text
+
+
+def load_decoder(folder, kind: str, *, dtype: torch.dtype, device: torch.device) -> StreamingDecoder:
+    """A model folder's Wan VAE or TAEHV as a streaming decoder."""
+    if kind == "wan":
+        return WanVAEDecoder(load_wan_vae(folder["vae"].path, dtype=dtype, device=device))
+    if kind == "taehv":
+        return TAEHVStreamingDecoder(load_taehv(folder["taehv"].path, dtype=dtype, device=device))
+    raise ValueError(f"unknown decoder {kind!r}; choose one of {DECODERS}")
+
+
+def _random_model(opts: RuntimeOptions, device: torch.device, dtype: torch.dtype) -> CausalWanDiT:
     """A preset with seeded random weights; head and control output are made non-zero so frames respond."""
     control = ControlConfig(keys=opts.keys, axes=opts.axes, embedding_dim=opts.embedding_dim) \
         if (opts.keys or opts.axes or opts.embedding_dim) else None
@@ -134,7 +222,7 @@ def preview_encoder(decoder: PreviewDecoder,
     return encode
 
 
-def _video_size(opts: BackendOptions, cfg, spatial: int) -> tuple[int, int, tuple[int, int, int]]:
+def _video_size(opts: RuntimeOptions, cfg, spatial: int) -> tuple[int, int, tuple[int, int, int]]:
     default_h, default_w = default_video(cfg.dim)
     height, width = opts.height or default_h, opts.width or default_w
     unit = spatial * cfg.patch_size[1]
@@ -150,7 +238,7 @@ def _schema(cfg, temporal_stride: int) -> ControlSchema:
         ControlSchema(c.keys, c.axes, c.embedding_dim, c.frames_per_latent)
 
 
-def _checked_chunk(opts: BackendOptions, cfg) -> int:
+def _checked_chunk(opts: RuntimeOptions, cfg) -> int:
     chunk = opts.chunk_latents or cfg.chunk_frames
     if chunk < 1:
         raise ValueError(f"chunk_latents must be at least 1, got {chunk}")
@@ -159,8 +247,8 @@ def _checked_chunk(opts: BackendOptions, cfg) -> int:
     return chunk
 
 
-def _with_defaults(opts: BackendOptions, fps: float = 16.0, sink_frames: int = 3,
-                   window_frames: int = 12) -> BackendOptions:
+def _with_defaults(opts: RuntimeOptions, fps: float = 16.0, sink_frames: int = 3,
+                   window_frames: int = 12) -> RuntimeOptions:
     """Options with stream settings the user left unset filled in (from a package, else the daemon's defaults)."""
     return dataclasses.replace(opts, fps=fps if opts.fps is None else opts.fps,
                                sink_frames=sink_frames if opts.sink_frames is None else opts.sink_frames,
@@ -177,26 +265,42 @@ def codec_encoder(codec, device: torch.device, dtype: torch.dtype) -> Callable[[
     return encode
 
 
-def build_backend(opts: BackendOptions) -> Backend:
+def build_runtime(opts: RuntimeOptions) -> Runtime:
+    """Load the source ``opts.model`` names (see the module docstring); every missing or mismatched file is named
+    before anything heavy is read where that can be known."""
     device = resolve_device(opts.device)
     dtype = resolve_dtype(opts.dtype, device, cpu_half=True)
+    load_device = torch.device("cpu") if opts.stage_on_cpu else device
     if opts.model and is_package(opts.model):
-        return _package_backend(opts, device, dtype)
-    opts = _with_defaults(opts)
-    if opts.model and Path(opts.model).is_dir():
-        return _folder_backend(opts, device, dtype)
+        rt = _package_runtime(opts, load_device, dtype)
+    else:
+        opts = _with_defaults(opts)
+        if opts.model and Path(opts.model).is_dir():
+            rt = _folder_runtime(opts, device, load_device, dtype)
+        else:
+            rt = _file_runtime(opts, load_device, dtype)
+    if opts.stage_on_cpu:
+        rt.target_device = device
+    if opts.compile:
+        compile_blocks(rt.model)
+    return rt
+
+
+def _file_runtime(opts: RuntimeOptions, device: torch.device, dtype: torch.dtype) -> Runtime:
+    """One checkpoint file, or the preset with random weights: hashing prompts, preview frames."""
     if opts.checkpoint or opts.taehv or opts.decoder in ("wan", "taehv"):
         raise ValueError("--checkpoint, --taehv and --decoder wan|taehv need --model to be a Wan2.1 model folder "
                          f"(official or diffusers layout){f'; {opts.model} is a file' if opts.model else ''}")
     if opts.decoder not in ("auto", "preview"):
         raise ValueError(f"unknown decoder {opts.decoder!r}; choose auto, wan, taehv or preview")
     if opts.model:
-        from ..checkpoints import load_model
+        from .checkpoints import load_model
 
         model = load_model(opts.model, config=opts.config, dtype=dtype, device=device)
         name, untrained = str(opts.model), False
     else:
         model, name, untrained = _random_model(opts, device, dtype), opts.preset, True
+    model.attn_backend = opts.attn
     cfg = model.cfg
     stride = 4 if cfg.control is None else cfg.control.frames_per_latent
     height, width, latent_shape = _video_size(opts, cfg, SPATIAL_STRIDE)
@@ -205,20 +309,20 @@ def build_backend(opts: BackendOptions) -> Backend:
     def make_decoder() -> PreviewDecoder:
         return PreviewDecoder(cfg.in_dim, temporal_stride=stride, spatial_stride=SPATIAL_STRIDE)
 
-    return Backend(model=model, name=name, untrained=untrained, latent_shape=latent_shape, video_shape=(height, width),
+    return Runtime(model=model, name=name, untrained=untrained, latent_shape=latent_shape, video_shape=(height, width),
                    fps=opts.fps, sink_frames=opts.sink_frames, window_frames=opts.window_frames,
                    chunk_latents=chunk, make_decoder=make_decoder,
                    embed_prompt=HashingPromptEmbedder(cfg.text_len, cfg.text_dim),
                    encode_start=preview_encoder(make_decoder(), latent_shape), schema=_schema(cfg, stride))
 
 
-def _folder_backend(opts: BackendOptions, device: torch.device, dtype: torch.dtype) -> Backend:
-    """A Wan2.1 folder (+ Self-Forcing .pt): the DiT, UMT5, the chosen decoder and the Wan VAE encoder, loaded as
-    ``worldsim generate`` loads them. Every missing file is named before anything heavy is read."""
-    from ..model.attention import select_backend
-    from ..pipeline.folders import find_model_folder
-    from ..pipeline.generate import DECODER_TYPES, folder_text_encoder, load_decoder, load_dit
-    from ..pipeline.runtime import compile_blocks
+def _folder_runtime(opts: RuntimeOptions, device: torch.device, load_device: torch.device,
+                    dtype: torch.dtype) -> Runtime:
+    """A Wan2.1 folder (+ Self-Forcing .pt): the DiT, UMT5, the chosen decoder and the Wan VAE encoder. Every missing
+    file is named before anything heavy is read. ``load_device`` is the CPU when staging (UMT5 then rests on the CPU
+    and visits ``device`` only to encode)."""
+    from .model.attention import select_backend
+    from .pipeline.folders import find_model_folder
 
     kind = "wan" if opts.decoder == "auto" else opts.decoder
     if kind not in DECODER_TYPES:
@@ -228,42 +332,43 @@ def _folder_backend(opts: BackendOptions, device: torch.device, dtype: torch.dty
     folder = find_model_folder(opts.model, checkpoint=opts.checkpoint, taehv=opts.taehv)
     folder.require(kind)
     select_backend(opts.attn, device, dtype, masked=False)  # an unusable backend fails before loading
-    model = load_dit(folder, use_ema=opts.use_ema, dtype=dtype, device=device)
+    model = load_dit(folder, use_ema=opts.use_ema, dtype=dtype, device=load_device)
     model.attn_backend = opts.attn
     cfg = model.cfg
     height, width, latent_shape = _video_size(opts, cfg, DECODER_TYPES[kind].spatial_stride)
     chunk = _checked_chunk(opts, cfg)
-    decoder = load_decoder(folder, kind, dtype=dtype, device=device)  # weights shared by every session's decoder
+    decoder = load_decoder(folder, kind, dtype=dtype, device=load_device)  # weights shared by every session's decoder
     channels = decoder.latent_channels
     if channels != cfg.out_dim:
         raise ValueError(f"{folder[kind].path}: the {kind} decoder takes {channels}-channel latents but the DiT "
                          f"makes {cfg.out_dim}")
-    text = folder_text_encoder(folder, cfg, device, offload=opts.offload_text_encoder)
-    vae = decoder if kind == "wan" else (load_decoder(folder, "wan", dtype=dtype, device=device)
+    text = load_text_encoder(folder["text_encoder"].path, folder["tokenizer"].path, cfg, device,
+                             offload=opts.offload_text_encoder or load_device != device)
+    vae = decoder if kind == "wan" else (load_decoder(folder, "wan", dtype=dtype, device=load_device)
                                          if folder["vae"].present else None)
-    if opts.compile:
-        compile_blocks(model)
     stride = DECODER_TYPES[kind].temporal_stride
+    weights = decoder.vae if kind == "wan" else decoder.model
 
     def make_decoder():
-        return type(decoder)(decoder.vae if kind == "wan" else decoder.model)
+        return type(decoder)(weights)
 
     ckpt = folder.parts.get("checkpoint")
     source = {"folder": str(folder.root), "layout": folder.layout, "checkpoint": ckpt and str(ckpt.path)}
     name = folder.root.name + (f" + {ckpt.path.name}" if ckpt else "")
-    return Backend(model=model, name=name, untrained=False, latent_shape=latent_shape, video_shape=(height, width),
+    modules = [weights] + ([vae.vae] if vae is not None and vae is not decoder else [])
+    return Runtime(model=model, name=name, untrained=False, latent_shape=latent_shape, video_shape=(height, width),
                    fps=opts.fps, sink_frames=opts.sink_frames, window_frames=opts.window_frames, chunk_latents=chunk,
                    make_decoder=make_decoder, embed_prompt=text,
                    encode_start=codec_encoder(vae, device, dtype) if vae else None,
-                   schema=_schema(cfg, stride), decoder_name=kind, text_encoder_name="umt5", source=source)
+                   schema=_schema(cfg, stride), decoder_name=kind, text_encoder_name="umt5", source=source,
+                   modules=modules)
 
 
-def _package_backend(opts: BackendOptions, device: torch.device, dtype: torch.dtype) -> Backend:
+def _package_runtime(opts: RuntimeOptions, device: torch.device, dtype: torch.dtype) -> Runtime:
     """A worldsim model package (worldsim/model_package.py): its DiT, codec, text encoder, sampler and cache
     defaults. Every mismatch between the manifest and the weights is named before serving."""
-    from ..checkpoints import load_model
-    from ..codecs.toy_codec import ToyCodec
-    from ..codecs.wan_vae import WanVAEDecoder, load_wan_vae
+    from .checkpoints import load_model
+    from .codecs.toy_codec import ToyCodec
 
     pkg = read_package(opts.model)
     where = str(pkg.root / "worldsim-model.json")
@@ -274,6 +379,7 @@ def _package_backend(opts: BackendOptions, device: torch.device, dtype: torch.dt
     opts = _with_defaults(opts, fps=float(geo["fps"]), sink_frames=cache.get("sink_frames", 3),
                           window_frames=cache.get("window_frames", 12))
     model = load_model(pkg.dit, dtype=dtype, device=device)
+    model.attn_backend = opts.attn
     cfg = model.cfg
     text = pkg.text_encoder
     if text["kind"] == "hashing":
@@ -282,10 +388,9 @@ def _package_backend(opts: BackendOptions, device: torch.device, dtype: torch.dt
                                f"({pkg.dit.name}) takes {cfg.text_len} x {cfg.text_dim}")
         embed = HashingPromptEmbedder(cfg.text_len, cfg.text_dim)
     else:
-        from ..pipeline.generate import load_text_encoder
-
-        embed = load_text_encoder(pkg.file(text["path"]), pkg.file(text["tokenizer"]), cfg, device,
-                                  opts.offload_text_encoder)
+        target = resolve_device(opts.device)
+        embed = load_text_encoder(pkg.file(text["path"]), pkg.file(text["tokenizer"]), cfg, target,
+                                  opts.offload_text_encoder or device != target)
     kind, spatial, temporal = pkg.codec["kind"], geo["spatial_stride"], geo["temporal_stride"]
     if geo["latent_shape"][0] != cfg.in_dim:
         raise PackageError(f"{where}: geometry latent_shape has {geo['latent_shape'][0]} channels but the DiT "
@@ -295,12 +400,12 @@ def _package_backend(opts: BackendOptions, device: torch.device, dtype: torch.dt
                            f"{cfg.control.frames_per_latent} frames per latent")
     if kind == "toy":
         codec = ToyCodec.load(pkg.file(pkg.codec["path"]), device=device).to(dtype)
-        facts = (codec.cfg.latent_channels, codec.spatial_stride, codec.temporal_stride)
+        facts, weights = (codec.cfg.latent_channels, codec.spatial_stride, codec.temporal_stride), codec
     elif kind == "wan_vae":
         codec = WanVAEDecoder(load_wan_vae(pkg.file(pkg.codec["path"]), dtype=dtype, device=device))
-        facts = (codec.latent_channels, codec.spatial_stride, codec.temporal_stride)
+        facts, weights = (codec.latent_channels, codec.spatial_stride, codec.temporal_stride), codec.vae
     else:
-        codec, facts = None, (cfg.in_dim, SPATIAL_STRIDE, temporal)
+        codec, facts, weights = None, (cfg.in_dim, SPATIAL_STRIDE, temporal), None
     if facts != (cfg.in_dim, spatial, temporal):
         raise PackageError(f"{where}: the {kind} codec has {facts[0]} latent channels, spatial stride {facts[1]} and "
                            f"temporal stride {facts[2]}; the manifest and DiT say {cfg.in_dim}, {spatial}, {temporal}")
@@ -315,16 +420,19 @@ def _package_backend(opts: BackendOptions, device: torch.device, dtype: torch.dt
         make_decoder = lambda: PreviewDecoder(cfg.in_dim, temporal_stride=temporal, spatial_stride=spatial)  # noqa: E731
 
     prov = pkg.provenance
-    return Backend(model=model, name=prov.get("name") or pkg.root.name, untrained=bool(prov.get("untrained", False)),
+    target = resolve_device(opts.device)
+    return Runtime(model=model, name=prov.get("name") or pkg.root.name, untrained=bool(prov.get("untrained", False)),
                    latent_shape=latent_shape, video_shape=(height, width), fps=opts.fps, sink_frames=opts.sink_frames,
                    window_frames=opts.window_frames, chunk_latents=chunk, make_decoder=make_decoder,
-                   embed_prompt=embed, encode_start=codec_encoder(codec, device, dtype) if codec is not None else
+                   embed_prompt=embed, encode_start=codec_encoder(codec, target, dtype) if codec is not None else
                    preview_encoder(make_decoder(), latent_shape), schema=_schema(cfg, temporal), decoder_name=kind,
                    text_encoder_name=text["kind"], sampler=pkg.sampler(),
-                   source={"package": str(pkg.root), "provenance": prov})
+                   source={"package": str(pkg.root), "provenance": prov},
+                   modules=[weights] if weights is not None else [])
 
 
-def describe(backend: Backend) -> dict:
+
+def describe(backend: Runtime) -> dict:
     """Model facts for ``welcome`` and the start-up log."""
     cfg = backend.model.cfg
     return {"name": backend.name, "untrained": backend.untrained, "decoder": backend.decoder_name,
