@@ -18,7 +18,7 @@ from worldsim.codecs.base import to_uint8
 from worldsim.codecs.toy_codec import ToyCodec
 from worldsim.model_package import MANIFEST, PackageError, read_package
 from worldsim.sampling.session import StreamingSession
-from worldsim.serve.backend import BackendOptions, build_backend
+from worldsim.runtime import RuntimeOptions, build_runtime
 from worldsim.text.hashing import HashingPromptEmbedder
 from worldsim.train.config import load_recipe
 from worldsim.train.trainer import train
@@ -36,7 +36,8 @@ def package(tmp_path_factory) -> Path:
     codec = train("codec", load_recipe(RECIPES / "codec_micro.yaml", [f"data.path={root / 'data'}",
                                                                      f"out={root / 'codec'}"])).out
     shared = [f"data.path={root / 'data'}", f"data.codec={codec / 'final' / 'codec.safetensors'}"]
-    teacher = train("teacher", load_recipe(RECIPES / "teacher_micro.yaml", [*shared, f"out={root / 'teacher'}"])).out
+    teacher = train("teacher", load_recipe(RECIPES / "teacher_micro.yaml", [*shared, f"out={root / 'teacher'}",
+                                                                             "package=true"])).out
     student = train("ode-init", load_recipe(RECIPES / "ode_init_micro.yaml", [
         *shared, f"out={root / 'student'}", f"stage.teacher={teacher / 'final' / 'teacher.safetensors'}"])).out
     shutil.rmtree(codec)  # the package must not depend on the codec run's folder: it holds its own copy
@@ -52,6 +53,20 @@ def test_training_writes_a_self_contained_package(package):
     assert m["geometry"]["temporal_stride"] == 1 and pkg.sampler().denoising_steps
 
 
+def test_any_dit_stage_packages_on_request(package, tmp_path):
+    """`package=true` makes the teacher's final/ a package too (its many-step sampler); a stage without a DiT refuses
+    the option before loading any data."""
+    teacher = read_package(package.parents[1] / "teacher" / "final")
+    assert teacher.manifest["dit"] == "teacher.safetensors" and teacher.provenance["stage"] == "teacher"
+    assert len(teacher.sampler().denoising_steps) == 2  # teacher_micro's sample_steps
+    runtime = build_runtime(RuntimeOptions(model=str(teacher.root)))
+    frames = runtime.make_decoder().decode(runtime.new_session(runtime.encode_prompts([PROMPT])[PROMPT]).step())
+    assert frames.shape[1] == runtime.chunk_latents and runtime.sampler == teacher.sampler()
+    with pytest.raises(ValueError, match="package: true, but stage 'codec' trains no DiT"):
+        train("codec", load_recipe(RECIPES / "codec_micro.yaml", [f"data.path={tmp_path / 'none'}",
+                                                                  f"out={tmp_path / 'c'}", "package=true"]))
+
+
 def reference(pkg_dir: Path, chunks: int, seed: int) -> np.ndarray:
     """The package run in-process by hand: [T, H, W, 3] uint8."""
     pkg = read_package(pkg_dir)
@@ -65,7 +80,7 @@ def reference(pkg_dir: Path, chunks: int, seed: int) -> np.ndarray:
 
 
 def test_daemon_serves_the_package_as_trained(package, make_daemon):
-    d = make_daemon(build_backend(BackendOptions(model=str(package))))
+    d = make_daemon(build_runtime(RuntimeOptions(model=str(package))))
     with Client(d.endpoint, timeout=60) as c:
         model = c.welcome.model
         assert model["untrained"] is False and model["decoder"] == "toy" and model["text_encoder"] == "hashing"
@@ -78,6 +93,33 @@ def test_daemon_serves_the_package_as_trained(package, make_daemon):
             if f is not None and f.session == s:
                 frames.append(f.image)
     assert np.array_equal(np.stack(frames), reference(package, chunks=3, seed=3))
+
+
+def test_generate_makes_a_video_from_the_package(package, tmp_path, capsys):
+    """`worldsim generate --model PKG`: the package's own size, fps, sampler and codec, frames as served (H.264 is
+    lossy, so compared by PSNR), after the runtime's own session gave identical frames."""
+    import av
+
+    from worldsim import cli
+    from worldsim.runtime import RuntimeOptions, build_runtime
+
+    runtime = build_runtime(RuntimeOptions(model=str(package)))
+    session = runtime.new_session(runtime.encode_prompts([PROMPT])[PROMPT], seed=3)
+    decoder = runtime.make_decoder()
+    made = np.concatenate([to_uint8(decoder.decode(session.step()))[0].numpy() for _ in range(3)])
+    expected = reference(package, chunks=3, seed=3)
+    assert np.array_equal(made, expected)
+
+    out = tmp_path / "pkg.mp4"
+    assert cli.main(["generate", "--model", str(package), "--prompt", PROMPT, "--chunks", "3", "--seed", "3",
+                     "--out", str(out), "--quiet", "--crf", "0"]) == 0, capsys.readouterr().err
+    with av.open(str(out)) as c:
+        stream = c.streams.video[0]
+        assert float(stream.average_rate) == read_package(package).geometry["fps"]
+        video = np.stack([f.to_ndarray(format="rgb24") for f in c.decode(video=0)])
+    assert video.shape == expected.shape
+    mse = np.mean((video.astype(float) - expected) ** 2)
+    assert 10 * np.log10(255 ** 2 / max(mse, 1e-10)) > 30  # yuv420p chroma subsampling is the only loss at crf 0
 
 
 def broken(package: Path, tmp_path: Path, edit) -> Path:
@@ -107,5 +149,5 @@ BAD = [
 @pytest.mark.parametrize("edit, error", BAD)
 def test_bad_packages_are_named(package, tmp_path, edit, error):
     with pytest.raises(PackageError, match=error):
-        build_backend(BackendOptions(model=str(broken(package, tmp_path, edit))))
+        build_runtime(RuntimeOptions(model=str(broken(package, tmp_path, edit))))
 

@@ -71,6 +71,7 @@ class TrainConfig:
     sample_every: int = 500
     ckpt_every: int = 200
     keep_checkpoints: int = 3  # newest complete checkpoints kept; older ones are deleted
+    package: bool = False  # also make OUT/final a model package for a stage that does not by default (teacher)
 
     def __post_init__(self) -> None:
         if isinstance(self.data, dict):

@@ -88,6 +88,8 @@ class Trainer:
         log.info("%s on %s: %d process(es), device %s, mixed precision %s", stage_name, acc.distributed_type,
                  acc.num_processes, acc.device, acc.mixed_precision)
         cls = stage_class(stage_name)
+        if cfg.package and cls.package_model is None:
+            raise ValueError(f"package: true, but stage {stage_name!r} trains no DiT that could be served")
         init = Path(init) if init is not None else None
         model_cfg = self._open_data(cls.data_kind, init)
 
@@ -294,7 +296,8 @@ class Trainer:
 
     def export(self, metrics: dict[str, float] | None = None) -> None:
         """Write each trained model (EMA weights where kept) to ``OUT/final/<name>`` in its serving format; a stage
-        that trains a servable student (``package_model``) also makes ``OUT/final`` a model package."""
+        that trains a servable student (or any DiT stage with ``package: true``) also makes ``OUT/final`` a model
+        package."""
         acc, st = self.acc, self.stage
         states = {n: self.ema.state_dict(st.unwrap(n)) if self.ema and n == st.ema_model else acc.get_state_dict(m)
                   for n, m in st.models.items()}
@@ -303,7 +306,7 @@ class Trainer:
             for name, state in states.items():
                 written[name] = path = st.export(name, state, self.out / "final" / name)
                 log.info("wrote %s", path)
-            if st.package_model is not None:
+            if st.package_model is not None and (st.package_by_default or self.cfg.package):
                 log.info("wrote %s", self.write_package(written[st.package_model], metrics or {}))
         acc.wait_for_everyone()
 

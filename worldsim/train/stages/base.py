@@ -72,7 +72,8 @@ class Stage:
     Options: ClassVar[type] = NoOptions  # dataclass of the recipe's ``stage:`` block
     data_kind: ClassVar[str] = "latents"  # "latents": LatentBatch (codec latents, text, controls); "frames": FrameBatch
     ema_model: ClassVar[str | None] = None  # name in ``models`` whose EMA the trainer keeps
-    package_model: ClassVar[str | None] = None  # name in ``models`` exported as a servable model package
+    package_model: ClassVar[str | None] = None  # name in ``models`` that can be exported as a model package
+    package_by_default: ClassVar[bool] = False  # every run packages it (students); else on request (``package``)
 
     def __init__(self, ctx: StageContext):
         self.ctx = ctx

@@ -33,6 +33,7 @@ class DistillStage(Stage):
     Options = DistillOptions
     ema_model = "generator"
     package_model = "generator"  # the few-step student: OUT/final is a model package (worldsim serve --model)
+    package_by_default = True
 
     def build_teacher_and_student(self) -> CausalWanDiT:
         """Load the frozen teacher; return the student, from ``--init``, ``student`` (e.g. ode-init's output) or the

@@ -44,12 +44,14 @@ class TeacherStage(Stage):
     name = "teacher"
     Options = TeacherOptions
     ema_model = "teacher"
+    package_model = "teacher"  # with ``package: true``: served with its sample strips' many-step sampler
 
     def build(self) -> None:
         self.schedule = FlowMatchSchedule(self.opts.shift)
         self.models["teacher"] = self.build_dit(self.ctx.init)
         self.optimizers["teacher"] = self.adamw(self.models["teacher"])
         self.empty_text = self.ctx.data.text_encoder("")[0]  # [L, D]: the unconditional prompt
+        self.sampler = SamplerConfig(shift=self.opts.shift, denoising_steps=evenly_spaced_steps(self.opts.sample_steps))
 
     def _timesteps(self, b: int, frames: int, device) -> torch.Tensor:
         """Per-frame timesteps [B, F]: one per chunk, 0 for the clean context before a random chunk."""
@@ -103,8 +105,8 @@ class TeacherStage(Stage):
 
         k = min(self.opts.sample_count, batch.latents.shape[0])
         model = self.unwrap("teacher")
-        steps = evenly_spaced_steps(self.opts.sample_steps)
-        sampler = SamplerConfig(shift=self.opts.shift, denoising_steps=steps)
+        sampler = self.sampler
+        steps = sampler.denoising_steps
         c = batch.controls
         controls = Controls(*(None if v is None else v[:k] for v in (c.keys, c.axes, c.embedding, c.present)))
         text = batch.text[:k]
