@@ -13,6 +13,13 @@ with probability ``control_dropout``, independently.
 
 Control fine-tune: ``--init CHECKPOINT`` starts from any text-to-video checkpoint; the control module it lacks
 starts at zero, so training begins from the pretrained model's exact behaviour.
+
+Validation also scores the same clips, noise and timesteps (drawn from a generator seeded with the recipe's seed)
+under mirrored controls (``worldsim.world.metrics.mirror_plan``: W<->S, A<->D, mouse deltas negated, by the schema's
+key and axis names) and logs ``loss_mirrored`` and ``control_gap`` = loss_mirrored / loss - 1, the relative rise of
+the loss when the controls lie. It is exactly 0 for a model whose controls make no difference (the zero-initialised
+control module) and grows as the model uses them, so a recipe that ignores the controls shows it within minutes.
+Absent when the data has no controls, or none that mirroring changes.
 """
 
 from __future__ import annotations
@@ -23,6 +30,7 @@ import torch
 
 from ...model.control import Controls
 from ...sampling.schedule import FlowMatchSchedule, SamplerConfig, evenly_spaced_steps
+from ...world.metrics import mirror_plan
 from ..data import LatentBatch
 from ..flow_matching import add_noise, sample_timesteps
 from ..guidance import clip_flow
@@ -53,14 +61,15 @@ class TeacherStage(Stage):
         self.empty_text = self.ctx.data.text_encoder("")[0]  # [L, D]: the unconditional prompt
         self.sampler = SamplerConfig(shift=self.opts.shift, denoising_steps=evenly_spaced_steps(self.opts.sample_steps))
 
-    def _timesteps(self, b: int, frames: int, device) -> torch.Tensor:
+    def _timesteps(self, b: int, frames: int, device, generator: torch.Generator | None = None) -> torch.Tensor:
         """Per-frame timesteps [B, F]: one per chunk, 0 for the clean context before a random chunk."""
         n = self.unwrap("teacher").cfg.chunk_frames
         chunks = frames // n
-        t = sample_timesteps(self.schedule, (b, chunks), sampling=self.opts.timestep_sampling, device=device)
-        first_noisy = torch.randint(chunks, (b, 1), device=device)
+        t = sample_timesteps(self.schedule, (b, chunks), generator=generator, sampling=self.opts.timestep_sampling,
+                             device=device)
+        first_noisy = torch.randint(chunks, (b, 1), generator=generator, device=device)
         clean = (torch.arange(chunks, device=device) < first_noisy) & \
-            (torch.rand(b, 1, device=device) < self.opts.clean_context_prob)
+            (torch.rand(b, 1, generator=generator, device=device) < self.opts.clean_context_prob)
         return torch.where(clean, torch.zeros_like(t), t).repeat_interleave(n, dim=1)
 
     def _conditions(self, batch: LatentBatch, dropout: bool) -> tuple[torch.Tensor, Controls | None]:
@@ -79,16 +88,31 @@ class TeacherStage(Stage):
             c = Controls(c.keys, c.axes, c.embedding, present & keep[:, None])
         return text, c
 
-    def loss(self, batch: LatentBatch, dropout: bool) -> torch.Tensor:
-        x0 = batch.latents  # [B, C, F, H, W]
-        b, _, f = x0.shape[:3]
-        text, controls = self._conditions(batch, dropout)
-        t = self._timesteps(b, f, x0.device)
-        noise = torch.randn_like(x0)
+    def _mirrored(self, c: Controls | None) -> Controls | None:
+        """The controls with every commanded motion reversed, or None if mirroring changes nothing in this schema."""
+        schema = self.unwrap("teacher").cfg.control
+        if c is None or schema is None or (c.keys is None and c.axes is None):
+            return None
+        perm, signs = mirror_plan(tuple(schema.keys), tuple(schema.axes))
+        if perm == list(range(len(perm))) and all(s > 0 for s in signs):
+            return None
+        keys = None if c.keys is None else c.keys[..., perm]  # [B, F, k, K]
+        axes = None if c.axes is None else c.axes * c.axes.new_tensor(signs)  # [B, F, k, A]
+        return Controls(keys, axes, c.embedding, c.present)
+
+    def _flow_loss(self, x0: torch.Tensor, t: torch.Tensor, noise: torch.Tensor, text: torch.Tensor,
+                   controls: Controls | None) -> torch.Tensor:
+        """Flow-matching loss of latents x0 [B, C, F, H, W] noised with noise at per-frame timesteps t [B, F]."""
         flow = clip_flow(self.models["teacher"], add_noise(self.schedule, x0, noise, t), t, text, controls)
         err = (flow.float() - (noise - x0).float()).pow(2).mean(dim=(1, 3, 4))  # [B, F]
         weight = (t > 0).float()  # clean context frames carry no loss
         return (err * weight).sum() / weight.sum()
+
+    def loss(self, batch: LatentBatch, dropout: bool) -> torch.Tensor:
+        x0 = batch.latents  # [B, C, F, H, W]
+        text, controls = self._conditions(batch, dropout)
+        t = self._timesteps(x0.shape[0], x0.shape[2], x0.device)
+        return self._flow_loss(x0, t, torch.randn_like(x0), text, controls)
 
     def step(self, batch: LatentBatch, step: int) -> dict[str, float]:
         loss = self.loss(batch, dropout=True)
@@ -96,7 +120,18 @@ class TeacherStage(Stage):
         return {"loss": loss.item()}
 
     def validate(self, batch: LatentBatch) -> dict[str, float]:
-        return {"loss": self.loss(batch, dropout=False).item()}
+        """Held-out loss, and the same with mirrored controls on the same noise and timesteps (module docstring)."""
+        x0 = batch.latents  # [B, C, F, H, W]
+        text, controls = self._conditions(batch, dropout=False)
+        g = torch.Generator(x0.device).manual_seed(self.ctx.cfg.seed)
+        t = self._timesteps(x0.shape[0], x0.shape[2], x0.device, generator=g)
+        noise = torch.randn(x0.shape, generator=g, device=x0.device, dtype=x0.dtype)
+        loss = self._flow_loss(x0, t, noise, text, controls).item()
+        mirrored = self._mirrored(controls)
+        if mirrored is None:
+            return {"loss": loss}
+        loss_mirrored = self._flow_loss(x0, t, noise, text, mirrored).item()
+        return {"loss": loss, "loss_mirrored": loss_mirrored, "control_gap": loss_mirrored / loss - 1}
 
     def sample(self, batch: LatentBatch) -> torch.Tensor:
         """Autoregressive generation with the current weights (KV cache, ``sample_steps`` per chunk, the clip's
