@@ -238,7 +238,9 @@ def counterfactual_counts(frames: np.ndarray, mirrored: np.ndarray, keys: np.nda
     frames [N, H, W, 3]: a rollout under keys [N, 6], axes [N, 2] (row t driving t-1 -> t, row 0 ignored);
     mirrored [N, H, W, 3]: the rollout from the same context and noise under ``mirror_controls(keys, axes)``.
     A row is scored where the true controls command one motion (:func:`commanded`; the mirrored ones then command
-    the opposite) and, for moves and strafes, enough close ground is in view in both rollouts.
+    the opposite) and, for moves and strafes, enough close ground is in view. Both rollouts are read with the
+    horizon of the true controls (after a look, the mirrored view's horizon differs), so identical rollouts give
+    identical readings: a model that ignores the controls scores exactly 0.5.
     """
     keys, axes = np.asarray(keys, np.float32), np.asarray(axes, np.float32)
     if mirrored.shape != frames.shape:
@@ -247,12 +249,12 @@ def counterfactual_counts(frames: np.ndarray, mirrored: np.ndarray, keys: np.nda
     want = commanded(keys[1:], axes[1:], cfg)
     rows = _scored_rows(want)
     seen = _motions(frames, axes, rows, cfg, pitch)
-    seen_mirrored = _motions(mirrored, mirror_controls(keys, axes)[1], rows, cfg, pitch)
+    seen_mirrored = _motions(mirrored, axes, rows, cfg, pitch)
     out = {kind: np.zeros((len(SIGNS), len(OUTCOMES)), np.int64) for kind in KINDS}
-    for t, (a, near_a), (b, near_b) in zip(rows, seen, seen_mirrored):
+    for t, (a, near_ok), (b, _) in zip(rows, seen, seen_mirrored):
         for kind in KINDS:
             sign = int(want[kind][t])
-            if sign and (kind == "turn" or near_a and near_b):
+            if sign and (kind == "turn" or near_ok):
                 out[kind][SIGNS.index(sign), _outcome(getattr(a, kind), getattr(b, kind), sign, cfg.min_shift)] += 1
     return out
 
