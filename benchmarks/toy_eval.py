@@ -19,8 +19,8 @@ mouse deltas negated). Reported per model:
 
 Next to them, references scored the same way: the ground truth (the world under the true and the mirrored
 controls), the codec's reconstruction, a frozen video, ``ignores_controls`` (the true ground truth as both
-rollouts), ``mismatched`` (the ground truth scored against another episode's controls: the chance levels; needs
---episodes 2 or more) and ``shuffled`` (frames in random order). Writes ``results.json`` and a
+rollouts), ``mismatched`` (the ground truth scored against up to 7 other episodes' controls: the chance levels;
+needs --episodes 2 or more) and ``shuffled`` (frames in random order). Writes ``results.json`` and a
 ``strip_<model>.png`` per model (per episode: ground truth, generated, mirrored ground truth, generated under the
 mirrored controls) to --out.
 """

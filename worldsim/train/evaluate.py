@@ -25,8 +25,8 @@ frame. References are scored the same way, each as a pair of videos:
 - ``frozen``: the span's first frame repeated, in both (no motion at all);
 - ``ignores_controls``: the true ground truth as both rollouts, what a perfect model that ignores the controls
   would give (counterfactual score exactly 0.5);
-- ``mismatched``: the ground-truth pair scored against the next held-out episode's controls (the chance level of
-  every motion score; needs two episodes or more);
+- ``mismatched``: the ground-truth pair scored against the controls of each of up to ``MISMATCHES`` other held-out
+  episodes (the chance level of every motion score; needs two episodes or more);
 - ``shuffled``: the ground-truth pair with its frames in one random order (chance for an incoherent video).
 
 Motion and counterfactual counts are pooled over episodes; drift, MSE, PSNR and SSIM are per generated chunk,
@@ -61,6 +61,7 @@ from ..world.metrics import (KINDS, OUTCOMES, SIGNS, counterfactual_counts, coun
                              motion_breakdown, ssim, stat_drift)
 
 REFERENCES = ("ground_truth", "codec", "frozen", "ignores_controls", "mismatched", "shuffled")
+MISMATCHES = 7  # other episodes whose controls each ground-truth pair is scored against (all of them for 8 episodes)
 
 
 @dataclass(frozen=True)
@@ -312,8 +313,8 @@ def evaluate(specs: list[ModelSpec], codec_path: str | Path, cfg: EvalConfig = E
         refs["codec"].add(recon, recon_mirrored, ep)
         refs["frozen"].add(frozen, frozen, ep)
         refs["ignores_controls"].add(span, span, ep)
-        if "mismatched" in refs:
-            other = episodes[(i + 1) % len(episodes)]
+        for shift in range(1, min(len(episodes), MISMATCHES + 1)):
+            other = episodes[(i + shift) % len(episodes)]
             refs["mismatched"].add(span, mirrored, replace(ep, keys=other.keys, axes=other.axes, pitch=other.pitch))
         order = np.random.default_rng([cfg.seed, i]).permutation(len(span))
         refs["shuffled"].add(span[order], mirrored[order], ep)
