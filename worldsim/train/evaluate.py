@@ -367,6 +367,7 @@ def format_table(results: dict) -> str:
 
     lines += [row(name, r, str(r["steps"])) for name, r in results["models"].items()]
     lines += [row(f"({name})", r, "") for name, r in results["references"].items()]
-    lines += ["turn/move/strafe: counterfactual score (0.5 = chance: the controls make no difference) / pairs with "
-              "confident motion in both rollouts", "agree: motion agreement, all kinds (its chance level: mismatched)"]
+    lines.append("turn/move/strafe: counterfactual score (0.5 = chance: the controls make no difference) / pairs "
+                 "with confident motion in both rollouts")
+    lines.append("agree: motion agreement, all kinds (its chance level: mismatched)")
     return "\n".join(lines)
