@@ -471,3 +471,20 @@ def test_slow_prompt_encoding_never_stalls_other_sessions(make_daemon):
             assert opening.is_alive()  # served while the other open waits for its prompt
         opening.join(10)
         assert opened and wait_for(lambda: set(d.sessions) == {a, opened[0]}, 5)
+
+
+def test_an_open_slower_than_the_idle_timeout_is_answered(make_daemon):
+    """The blocking client keeps pinging while it waits for a reply: an open whose prompt takes longer to encode than
+    the daemon's idle timeout (UMT5-XXL on a CPU takes ~40 s) is answered, not dropped with its client."""
+    b = tiny_backend()
+    fast = b.embed_prompt
+
+    def slow(text: str):
+        time.sleep(3.0)
+        return fast(text)
+
+    b.embed_prompt, b.text_encoder_name = slow, "slow-test"
+    d = make_daemon(b, idle_timeout_s=1.5, heartbeat_s=0.3)
+    with Client(d.endpoint, timeout=30) as c:
+        s = c.open("a lighthouse", fps=0)
+        assert c.frame(10).session == s

@@ -98,6 +98,8 @@ class Client:
             while seq not in self._replies:
                 if self._shutdown is not None:
                     raise ConnectionLost(f"the daemon shut down: {self._shutdown}")
+                if self.core.welcome is not None:  # a slow reply (an open waiting for UMT5) must not look idle
+                    self._service()
                 left = deadline - time.monotonic()
                 if left <= 0:
                     raise ConnectionLost(f"no reply from the daemon at {self.endpoint} within {timeout:g} s (is "
