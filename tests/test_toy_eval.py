@@ -126,3 +126,7 @@ def test_a_model_package_is_evaluated_with_its_own_sampler(tmp_path):
     from_package = evaluate([ModelSpec.parse(f"pkg={tmp_path}")], codec, cfg, progress=False)["models"]["pkg"]
     from_dit = evaluate([ModelSpec.parse(f"dit={dit}:2")], codec, cfg, progress=False)["models"]["dit"]
     assert from_package["timesteps"] == from_dit["timesteps"] and from_package["mse"] == from_dit["mse"]
+    other = tmp_path / "other_codec.safetensors"
+    other.write_bytes(codec.read_bytes()[:-4] + b"\0\0\0\0")  # a different codec file (its last weight changed)
+    with pytest.raises(ValueError, match="the package's codec .* is not the evaluation's"):
+        evaluate([ModelSpec.parse(f"pkg={tmp_path}")], other, cfg, progress=False)

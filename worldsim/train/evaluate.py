@@ -35,6 +35,7 @@ averaged over episodes.
 
 from __future__ import annotations
 
+import filecmp
 import json
 import math
 import time
@@ -46,15 +47,14 @@ import torch
 from PIL import Image
 from tqdm import tqdm
 
-from ..checkpoints import load_model
 from ..codecs.base import to_uint8
 from ..codecs.toy_codec import ToyCodec
 from ..model_package import is_package, read_package
 from ..model.control import Controls
 from ..model.dit import CausalWanDiT
+from ..runtime import RuntimeOptions, build_runtime
 from ..sampling.schedule import FlowMatchSchedule, SamplerConfig, evenly_spaced_steps
 from ..sampling.session import StreamingSession
-from ..text.hashing import HashingPromptEmbedder
 from ..world import AXES, KEYS, World
 from ..world.episodes import EpisodeConfig, episode_seeds, generate_episode, themes_per_frame
 from ..world.metrics import (KINDS, OUTCOMES, SIGNS, counterfactual_counts, counterfactual_summary, mirror_controls,
@@ -169,16 +169,23 @@ def decoded_frames(frames: torch.Tensor) -> np.ndarray:
 class Generator:
     """One model, its sampler and the shared codec and text encoder: rolls out a held-out episode."""
 
-    def __init__(self, spec: ModelSpec, codec: ToyCodec, cfg: EvalConfig):
+    def __init__(self, spec: ModelSpec, codec: ToyCodec, codec_path: Path, cfg: EvalConfig):
+        """Built by the inference runtime, as served: a package brings its sampler, text encoder and codec (which
+        must be the evaluation's), a checkpoint file gets ``spec.steps`` evenly spaced steps and the hashing
+        prompts it was trained with."""
         self.spec, self.codec, self.cfg = spec, codec, cfg
+        runtime = build_runtime(RuntimeOptions(model=str(spec.path), device=cfg.device, keys=(), axes=(),
+                                               window_frames=cfg.window_frames, sink_frames=cfg.sink_frames))
         if is_package(spec.path):
-            pkg = read_package(spec.path)
-            self.model, self.sampler = load_model(pkg.dit, device=cfg.device), pkg.sampler()
+            own = read_package(spec.path)
+            if own.codec["kind"] != "toy" or not filecmp.cmp(own.file(own.codec["path"]), codec_path, shallow=False):
+                raise ValueError(f"{spec.name}: the package's codec ({own.codec}) is not the evaluation's "
+                                 f"({codec_path}); evaluate it with --codec {own.file(own.codec.get('path', '?'))}")
+            self.sampler = runtime.sampler
         else:
-            self.model = load_model(spec.path, device=cfg.device)
             self.sampler = SamplerConfig(shift=cfg.shift, denoising_steps=evenly_spaced_steps(spec.steps))
+        self.model, self.text = runtime.model, runtime.embed_prompt
         check_compatible(self.model, codec, spec.name)
-        self.text = HashingPromptEmbedder(self.model.cfg.text_len, self.model.cfg.text_dim)  # as in training
         self.n = self.model.cfg.chunk_frames
 
     @property
@@ -294,7 +301,7 @@ def evaluate(specs: list[ModelSpec], codec_path: str | Path, cfg: EvalConfig = E
     if not specs or len({s.name for s in specs}) != len(specs):
         raise ValueError(f"need at least one model, each with its own name; got {[s.name for s in specs]}")
     codec = ToyCodec.load(codec_path, device=cfg.device)
-    generators = [Generator(s, codec, cfg) for s in specs]
+    generators = [Generator(s, codec, Path(codec_path), cfg) for s in specs]
     sizes = {g.n for g in generators}
     if len(sizes) > 1:
         raise ValueError(f"the models generate chunks of different sizes {sorted(sizes)}; evaluate them apart")
