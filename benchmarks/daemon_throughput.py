@@ -81,7 +81,6 @@ def in_process(args: argparse.Namespace) -> dict:
 
     from worldsim.codecs.base import to_uint8
     from worldsim.model.control import Controls
-    from worldsim.sampling.session import StreamingSession
     from worldsim.runtime import RuntimeOptions, build_runtime
 
     torch.set_num_threads(args.threads)
@@ -89,8 +88,7 @@ def in_process(args: argparse.Namespace) -> dict:
     k, n = b.schema.frames_per_latent, b.model.cfg.chunk_frames
     keys = torch.zeros(1, n, k, len(b.schema.keys))
     keys[..., 0] = 1
-    session = StreamingSession(b.model, b.embed_prompt("a quiet forest"), latent_shape=b.latent_shape,
-                               sink_frames=b.sink_frames, window_frames=b.window_frames)
+    session = b.new_session(b.embed_prompt("a quiet forest"))
     decoder = b.make_decoder()
     t_start = time.perf_counter()
     frames, latencies, measuring_since = 0, [], None

@@ -21,14 +21,13 @@ import torch
 from tqdm import tqdm
 
 from worldsim.model.attention import BACKENDS, select_backend
-from worldsim.model.config import load_preset
 from worldsim.model.dit import CausalWanDiT, count_parameters
-from worldsim.pipeline.devices import DTYPES, resolve_device, resolve_dtype
+from worldsim.pipeline.devices import DTYPES, compile_blocks
+from worldsim.runtime import RuntimeOptions, build_runtime
 from worldsim.sampling.session import StreamingSession
 
 VAE_SPATIAL = 8  # Wan VAE: 8x spatial, 4x temporal compression
 VAE_TEMPORAL = 4
-DEFAULT_VIDEO_SIZE = {"wan2.1-t2v-1.3b": (480, 832), "small": (128, 128), "tiny": (64, 64)}
 BLOCK = 10  # chunks per block in the flatness table
 
 
@@ -71,24 +70,11 @@ def sync(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
-def compile_blocks(model: CausalWanDiT) -> None:
-    """torch.compile each block's forward in place (``del block.forward`` restores eager)."""
-    # Growing attention lengths while the window fills, and the cache's ring offsets, each cost a recompile.
-    torch._dynamo.config.recompile_limit = max(torch._dynamo.config.recompile_limit, 64)
-    for block in model.blocks:
-        block.forward = torch.compile(block.forward)
-
-
 def compiled_graphs() -> int:
     """Graphs torch.compile has captured so far in this process (a rise while measuring means recompiles)."""
     from torch._dynamo.utils import counters
 
     return counters["stats"]["unique_graphs"]
-
-
-def new_session(model: CausalWanDiT, prompt: torch.Tensor, latent_shape, args) -> StreamingSession:
-    return StreamingSession(model, prompt, latent_shape=latent_shape, seed=0, sink_frames=args.sink,
-                            window_frames=args.window)
 
 
 def warm_up(make_session, chunks: int, until_full: bool) -> None:
@@ -225,30 +211,19 @@ def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
-    device = resolve_device(args.device)
-    dtype = resolve_dtype(args.dtype, device, cpu_half=True)
-    cfg = load_preset(args.preset)
-    default_h, default_w = DEFAULT_VIDEO_SIZE.get(args.preset, (128, 128))
-    height, width = args.height or default_h, args.width or default_w
-    step = VAE_SPATIAL * cfg.patch_size[1]
-    if height % step or width % step:
-        print(f"error: video size {height}x{width} must be divisible by {step} (VAE 8x, patch 2x)", file=sys.stderr)
-        return 2
-    try:
-        backend = select_backend(args.attn, device, dtype, masked=False)  # streaming attention is unmasked
-    except RuntimeError as e:
+    try:  # the model as worldsim serve builds it: the preset with random weights (no control module here)
+        runtime = build_runtime(RuntimeOptions(preset=args.preset, height=args.height, width=args.width,
+                                               device=args.device, dtype=args.dtype, attn=args.attn, keys=(), axes=(),
+                                               window_frames=args.window, sink_frames=args.sink))
+        backend = select_backend(args.attn, runtime.device, runtime.dtype, masked=False)  # streaming is unmasked
+    except (ValueError, RuntimeError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
-
-    torch.manual_seed(0)
-    with torch.device(device):
-        model = CausalWanDiT(cfg).to(dtype).eval()
-    model.attn_backend = args.attn
-    latent_shape = (cfg.in_dim, height // VAE_SPATIAL, width // VAE_SPATIAL)
+    model, device, dtype, cfg = runtime.model, runtime.device, runtime.dtype, runtime.model.cfg
     prompt = torch.randn(args.batch, cfg.text_len, cfg.text_dim, device=device, dtype=dtype)
 
     def make_session() -> StreamingSession:
-        return new_session(model, prompt, latent_shape, args)
+        return runtime.new_session(prompt, seed=0)
 
     compiled = warm_up_model(model, make_session, args)
     if device.type == "cuda":
