@@ -34,9 +34,9 @@ SHAPE = (4, 4, 6)  # latent (C, H, W)
 FRAMES = 9  # three chunks
 
 
-def control_model(seed: int = 0):
+def control_model(seed: int = 0, **overrides):
     """A tiny DiT whose control path is random too (zero-initialised it would hide control bugs)."""
-    model = make_model(seed, control=CONTROL)
+    model = make_model(seed, control=CONTROL, **overrides)
     g = torch.Generator().manual_seed(seed + 1)
     with torch.no_grad():
         for p in model.control_embedding.parameters():
@@ -64,11 +64,12 @@ def rollout(model, exit_step, seed=0, sampler=None, **kw):
 
 
 @torch.no_grad()
-@pytest.mark.parametrize("context_noise", [0.0, 0.25])
-def test_rollout_equals_streaming_session(context_noise):
+@pytest.mark.parametrize("context_noise, frame_reference", [(0.0, False), (0.25, False), (0.25, True)])
+def test_rollout_equals_streaming_session(context_noise, frame_reference):
     """Full denoising without grad reproduces the inference loop bit for bit (prompt switch and controls included),
-    also when finished chunks enter the cache re-noised to a context timestep above 0."""
-    model = control_model()
+    also when finished chunks enter the cache re-noised to a context timestep above 0, and for a model that sees
+    the last clean frame before each chunk in its input channels."""
+    model = control_model(frame_reference=frame_reference)
     sampler = SamplerConfig(context_noise=context_noise)
     out = rollout(model, exit_step=3, seed=5, sampler=sampler).latents
     session = StreamingSession(model, prompts()[0], latent_shape=SHAPE, seed=5, window_frames=FRAMES, sampler=sampler)

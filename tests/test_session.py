@@ -6,6 +6,7 @@ import pytest
 import torch
 
 from conftest import make_model, text
+from worldsim.model.dit import CausalWanDiT
 from worldsim.sampling.session import StreamingSession
 
 SHAPE = (4, 4, 6)
@@ -167,3 +168,51 @@ def test_every_cache_write_is_renoised_to_the_context_timestep(model):
     assert writes, "the recache wrote nothing at the context timestep"
     residual = writes[0] - (1 - sigma) * clean  # sigma * noise when re-noised, sigma * clean (constant) when not
     assert 0.7 < float(residual.std() / sigma) < 1.3 and abs(float(residual.mean())) < 0.3 * sigma
+
+
+@torch.no_grad()
+def test_a_frame_reference_model_sees_the_last_clean_frame_before_each_chunk():
+    """Every forward of a chunk (denoising steps and the cache write) gets the stream's last clean frame as the
+    reference of all its frames: zeros at the start, the pushed start frame, then the previous chunk's last frame;
+    a recache re-runs each chunk with the reference it was made with."""
+    from conftest import make_model
+
+    model = make_model(frame_reference=True)
+    seen = []
+    forward = model.forward_chunks
+
+    def spy(x, t, context, caches, starts, controls=None, **kw):
+        seen.append((starts[0], controls.reference.clone()))
+        return forward(x, t, context, caches, starts, controls, **kw)
+
+    model.forward_chunks = spy
+    try:
+        start_frame = torch.randn(1, SHAPE[0], 1, *SHAPE[1:])
+        s = session(model, context_latents=start_frame)
+        a = s.step()
+        s.set_prompt(text(seed=4), "recache")
+        s.step()
+    finally:
+        del model.forward_chunks
+    refs = {}
+    for start, ref in seen:
+        assert ref.shape[2] == (1 if start == 0 else 3) and torch.equal(ref, ref[:, :, :1].expand_as(ref))
+        refs.setdefault(start, []).append(ref[:, :, :1])
+    assert all(torch.equal(r, torch.zeros_like(r)) for r in refs[0])  # the start frame had nothing before it
+    assert all(torch.equal(r, start_frame) for r in refs[1])  # chunk 1..3 (and its recache) follow the start frame
+    assert all(torch.equal(r, a[:, :, -1:]) for r in refs[4])  # the next chunk follows the last generated frame
+
+
+@torch.no_grad()
+def test_a_fresh_reference_module_changes_nothing():
+    """The reference embedding starts at zero: a frame_reference model made from a checkpoint without one streams
+    exactly what the checkpoint did."""
+    import dataclasses
+
+    from conftest import make_model
+
+    plain = make_model()
+    ref = CausalWanDiT(dataclasses.replace(plain.cfg, frame_reference=True)).eval()
+    missing, unexpected = ref.load_state_dict(plain.state_dict(), strict=False)
+    assert set(missing) == {"reference_embedding.weight", "reference_embedding.bias"} and not unexpected
+    assert torch.equal(session(plain, seed=3).step(), session(ref, seed=3).step())

@@ -24,13 +24,14 @@ from .base import Checkpoint, CheckpointError, key_list
 from .detect import resolve
 from .diffusers_format import config_from_diffusers, read_diffusers_folder
 from .self_forcing import read_self_forcing_pt
-from .wan_format import CONTROL_PREFIX, config_from_wan, read_wan_folder
+from .wan_format import CONTROL_PREFIXES, config_from_wan, read_wan_folder
 from .weights_folder import CONFIG_NAME, read_config
 from .worldsim_format import read_worldsim, read_worldsim_config
 
 ConfigLike = DiTConfig | str | os.PathLike
-# Fields a caller may choose freely: they do not change which weights the model has or how they are used.
-RUNTIME_FIELDS = ("control", "chunk_frames", "text_len")
+# Fields a caller may choose freely: they do not change which weights the model has or how they are used (control
+# and frame_reference add zero-initialised modules that start as no-ops).
+RUNTIME_FIELDS = ("control", "chunk_frames", "text_len", "frame_reference")
 SHOWN = 5  # keys listed per problem in an error message
 
 
@@ -67,12 +68,18 @@ def load_model(path: str | os.PathLike, *, config: ConfigLike | None = None, use
     cfg = _choose_config(ckpt, config)
     with torch.device("meta"):
         model = CausalWanDiT(cfg)
-    fresh_control = _check_fit(ckpt, {k: v.shape for k, v in model.state_dict().items()}, cfg)
+    fresh = _check_fit(ckpt, {k: v.shape for k, v in model.state_dict().items()}, cfg)
     dtype = dtype or torch.float32
     model.load_state_dict({k: v.to(device=device, dtype=dtype) for k, v in ckpt.state_dict.items()},
-                          strict=not fresh_control, assign=True)
-    if fresh_control:
+                          strict=not fresh, assign=True)
+    if "control_embedding." in fresh:
         model.control_embedding = ControlEmbedding(cfg.control, cfg.dim).to(device=device, dtype=dtype)
+    if "reference_embedding." in fresh:
+        conv = model.reference_embedding
+        model.reference_embedding = torch.nn.Conv3d(conv.in_channels, conv.out_channels, conv.kernel_size,
+                                                     conv.stride, device=device, dtype=dtype)
+        torch.nn.init.zeros_(model.reference_embedding.weight)
+        torch.nn.init.zeros_(model.reference_embedding.bias)
     on_meta = [n for n, t in chain(model.named_parameters(), model.named_buffers()) if t.is_meta]
     if on_meta:  # state that is neither in a checkpoint nor restored here: CausalWanDiT grew something new
         raise RuntimeError(f"load_model left {key_list(on_meta)} uninitialised; teach it how to build them")
@@ -115,23 +122,25 @@ def _config_from(config: ConfigLike, state_dict: Mapping[str, torch.Tensor]) -> 
         raise CheckpointError(f"config={str(config)!r}: {err}") from err
 
 
-def _check_fit(ckpt: Checkpoint, expected: Mapping[str, torch.Size], cfg: DiTConfig) -> bool:
-    """Raise CheckpointError unless the weights fit the model exactly; True if the control weights are absent as
-    a whole (and so must be freshly initialised)."""
+def _check_fit(ckpt: Checkpoint, expected: Mapping[str, torch.Size], cfg: DiTConfig) -> set[str]:
+    """Raise CheckpointError unless the weights fit the model exactly; returns the prefixes of worldsim's added
+    modules (control, reference) whose weights are absent as a whole (and so must be freshly initialised)."""
     got = ckpt.state_dict
     missing = expected.keys() - got.keys()
-    control = {k for k in expected if k.startswith(CONTROL_PREFIX)}
-    fresh_control = bool(control) and control <= missing
-    if fresh_control:
-        missing -= control
+    fresh = set()
+    for prefix in CONTROL_PREFIXES:
+        added = {k for k in expected if k.startswith(prefix)}
+        if added and added <= missing:
+            fresh.add(prefix)
+            missing -= added
     unexpected = sorted(got.keys() - expected.keys())
     common = sorted(expected.keys() & got.keys())
     problems = []
     if missing:
         problems.append(f"{len(missing)} missing key(s): {key_list(missing, SHOWN)}")
     if unexpected:
-        hint = (" (control weights, but the config has no control module)"
-                if all(k.startswith(CONTROL_PREFIX) for k in unexpected) else "")
+        hint = (" (control or reference weights, but the config has no such module)"
+                if all(k.startswith(CONTROL_PREFIXES) for k in unexpected) else "")
         shown = "; ".join(ckpt.where(k) for k in unexpected[:SHOWN])
         more = " ..." if len(unexpected) > SHOWN else ""
         problems.append(f"{len(unexpected)} unexpected key(s){hint}: {shown}{more}")
@@ -146,4 +155,4 @@ def _check_fit(ckpt: Checkpoint, expected: Mapping[str, torch.Size], cfg: DiTCon
         arch = f"dim={cfg.dim}, num_layers={cfg.num_layers}, num_heads={cfg.num_heads}"
         raise CheckpointError(f"{ckpt.path}: the {ckpt.format} checkpoint does not fit the model ({arch}); check "
                               f"that the config matches the checkpoint:\n  - " + "\n  - ".join(problems))
-    return fresh_control
+    return fresh

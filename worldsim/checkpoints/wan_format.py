@@ -21,7 +21,7 @@ from .base import Checkpoint, CheckpointError
 from .weights_folder import CONFIG_NAME, read_config, read_weights, write_folder
 
 CLASS_NAMES = ("WanModel", "CausalWanModel")  # Wan2.1 itself, and Self-Forcing's causal subclass saved the same way
-CONTROL_PREFIX = "control_embedding."
+CONTROL_PREFIXES = ("control_embedding.", "reference_embedding.")  # worldsim's additions to the Wan DiT
 
 
 def is_wan_config(config: Mapping[str, Any]) -> bool:
@@ -58,12 +58,12 @@ def read_wan_folder(folder: Path) -> Checkpoint:
 
 def base_state_dict(model_or_state_dict: nn.Module | Mapping[str, torch.Tensor],
                     layout: str) -> dict[str, torch.Tensor]:
-    """The Wan-named tensors to publish; control weights have no place in the published layouts."""
+    """The Wan-named tensors to publish; control and reference weights have no place in the published layouts."""
     sd = dict(model_or_state_dict.state_dict() if isinstance(model_or_state_dict, nn.Module) else model_or_state_dict)
-    control = [k for k in sd if k.startswith(CONTROL_PREFIX)]
+    control = [k for k in sd if k.startswith(CONTROL_PREFIXES)]
     if control:
         raise ValueError(f"the {layout} layout has no place for control weights ({control[0]!r}, ...); save with "
-                         f"save_worldsim, or pass the state dict without the {CONTROL_PREFIX}* keys")
+                         f"save_worldsim, or pass the state dict without the {'*, '.join(CONTROL_PREFIXES)}* keys")
     return sd
 
 

@@ -66,6 +66,7 @@ class DiTConfig:
     cross_attn_norm: bool = True
     chunk_frames: int = 3  # latent frames generated per step of a streaming session (num_frame_per_block)
     control: ControlConfig | None = None
+    frame_reference: bool = False  # each frame also sees the clean latent before its chunk (model/control.py)
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "patch_size", tuple(self.patch_size))

@@ -5,10 +5,16 @@ video-frame samples of each latent frame to a vector added to that frame's time 
 ``time_projection``, so it modulates every block's adaLN and the head exactly per latent frame. The output is
 multiplied by a presence gate, so a frame with no control input gets exactly zero and the model computes the
 same bits as a text-only checkpoint.
+
+A model with ``frame_reference`` also takes, per latent frame, the clean latent of the last frame before its chunk
+(:func:`reference_frames`; the sampler fills it, it is not a user control): a game's controls say how the next
+frame differs from the last one, and a denoiser that sees that frame in its input channels learns the difference
+quickly, where one that reaches it only through attention did not learn it at all (issue 12's experiments).
 """
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 
 import torch
@@ -23,13 +29,16 @@ class Controls:
 
     keys: [B, F, k, K] in {0, 1} (or the fraction of the interval held); axes: [B, F, k, A] normalised to about
     [-1, 1]; embedding: [B, F, k, D_e]. A source left as None is absent. ``present`` [B, F] bool optionally
-    marks latent frames that carry any control (default: every frame, if any source is given).
+    marks latent frames that carry any control (default: every frame, if any source is given). ``reference``
+    [B, C, F, H, W]: each frame's reference latent for a ``frame_reference`` model (zeros: none yet); the presence
+    gate and control dropout do not touch it.
     """
 
     keys: torch.Tensor | None = None
     axes: torch.Tensor | None = None
     embedding: torch.Tensor | None = None
     present: torch.Tensor | None = None
+    reference: torch.Tensor | None = None
 
     def sources(self) -> list[torch.Tensor]:
         return [t for t in (self.keys, self.axes, self.embedding) if t is not None]
@@ -37,9 +46,12 @@ class Controls:
     def is_empty(self) -> bool:
         return not self.sources() or (self.present is not None and not bool(self.present.any()))
 
-    def signature(self) -> tuple[bool, bool, bool]:
+    def signature(self) -> tuple[bool, bool, bool, bool]:
         """Which sources are given: streams batched together must agree on it (the module sees it as a feature)."""
-        return self.keys is not None, self.axes is not None, self.embedding is not None
+        return self.keys is not None, self.axes is not None, self.embedding is not None, self.reference is not None
+
+    def with_reference(self, reference: torch.Tensor | None) -> "Controls":
+        return dataclasses.replace(self, reference=reference)
 
     @staticmethod
     def cat(items: list["Controls | None"]) -> "Controls | None":
@@ -59,13 +71,14 @@ class Controls:
             present = torch.cat([c.present if c.present is not None else
                                  torch.ones(c.sources()[0].shape[:2], dtype=torch.bool, device=c.sources()[0].device)
                                  for c in items])
-        return Controls(stack("keys"), stack("axes"), stack("embedding"), present)
+        return Controls(stack("keys"), stack("axes"), stack("embedding"), present, stack("reference"))
 
     def slice_frames(self, start: int, stop: int) -> "Controls":
         def cut(t):
             return None if t is None else t[:, start:stop]
 
-        return Controls(cut(self.keys), cut(self.axes), cut(self.embedding), cut(self.present))
+        ref = None if self.reference is None else self.reference[:, :, start:stop]
+        return Controls(cut(self.keys), cut(self.axes), cut(self.embedding), cut(self.present), ref)
 
 
 class ControlEmbedding(nn.Module):
@@ -109,6 +122,15 @@ class ControlEmbedding(nn.Module):
                 raise ValueError(f"controls.present must have shape [B, F] = {[batch, frames]}, got {list(c.present.shape)}")
             gate = c.present.to(dtype)[..., None]
         return gate * self.mlp(u.flatten(2))  # [B, F, dim]
+
+
+def reference_frames(latents: torch.Tensor, chunk_frames: int) -> torch.Tensor:
+    """Each frame's reference for a clip of clean latents [B, C, F, H, W]: the last frame before its chunk (zeros
+    for the first chunk), as a streaming session has it when the chunk is generated. -> [B, C, F, H, W]."""
+    f = latents.shape[2]
+    before = torch.arange(f, device=latents.device) // chunk_frames * chunk_frames - 1  # [F]
+    ref = latents[:, :, before.clamp(min=0)]
+    return torch.where((before >= 0)[None, None, :, None, None], ref, torch.zeros_like(ref))
 
 
 def group_video_frames(samples: torch.Tensor, frames_per_latent: int) -> torch.Tensor:

@@ -132,6 +132,9 @@ class CausalWanDiT(nn.Module):
         self.blocks = nn.ModuleList(Block(cfg) for _ in range(cfg.num_layers))
         self.head = Head(cfg)
         self.control_embedding = ControlEmbedding(cfg.control, d) if cfg.control is not None else None
+        # the reference frame in its own patch embedding, zero-initialised: added to the tokens, it starts as a no-op
+        self.reference_embedding = nn.Conv3d(cfg.in_dim, d, kernel_size=cfg.patch_size, stride=cfg.patch_size) \
+            if cfg.frame_reference else None
         self.attn_backend = "auto"
         self.gradient_checkpointing = False
         self.init_weights()
@@ -149,6 +152,9 @@ class CausalWanDiT(nn.Module):
                 if isinstance(m, nn.Linear):
                     nn.init.normal_(m.weight, std=0.02)
         nn.init.zeros_(self.head.head.weight)
+        if self.reference_embedding is not None:
+            nn.init.zeros_(self.reference_embedding.weight)
+            nn.init.zeros_(self.reference_embedding.bias)
 
     def tokens_per_frame(self, height: int, width: int) -> int:
         _, ph, pw = self.cfg.patch_size
@@ -177,7 +183,14 @@ class CausalWanDiT(nn.Module):
     def _embed(self, x, t, controls):
         """Patchify and build per-frame modulation. Returns tokens [B, F*T, dim], e [B, F, dim], e0 [B, F, 6, dim]."""
         b, _, f, _, _ = x.shape
-        tokens = self.patch_embedding(x).flatten(2).transpose(1, 2)  # [B, F*T, dim], frame-major then h, w
+        patches = self.patch_embedding(x)  # [B, dim, F, H/2, W/2]
+        reference = None if controls is None else controls.reference
+        if self.reference_embedding is not None and reference is not None:
+            if reference.shape != x.shape:
+                raise ValueError(f"controls.reference must have the latents' shape {list(x.shape)}, "
+                                 f"got {list(reference.shape)}")
+            patches = patches + self.reference_embedding(reference.to(x.dtype))
+        tokens = patches.flatten(2).transpose(1, 2)  # [B, F*T, dim], frame-major then h, w
         w = self.time_embedding[0].weight
         e = self.time_embedding(sinusoidal_embedding(t.flatten(), self.cfg.freq_dim).to(w.dtype)).float().view(b, f, -1)
         if controls is not None and not controls.is_empty():

@@ -13,6 +13,7 @@ from collections.abc import Callable, Sequence
 
 import torch
 
+from ..model.control import Controls
 from .schedule import FlowMatchSchedule
 
 Flow = Callable[[torch.Tensor, float, bool], torch.Tensor]  # (x, t, is_exit_step) -> the model's flow for x at t
@@ -38,3 +39,11 @@ def context_input(x0: torch.Tensor, noise: Noise, schedule: FlowMatchSchedule, c
     """The finished chunk as the cache sees it: detached, re-noised to ``context_noise`` when that is above 0."""
     clean = x0.detach()
     return schedule.add_noise(clean, noise(), context_noise) if context_noise > 0 else clean
+
+
+def with_reference(controls: Controls | None, last: torch.Tensor | None, shape: tuple[int, ...], *, device,
+                   dtype) -> Controls:
+    """The controls of a chunk of ``shape`` [B, C, n, H, W] for a ``frame_reference`` model: every frame's reference
+    is the stream's last clean frame ``last`` [B, C, 1, H, W] (None before the first chunk: zeros)."""
+    ref = torch.zeros((*shape[:2], 1, *shape[3:]), device=device, dtype=dtype) if last is None else last.to(dtype)
+    return (controls or Controls()).with_reference(ref.expand(shape))

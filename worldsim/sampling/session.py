@@ -18,7 +18,7 @@ import torch
 
 from ..model.control import Controls
 from ..model.dit import CausalWanDiT
-from .denoise import context_input, denoise_chunk
+from .denoise import context_input, denoise_chunk, with_reference
 from .schedule import FlowMatchSchedule, SamplerConfig
 
 SWITCH_MODES = ("soft", "recache", "cut")
@@ -81,6 +81,7 @@ class StreamingSession:
         self.generator = torch.Generator(self.device).manual_seed(seed)
         self.frame = 0  # absolute index of the next latent frame
         self._history: list[_Chunk] = []  # clean latents of every resident frame (for recache)
+        self._last: torch.Tensor | None = None  # [B, C, 1, H, W] the last clean frame (a frame_reference model's input)
         self._pending: tuple[torch.Tensor, str, str] | None = None
         if context_latents is not None:
             self.push_context(context_latents, context_controls)
@@ -172,7 +173,16 @@ class StreamingSession:
         latents = latents.to(self.device, self.dtype)
         for a in range(0, latents.shape[2], self.chunk_frames):
             b = min(a + self.chunk_frames, latents.shape[2])
-            self._commit(_Chunk(self.frame, latents[:, :, a:b], None if controls is None else controls.slice_frames(a, b)))
+            ctrl = self._chunk_controls(None if controls is None else controls.slice_frames(a, b), b - a)
+            self._commit(_Chunk(self.frame, latents[:, :, a:b], ctrl))
+            self._last = latents[:, :, b - 1:b]
+
+    def _chunk_controls(self, controls: Controls | None, n: int) -> Controls | None:
+        """The next chunk's controls, with its reference frame when the model takes one."""
+        if not self.model.cfg.frame_reference:
+            return controls
+        return with_reference(controls, self._last, (self.batch, self.latent_shape[0], n, *self.latent_shape[1:]),
+                              device=self.device, dtype=self.dtype)
 
     def _commit(self, chunk: _Chunk) -> None:
         """Write a finished chunk's K/V into the cache and remember its latents."""
@@ -192,6 +202,7 @@ def step_sessions(sessions: list[StreamingSession], controls: list[Controls | No
     keeps its own cache, position, prompt, noise generator and controls. Returns each one's clean latents.
     """
     first = sessions[0]
+    controls = [s._chunk_controls(c, s.chunk_frames) for s, c in zip(sessions, controls)]
     if len({s.batch_key(c) for s, c in zip(sessions, controls)}) > 1:
         raise ValueError("sessions stepped together must share model, chunk size, latent shape, text length, "
                          "sampler and control sources")
@@ -216,6 +227,7 @@ def step_sessions(sessions: list[StreamingSession], controls: list[Controls | No
     out = list(x0.split([s.batch for s in sessions]))
     for s, latents, c in zip(sessions, out, controls):
         s._history.append(_Chunk(s.frame, latents, c))
+        s._last = latents[:, :, -1:]
         s.frame += n
         s._prune_history()
     return out

@@ -63,7 +63,8 @@ class LatentBatch:
         c = self.controls
         move = (lambda t: None if t is None else t.to(device))
         return LatentBatch(self.latents.to(device), self.text.to(device),
-                           Controls(move(c.keys), move(c.axes), move(c.embedding), move(c.present)), self.prompts)
+                           Controls(move(c.keys), move(c.axes), move(c.embedding), move(c.present), move(c.reference)),
+                           self.prompts)
 
 
 @dataclass

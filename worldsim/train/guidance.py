@@ -43,10 +43,12 @@ def guided_flow(model, x: torch.Tensor, t: torch.Tensor, text: torch.Tensor, con
     """Classifier-free guidance, standard form: uncond + scale * (cond - uncond); scale 1 is the plain conditional flow.
 
     The unconditional branch drops both the text (``uncond_text`` [B, L, D], the empty prompt's embedding) and the
-    controls, so guidance sharpens prompt and control following together.
+    controls, so guidance sharpens prompt and control following together; a reference frame (the history, not a
+    condition to sharpen) stays in both branches.
     """
     cond = clip_flow(model, x, t, text, controls)
     if scale == 1:
         return cond
-    uncond = model(x, t, uncond_text, controls=None)
+    kept = None if controls is None or controls.reference is None else Controls(reference=controls.reference)
+    uncond = model(x, t, uncond_text, controls=kept)
     return uncond + scale * (cond - uncond)

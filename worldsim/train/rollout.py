@@ -20,7 +20,7 @@ from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 
 from ..model.control import Controls
-from ..sampling.denoise import context_input, denoise_chunk
+from ..sampling.denoise import context_input, denoise_chunk, with_reference
 from ..sampling.schedule import FlowMatchSchedule, SamplerConfig
 
 
@@ -81,6 +81,9 @@ def self_forcing_rollout(model: nn.Module, context: torch.Tensor | Sequence[torc
     for i, start in enumerate(range(0, num_frames, n)):
         ctx = context[i] if per_chunk else context
         ctrl = None if controls is None else controls.slice_frames(start, start + n)
+        if net.cfg.frame_reference:  # the last clean frame before the chunk, as the session keeps it
+            ctrl = with_reference(ctrl, chunks[-1][:, :, -1:].detach() if chunks else None, (batch, c, n, h, w),
+                                  device=param.device, dtype=param.dtype)
         if per_chunk:
             cache.invalidate_text()
         x0 = denoise_chunk(lambda x, t, exit_now: run(x, t, start, ctx, ctrl, write=not exit_now), noise, schedule,

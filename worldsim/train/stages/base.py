@@ -147,6 +147,17 @@ class Stage:
     def unwrap(self, name: str) -> nn.Module:
         return self.accelerator.unwrap_model(self.models[name])
 
+    def referenced(self, batch: "LatentBatch", latents: torch.Tensor) -> "LatentBatch":
+        """The batch with each frame's reference (the clean frame before its chunk, taken from ``latents``
+        [B, C, F, H, W]: the data, or a rollout) in its controls, for a ``frame_reference`` DiT; else unchanged."""
+        cfg = self.ctx.model_cfg
+        if cfg is None or not cfg.frame_reference:
+            return batch
+        from ...model.control import reference_frames
+
+        ref = reference_frames(latents.detach(), cfg.chunk_frames)
+        return dataclasses.replace(batch, controls=batch.controls.with_reference(ref))
+
     def decode(self, latents: torch.Tensor) -> torch.Tensor:
         """Latents [B, C, F, H, W] -> frames [B, T, 3, H', W'] in [0, 1] with the dataset's codec."""
         codec = self.ctx.data.codec

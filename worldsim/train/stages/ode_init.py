@@ -29,6 +29,7 @@ class ODEInitStage(DistillStage):
         self.optimizers["generator"] = self.adamw(student)
 
     def loss(self, batch: LatentBatch) -> torch.Tensor:
+        batch = self.referenced(batch, batch.latents)  # teacher and student see the data's previous frames
         noise = torch.randn_like(batch.latents)
         states = ode_trajectory(self.teacher_flow(batch), noise, self.schedule, self.timesteps,
                                 num_steps=self.opts.ode_steps, shift=self.opts.shift)

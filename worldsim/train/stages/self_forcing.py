@@ -49,6 +49,7 @@ class SelfForcingStage(DistillStage):
         exit_step = sample_exit_step(len(self.timesteps))
         with torch.set_grad_enabled(train_generator):
             x = self.rollout(batch, exit_step)  # [B, C, F, H, W]
+        batch = self.referenced(batch, x)  # the scores see the rollout's own previous frames, as it did
         metrics = {"exit_step": float(exit_step)}
         if train_generator:
             critic = self.denoiser("critic")
@@ -65,6 +66,7 @@ class SelfForcingStage(DistillStage):
     def validate(self, batch: LatentBatch) -> dict[str, float]:
         """How well the teacher and the critic denoise the student's samples (lower: more teacher-like samples)."""
         x = self.rollout(batch, exit_step=len(self.timesteps) - 1)
+        batch = self.referenced(batch, x)
         return {name: flow_matching_loss(model, x, batch.text, batch.controls, self.schedule, per_frame=False,
                                          timestep_range=self.t_range).item()
                 for name, model in (("teacher_fm", self.denoiser("teacher")), ("critic_fm", self.denoiser("critic")))}

@@ -24,6 +24,7 @@ Absent when the data has no controls, or none that mirroring changes.
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 
 import torch
@@ -73,19 +74,19 @@ class TeacherStage(Stage):
         return torch.where(clean, torch.zeros_like(t), t).repeat_interleave(n, dim=1)
 
     def _conditions(self, batch: LatentBatch, dropout: bool) -> tuple[torch.Tensor, Controls | None]:
-        text, c = batch.text, batch.controls  # text [B, n_chunks, L, D]
-        if not c.sources():
+        text, c = batch.text, self.referenced(batch, batch.latents).controls  # text [B, n_chunks, L, D]
+        if not c.sources() and c.reference is None:
             c = None
         if not dropout:
             return text, c
         b, device = text.shape[0], text.device
         drop_text = torch.rand(b, device=device) < self.opts.text_dropout
         text = torch.where(drop_text[:, None, None, None], self.empty_text.to(device), text)
-        if c is not None:
+        if c is not None and c.sources():
             keep = torch.rand(b, device=device) >= self.opts.control_dropout
             present = c.present if c.present is not None else torch.ones(c.sources()[0].shape[:2], dtype=torch.bool,
                                                                            device=device)
-            c = Controls(c.keys, c.axes, c.embedding, present & keep[:, None])
+            c = dataclasses.replace(c, present=present & keep[:, None])  # the reference frame is not dropped
         return text, c
 
     def _mirrored(self, c: Controls | None) -> Controls | None:
@@ -98,7 +99,7 @@ class TeacherStage(Stage):
             return None
         keys = None if c.keys is None else c.keys[..., perm]  # [B, F, k, K]
         axes = None if c.axes is None else c.axes * c.axes.new_tensor(signs)  # [B, F, k, A]
-        return Controls(keys, axes, c.embedding, c.present)
+        return dataclasses.replace(c, keys=keys, axes=axes)
 
     def _flow_loss(self, x0: torch.Tensor, t: torch.Tensor, noise: torch.Tensor, text: torch.Tensor,
                    controls: Controls | None) -> torch.Tensor:
