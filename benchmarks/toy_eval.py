@@ -2,7 +2,7 @@
 
     python benchmarks/toy_eval.py --codec runs/codec/final/codec.safetensors \\
         --model student=runs/self_forcing/final/generator.safetensors:4 \\
-        --model teacher=runs/teacher/final/teacher.safetensors:16 --episodes 8 --chunks 20 --out runs/eval
+        --model teacher=runs/teacher/final/teacher.safetensors:16 --episodes 8 --chunks 60 --out runs/eval
 
 Each model continues the first chunk of fresh held-out episodes for --chunks chunks twice, from the same context
 with the same noise: driven by the episodes' controls and prompts, and with the controls mirrored (W<->S, A<->D,
@@ -14,7 +14,7 @@ mouse deltas negated). Reported per model:
   motion in both rollouts); results.json has each outcome (correct, reversed, same, no_motion) and per-sign scores;
 - motion agreement with the commanded direction (true controls only; its chance level is the mismatched row's);
 - PSNR and SSIM against the ground truth of the first generated chunk, and per chunk;
-- drift of image statistics over the first and the last two chunks (--chunks 20: 10x the training clips);
+- drift of image statistics over the first and the last two chunks (--chunks 60: 10x the toy recipe's training clips);
 - seconds per chunk (denoising only).
 
 Next to them, references scored the same way: the ground truth (the world under the true and the mirrored
@@ -44,7 +44,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--codec", required=True, help="the toy codec the models were trained with")
     p.add_argument("--episodes", type=int, default=d.episodes, help=f"held-out episodes (default {d.episodes})")
     p.add_argument("--chunks", type=int, default=d.chunks, help=f"generated chunks per episode (default {d.chunks}: "
-                                                               "10x the 2-chunk training clips)")
+                                                               "10x the toy recipe's 6-chunk training clips)")
     p.add_argument("--seed", type=int, default=d.seed, help=f"episode and noise seed (default {d.seed}; the "
                                                            "training data is generated with seed 0)")
     p.add_argument("--window", type=int, default=d.window_frames,

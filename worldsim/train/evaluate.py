@@ -87,11 +87,11 @@ class ModelSpec:
 
 @dataclass(frozen=True)
 class EvalConfig:
-    """How the evaluation runs. The cache defaults to the training attention span: a training clip has
-    ``2 * chunk_frames`` = 6 latent frames and no sink, so a chunk saw at most itself and one chunk before it."""
+    """How the evaluation runs. The cache defaults to the training attention span: a toy-recipe clip has 6 latent
+    frames (6 chunks of one frame) and no sink, so a frame saw at most the 5 before it."""
 
     episodes: int = 8
-    chunks: int = 20  # generated chunks per episode; 10x the 2-chunk training clips
+    chunks: int = 60  # generated chunks per episode; 10x the toy recipe's 6-chunk training clips
     seed: int = 10_000  # held-out episode seeds (training data uses dataset seed 0) and sampler noise
     window_frames: int = 6  # the rolling KV window in latent frames (the daemon serves 12)
     sink_frames: int = 0  # the daemon serves 3
