@@ -34,8 +34,12 @@ def keyed_square(key: str | None) -> np.ndarray:
     return frame
 
 
-def write_keyed_squares(root: Path, episodes: int = 64, frames: int = 24, seed: int = 0) -> np.ndarray:
-    """Episodes of random W/A/S/D presses, one per frame (frame 0: none); returns every frame [N, H, W, 3]."""
+def write_squares(root: Path, moving: bool, episodes: int = 64, frames: int = 24, seed: int = 0) -> np.ndarray:
+    """Episodes of random W/A/S/D presses, one per frame (frame 0: none); returns every frame [N, H, W, 3].
+
+    moving=False: each frame is a pure function of its key (:func:`keyed_square`). moving=True: each frame is the
+    previous one rolled SHIFT pixels by its key (W up, A left, S down, D right; wrapping), from a random start: the
+    key says how the next frame differs from the last, as in a game."""
     rng = np.random.default_rng(seed)
     writer = DatasetWriter(root, {"keys": list(KEYS), "axes": ["mouse_dx"], "embedding_dim": 0, "frames_per_latent": 1},
                            fps=16.0, height=SIZE, width=SIZE)
@@ -43,12 +47,17 @@ def write_keyed_squares(root: Path, episodes: int = 64, frames: int = 24, seed: 
     for e in range(episodes):
         ep = writer.new_episode(seed=e)
         ep.add_prompt(0, 0, "a square", "open")
+        frame = np.roll(keyed_square(None), tuple(rng.integers(0, SIZE, 2)), (0, 1))
         for i in range(frames):
             key = KEYS[rng.integers(len(KEYS))] if i else None
-            out.append(keyed_square(key))
+            if moving and key is not None:
+                frame = np.roll(frame, tuple(SHIFT * d for d in OFFSETS[key]), (0, 1))
+            elif not moving:
+                frame = keyed_square(key)
+            out.append(frame)
             control = None if key is None else {"keys": np.array([k == key for k in KEYS], np.float32),
                                                 "axes": rng.uniform(-1, 1, 1).astype(np.float32)}
-            ep.add_frame(out[-1], i, i // 3, control)
+            ep.add_frame(frame, i, i // 3, control)
         ep.close()
     return np.stack(out)
 
@@ -64,7 +73,7 @@ def random_codec(frames: np.ndarray, path: Path) -> Path:
 
 
 def test_control_gap_is_zero_untrained_and_large_once_controls_are_learned(tmp_path):
-    frames = write_keyed_squares(tmp_path / "data")
+    frames = write_squares(tmp_path / "data", moving=False)
     codec = random_codec(frames, tmp_path / "codec.safetensors")
     steps = 400
     cfg = load_recipe(RECIPES / "teacher_micro.yaml", [
@@ -86,35 +95,12 @@ def test_control_gap_is_zero_untrained_and_large_once_controls_are_learned(tmp_p
     assert all(r["val/loss_mirrored"] > r["val/loss"] for r in rows if r["step"] == steps and "val/loss" in r)
 
 
-def write_moving_squares(root: Path, episodes: int = 64, frames: int = 24, seed: int = 0) -> np.ndarray:
-    """Episodes where each frame is the previous one rolled SHIFT pixels by its key (W up, A left, S down, D right;
-    wrapping): the key says how the next frame differs from the last, as in a game. Returns every frame."""
-    rng = np.random.default_rng(seed)
-    writer = DatasetWriter(root, {"keys": list(KEYS), "axes": ["mouse_dx"], "embedding_dim": 0, "frames_per_latent": 1},
-                           fps=16.0, height=SIZE, width=SIZE)
-    out = []
-    for e in range(episodes):
-        ep = writer.new_episode(seed=e)
-        ep.add_prompt(0, 0, "a square", "open")
-        frame = np.roll(keyed_square(None), tuple(rng.integers(0, SIZE, 2)), (0, 1))
-        for i in range(frames):
-            key = KEYS[rng.integers(len(KEYS))] if i else None
-            if key is not None:
-                frame = np.roll(frame, tuple(SHIFT * d for d in OFFSETS[key]), (0, 1))
-            out.append(frame)
-            control = None if key is None else {"keys": np.array([k == key for k in KEYS], np.float32),
-                                                "axes": np.zeros(1, np.float32)}
-            ep.add_frame(frame, i, i, control)
-        ep.close()
-    return np.stack(out)
-
-
 @pytest.mark.parametrize("frame_reference", [True, False])
 def test_motion_relative_to_the_last_frame_is_learned_with_the_reference_frame(tmp_path, frame_reference):
     """Where the key moves the last frame (not a fixed picture), the teacher learns the controls only when it sees
     the last clean frame in its input channels (frame_reference, chunks of one frame); through attention alone
     the gap stays at noise level."""
-    frames = write_moving_squares(tmp_path / "data")
+    frames = write_squares(tmp_path / "data", moving=True)
     codec = random_codec(frames, tmp_path / "codec.safetensors")
     preset = yaml.safe_load((Path(__file__).resolve().parents[1] / "configs" / "model" / "tiny.yaml").read_text())
     preset.update(chunk_frames=1, frame_reference=frame_reference)
