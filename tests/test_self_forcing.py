@@ -4,11 +4,13 @@ ode-init and self-forcing stages train, and resume where they left off."""
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from pathlib import Path
 
 import pytest
 import torch
+import yaml
 from train_helpers import CONTROL as DATA_CONTROL
 from train_helpers import write_dataset
 
@@ -198,21 +200,28 @@ def workdir(tmp_path_factory) -> Path:
         for p in teacher.control_embedding.parameters():
             p.normal_(0, 0.3, generator=torch.Generator().manual_seed(4))
     save_worldsim(teacher, root / "teacher.safetensors")
+    # the toy recipes' architecture: chunks of one frame, each seeing the frame before it (frame_reference)
+    ref_cfg = dataclasses.replace(teacher.cfg, chunk_frames=1, frame_reference=True)
+    (root / "reference.yaml").write_text(yaml.safe_dump({**ref_cfg.to_dict(), "control": None}))
+    save_worldsim(randomize(CausalWanDiT(ref_cfg), seed=5), root / "teacher_reference.safetensors")
     return root
 
 
-def recipe(stage: str, root: Path, out: str, *overrides: str):
+def recipe(stage: str, root: Path, out: str, *overrides: str, reference: bool = False):
+    extra = [f"model={root / 'reference.yaml'}", f"stage.teacher={root / 'teacher_reference.safetensors'}",
+             "data.clip_chunks=3"] if reference else [f"stage.teacher={root / 'teacher.safetensors'}"]
     return load_recipe(RECIPES / f"{stage.replace('-', '_')}_micro.yaml",
-                       [f"data.path={root / 'data'}", f"data.codec={root / 'codec.safetensors'}",
-                        f"stage.teacher={root / 'teacher.safetensors'}", f"out={root / out}", *overrides])
+                       [f"data.path={root / 'data'}", f"data.codec={root / 'codec.safetensors'}", *extra,
+                        f"out={root / out}", *overrides])
 
 
 @pytest.mark.parametrize("stage,key", [("ode-init", "loss"), ("self-forcing", "critic_loss")])
-def test_stage_loss_falls_on_a_fixed_batch(workdir, stage, key):
-    tr = Trainer(stage, recipe(stage, workdir, f"fixed-{stage}"))
+@pytest.mark.parametrize("reference", [False, True])
+def test_stage_loss_falls_on_a_fixed_batch(workdir, stage, key, reference):
+    tr = Trainer(stage, recipe(stage, workdir, f"fixed-{stage}-{reference}", reference=reference))
     batch = tr.data.batch(0)
     losses = []
-    for i in range(8):
+    for i in range(12):
         torch.manual_seed(i % 2)  # the same noise every other step: the loss moves only with the weights
         with tr.acc.accumulate(*tr.stage.models.values()):
             metrics = tr.stage.step(batch, i)
