@@ -272,7 +272,7 @@ def build_runtime(opts: RuntimeOptions) -> Runtime:
     dtype = resolve_dtype(opts.dtype, device, cpu_half=True)
     load_device = torch.device("cpu") if opts.stage_on_cpu else device
     if opts.model and is_package(opts.model):
-        rt = _package_runtime(opts, load_device, dtype)
+        rt = _package_runtime(opts, device, load_device, dtype)
     else:
         opts = _with_defaults(opts)
         if opts.model and Path(opts.model).is_dir():
@@ -364,9 +364,10 @@ def _folder_runtime(opts: RuntimeOptions, device: torch.device, load_device: tor
                    modules=modules)
 
 
-def _package_runtime(opts: RuntimeOptions, device: torch.device, dtype: torch.dtype) -> Runtime:
+def _package_runtime(opts: RuntimeOptions, target: torch.device, device: torch.device, dtype: torch.dtype) -> Runtime:
     """A worldsim model package (worldsim/model_package.py): its DiT, codec, text encoder, sampler and cache
-    defaults. Every mismatch between the manifest and the weights is named before serving."""
+    defaults, loaded on ``device`` (the CPU when staging) for ``target``. Every mismatch between the manifest and the
+    weights is named before serving."""
     from .checkpoints import load_model
     from .codecs.toy_codec import ToyCodec
 
@@ -388,7 +389,6 @@ def _package_runtime(opts: RuntimeOptions, device: torch.device, dtype: torch.dt
                                f"({pkg.dit.name}) takes {cfg.text_len} x {cfg.text_dim}")
         embed = HashingPromptEmbedder(cfg.text_len, cfg.text_dim)
     else:
-        target = resolve_device(opts.device)
         embed = load_text_encoder(pkg.file(text["path"]), pkg.file(text["tokenizer"]), cfg, target,
                                   opts.offload_text_encoder or device != target)
     kind, spatial, temporal = pkg.codec["kind"], geo["spatial_stride"], geo["temporal_stride"]
@@ -420,7 +420,6 @@ def _package_runtime(opts: RuntimeOptions, device: torch.device, dtype: torch.dt
         make_decoder = lambda: PreviewDecoder(cfg.in_dim, temporal_stride=temporal, spatial_stride=spatial)  # noqa: E731
 
     prov = pkg.provenance
-    target = resolve_device(opts.device)
     return Runtime(model=model, name=prov.get("name") or pkg.root.name, untrained=bool(prov.get("untrained", False)),
                    latent_shape=latent_shape, video_shape=(height, width), fps=opts.fps, sink_frames=opts.sink_frames,
                    window_frames=opts.window_frames, chunk_latents=chunk, make_decoder=make_decoder,
