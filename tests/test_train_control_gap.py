@@ -13,6 +13,7 @@ import yaml
 
 from worldsim.codecs.toy_codec import ToyCodec, ToyCodecConfig
 from worldsim.dataset import DatasetWriter
+from worldsim.sampling.schedule import FlowMatchSchedule
 from worldsim.train.config import load_recipe
 from worldsim.train.trainer import Trainer
 
@@ -118,3 +119,55 @@ def test_motion_relative_to_the_last_frame_is_learned_with_the_reference_frame(t
         assert gap[steps] > 0.1, gap  # measured 0.22-0.69 over four seeds of data and weights
     else:
         assert abs(gap[steps]) < 0.05, gap  # measured 0.0001
+
+
+
+def test_context_noise_relabels_and_renoises_the_history_the_model_sees(tmp_path):
+    """With context_noise_max, a sample's clean context frames and every reference frame are the data re-noised to
+    one level in [0, max] (the context frames labelled with it) and carry no loss; without it they are the data."""
+    frames = write_squares(tmp_path / "data", moving=True, episodes=8, frames=12)
+    codec = random_codec(frames, tmp_path / "codec.safetensors")
+    preset = yaml.safe_load((Path(__file__).resolve().parents[1] / "configs" / "model" / "tiny.yaml").read_text())
+    preset.update(chunk_frames=1, frame_reference=True)
+    (tmp_path / "model.yaml").write_text(yaml.safe_dump(preset))
+
+    def model_inputs(level_max: float, run: str):
+        """The batch's latents, the model's input clip, timesteps and references, and the clean-context mask."""
+        cfg = load_recipe(RECIPES / "teacher_micro.yaml", [
+            f"model={tmp_path / 'model.yaml'}", f"data.path={tmp_path / 'data'}", f"data.codec={codec}",
+            f"out={tmp_path / run}", "data.clip_chunks=6", "data.batch_size=8", "stage.clean_context_prob=1.0",
+            f"stage.context_noise_max={level_max}", "data.val_episodes=2"])
+        trainer = Trainer("teacher", cfg)
+        stage = trainer.stage
+        seen = []
+        stage.models["teacher"].register_forward_hook(
+            lambda _m, args, kwargs, _out: seen.append((args[0], args[1], kwargs["controls"].reference)),
+            with_kwargs=True)
+        g = torch.Generator().manual_seed(0)
+        inputs = stage._inputs(trainer.data.batch(0), dropout=False, generator=g)
+        stage._flow_loss(*inputs)
+        (x, t, ref), = seen
+        return inputs[0], x, t, ref, inputs[3]
+
+    x0, x, t, ref, clean = model_inputs(200.0, "noisy")
+    schedule = FlowMatchSchedule(5.0)
+    levels = []
+    for b in range(x0.shape[0]):
+        j = int(clean[b].sum())  # the context: frames 0..j-1
+        level = t[b, :j]
+        if j:
+            assert torch.all(level == level[0]) and 0 <= float(level[0]) <= 200.0  # one level per sample, labelled
+            levels.append(float(level[0]))
+            assert torch.equal(x[b, :, :j], ref[b, :, 1:j + 1])  # context frames are the next frames' references
+        sigma = float(schedule.sigma(t[b, :1] if j else torch.tensor([200.0])))  # no context: the level is unseen
+        assert not torch.equal(ref[b, :, 1:], x0[b, :, :-1])  # references re-noised (every sample, context or not)
+        assert (ref[b, :, 1:] - x0[b, :, :-1]).std().item() < 3 * sigma + 0.05  # by about that level, not more
+        assert not clean[b, j:].any() and (t[b, j:] > 0).all()  # the rest is noisy, carrying the loss
+    assert len(set(levels)) > 1  # drawn per sample
+
+    x0, x, t, ref, clean = model_inputs(0.0, "clean")
+    assert torch.equal(ref[:, :, 1:], x0[:, :, :-1])  # without context noise the references are the data
+    assert clean.any() and (t[clean] == 0).all()
+    mask = clean[:, None, :, None, None].expand_as(x)
+    assert torch.equal(x[mask], x0[mask])  # and the context frames are the data, labelled 0
+

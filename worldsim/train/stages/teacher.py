@@ -7,6 +7,12 @@ denoise from noisy history and from the clean history a KV cache holds at infere
 Self Forcing's DMD needs here (the same network family as the student, per-chunk prompts, controls per frame), and
 sampled chunk by chunk it is the "teacher forcing" baseline the report compares Self Forcing against.
 
+Context noise augmentation (``context_noise_max`` > 0, a timestep): each sample's clean context chunks and the
+reference frames a ``frame_reference`` DiT sees are re-noised to a timestep drawn uniformly from
+[0, context_noise_max] (labelled with it), so the model learns to continue from an imperfect history — at inference
+the history is its own output, not the data, and an exactly-clean-history teacher lets small errors compound into
+blur over a long rollout (GameNGen's noise augmentation). 0 (the default) keeps the history exactly clean.
+
 Condition dropout for classifier-free guidance: per sample, the text becomes the empty prompt's embedding with
 probability ``text_dropout`` and the controls are marked absent (presence gate 0, exactly the no-control model)
 with probability ``control_dropout``, independently.
@@ -43,6 +49,7 @@ class TeacherOptions:
     shift: float = 5.0
     timestep_sampling: str = "uniform"  # or "logit_normal"
     clean_context_prob: float = 0.5
+    context_noise_max: float = 0.0  # timestep; > 0: clean history and reference frames re-noised up to it
     text_dropout: float = 0.1
     control_dropout: float = 0.1
     sample_steps: int = 16  # denoising steps per chunk of the sample strips (autoregressive, KV cache)
@@ -62,8 +69,11 @@ class TeacherStage(Stage):
         self.empty_text = self.ctx.data.text_encoder("")[0]  # [L, D]: the unconditional prompt
         self.sampler = SamplerConfig(shift=self.opts.shift, denoising_steps=evenly_spaced_steps(self.opts.sample_steps))
 
-    def _timesteps(self, b: int, frames: int, device, generator: torch.Generator | None = None) -> torch.Tensor:
-        """Per-frame timesteps [B, F]: one per chunk, 0 for the clean context before a random chunk."""
+    def _timesteps(self, b: int, frames: int, device, generator: torch.Generator | None = None
+                   ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Per-frame timesteps [B, F] (one per chunk), the clean-context mask [B, F] (the chunks before a random
+        chunk, with probability ``clean_context_prob``) and each sample's context level [B] (0 unless
+        ``context_noise_max`` > 0), the timestep its context frames are labelled with."""
         n = self.unwrap("teacher").cfg.chunk_frames
         chunks = frames // n
         t = sample_timesteps(self.schedule, (b, chunks), generator=generator, sampling=self.opts.timestep_sampling,
@@ -71,10 +81,25 @@ class TeacherStage(Stage):
         first_noisy = torch.randint(chunks, (b, 1), generator=generator, device=device)
         clean = (torch.arange(chunks, device=device) < first_noisy) & \
             (torch.rand(b, 1, generator=generator, device=device) < self.opts.clean_context_prob)
-        return torch.where(clean, torch.zeros_like(t), t).repeat_interleave(n, dim=1)
+        if self.opts.context_noise_max > 0:
+            level = torch.rand(b, 1, generator=generator, device=device) * self.opts.context_noise_max  # [B, 1]
+        else:
+            level = torch.zeros(b, 1, device=device)
+        t = torch.where(clean, level.expand_as(t), t)
+        return t.repeat_interleave(n, dim=1), clean.repeat_interleave(n, dim=1), level[:, 0]
 
-    def _conditions(self, batch: LatentBatch, dropout: bool) -> tuple[torch.Tensor, Controls | None]:
-        text, c = batch.text, self.referenced(batch, batch.latents).controls  # text [B, n_chunks, L, D]
+    def _history(self, x0: torch.Tensor, level: torch.Tensor, generator: torch.Generator | None = None
+                 ) -> torch.Tensor:
+        """The latents as history [B, C, F, H, W], what context frames and references are made of: x0 itself without
+        context noise, else re-noised to each sample's context level [B]."""
+        if self.opts.context_noise_max <= 0:
+            return x0
+        noise = torch.randn(x0.shape, generator=generator, device=x0.device, dtype=x0.dtype)
+        return add_noise(self.schedule, x0, noise, level)
+
+    def _conditions(self, batch: LatentBatch, history: torch.Tensor, dropout: bool
+                    ) -> tuple[torch.Tensor, Controls | None]:
+        text, c = batch.text, self.referenced(batch, history).controls  # text [B, n_chunks, L, D]
         if not c.sources() and c.reference is None:
             c = None
         if not dropout:
@@ -101,19 +126,27 @@ class TeacherStage(Stage):
         axes = None if c.axes is None else c.axes * c.axes.new_tensor(signs)  # [B, F, k, A]
         return dataclasses.replace(c, keys=keys, axes=axes)
 
-    def _flow_loss(self, x0: torch.Tensor, t: torch.Tensor, noise: torch.Tensor, text: torch.Tensor,
-                   controls: Controls | None) -> torch.Tensor:
-        """Flow-matching loss of latents x0 [B, C, F, H, W] noised with noise at per-frame timesteps t [B, F]."""
-        flow = clip_flow(self.models["teacher"], add_noise(self.schedule, x0, noise, t), t, text, controls)
+    def _flow_loss(self, x0: torch.Tensor, history: torch.Tensor, t: torch.Tensor, clean: torch.Tensor,
+                   noise: torch.Tensor, text: torch.Tensor, controls: Controls | None) -> torch.Tensor:
+        """Flow-matching loss of latents x0 [B, C, F, H, W] noised with noise at per-frame timesteps t [B, F]; the
+        clean-context frames (mask [B, F]) come from ``history`` and carry no loss."""
+        xt = torch.where(clean[:, None, :, None, None], history, add_noise(self.schedule, x0, noise, t))
+        flow = clip_flow(self.models["teacher"], xt, t, text, controls)
         err = (flow.float() - (noise - x0).float()).pow(2).mean(dim=(1, 3, 4))  # [B, F]
-        weight = (t > 0).float()  # clean context frames carry no loss
+        weight = (~clean).float()
         return (err * weight).sum() / weight.sum()
 
-    def loss(self, batch: LatentBatch, dropout: bool) -> torch.Tensor:
+    def _inputs(self, batch: LatentBatch, dropout: bool, generator: torch.Generator | None = None):
+        """(x0, history, t, clean, noise, text, controls) of one loss evaluation."""
         x0 = batch.latents  # [B, C, F, H, W]
-        text, controls = self._conditions(batch, dropout)
-        t = self._timesteps(x0.shape[0], x0.shape[2], x0.device)
-        return self._flow_loss(x0, t, torch.randn_like(x0), text, controls)
+        t, clean, level = self._timesteps(x0.shape[0], x0.shape[2], x0.device, generator=generator)
+        history = self._history(x0, level, generator)
+        noise = torch.randn(x0.shape, generator=generator, device=x0.device, dtype=x0.dtype)
+        text, controls = self._conditions(batch, history, dropout)
+        return x0, history, t, clean, noise, text, controls
+
+    def loss(self, batch: LatentBatch, dropout: bool) -> torch.Tensor:
+        return self._flow_loss(*self._inputs(batch, dropout))
 
     def step(self, batch: LatentBatch, step: int) -> dict[str, float]:
         loss = self.loss(batch, dropout=True)
@@ -122,16 +155,13 @@ class TeacherStage(Stage):
 
     def validate(self, batch: LatentBatch) -> dict[str, float]:
         """Held-out loss, and the same with mirrored controls on the same noise and timesteps (module docstring)."""
-        x0 = batch.latents  # [B, C, F, H, W]
-        text, controls = self._conditions(batch, dropout=False)
-        g = torch.Generator(x0.device).manual_seed(self.ctx.cfg.seed)
-        t = self._timesteps(x0.shape[0], x0.shape[2], x0.device, generator=g)
-        noise = torch.randn(x0.shape, generator=g, device=x0.device, dtype=x0.dtype)
-        loss = self._flow_loss(x0, t, noise, text, controls).item()
+        g = torch.Generator(batch.latents.device).manual_seed(self.ctx.cfg.seed)
+        *inputs, controls = self._inputs(batch, dropout=False, generator=g)
+        loss = self._flow_loss(*inputs, controls).item()
         mirrored = self._mirrored(controls)
         if mirrored is None:
             return {"loss": loss}
-        loss_mirrored = self._flow_loss(x0, t, noise, text, mirrored).item()
+        loss_mirrored = self._flow_loss(*inputs, mirrored).item()
         return {"loss": loss, "loss_mirrored": loss_mirrored, "control_gap": loss_mirrored / loss - 1}
 
     def sample(self, batch: LatentBatch) -> torch.Tensor:
