@@ -32,7 +32,7 @@ import sys
 
 import torch
 
-from worldsim.train.evaluate import EvalConfig, ModelSpec, evaluate, format_table
+from worldsim.train.evaluate import EvalConfig, ModelSpec, evaluate, format_held, format_table
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -52,6 +52,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--sink", type=int, default=d.sink_frames, help=f"sink frames (default {d.sink_frames}; served: 3)")
     p.add_argument("--strip-episodes", type=int, default=d.strip_episodes, help="episodes per PNG strip")
     p.add_argument("--strip-every", type=int, default=d.strip_every, help="every Nth frame in the strips")
+    p.add_argument("--held-frames", type=int, default=12, metavar="N",
+                   help="held-command probe: each kind's command and its mirror held N frames from every episode's "
+                        "context (default 12; 0: off)")
     p.add_argument("--device", default=d.device, help="cpu, cuda, ...")
     p.add_argument("--threads", type=int, default=1, help="torch threads (default 1: fastest on a shared CPU)")
     p.add_argument("--out", default="runs/eval", help="results.json and PNG strips (default runs/eval)")
@@ -71,9 +74,11 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     cfg = EvalConfig(episodes=args.episodes, chunks=args.chunks, seed=args.seed, window_frames=args.window,
                      sink_frames=args.sink, strip_episodes=args.strip_episodes, strip_every=args.strip_every,
-                     device=args.device)
+                     held_frames=args.held_frames, device=args.device)
     results = evaluate(specs, args.codec, cfg, out=args.out)
     print(format_table(results))
+    if "held_commands" in results:
+        print(format_held(results))
     print(f"results and strips in {args.out}")
     return 0
 

@@ -31,6 +31,14 @@ frame. References are scored the same way, each as a pair of videos:
 
 Motion and counterfactual counts are pooled over episodes; drift, MSE, PSNR and SSIM are per generated chunk,
 averaged over episodes.
+
+Held commands (``held_frames`` > 0): from each episode's context, one command is held for ``held_frames`` frames
+(turn: mouse_dx +1; move: W; strafe: D) and, from the same context and noise, its mirror (mouse_dx -1; S; A). The
+cue's observed motion is summed over each video and signed so that the ground truth's held command moves
+positively: a model following the controls gives a positive sum under the command and a negative one under its
+mirror ("reversed"), in pixels per frame comparable to the world's. Cheap and direct where the counterfactual pairs
+of a random episode rarely show confident motion; no chance level is needed for the sign test (a model ignoring
+the controls gives the same video twice, never reversed).
 """
 
 from __future__ import annotations
@@ -49,16 +57,17 @@ from tqdm import tqdm
 
 from ..codecs.base import to_uint8
 from ..codecs.toy_codec import ToyCodec
-from ..model_package import is_package, read_package
 from ..model.control import Controls
 from ..model.dit import CausalWanDiT
+from ..model_package import is_package, read_package
 from ..runtime import RuntimeOptions, build_runtime
 from ..sampling.schedule import FlowMatchSchedule, SamplerConfig, evenly_spaced_steps
 from ..sampling.session import StreamingSession
 from ..world import AXES, KEYS, World
 from ..world.episodes import EpisodeConfig, episode_seeds, generate_episode, themes_per_frame
-from ..world.metrics import (KINDS, OUTCOMES, SIGNS, counterfactual_counts, counterfactual_summary, mirror_controls,
-                             motion_breakdown, ssim, stat_drift)
+from ..world.game import WorldState
+from ..world.metrics import (KINDS, OUTCOMES, SIGNS, counterfactual_counts, counterfactual_summary, estimate_motion,
+                             horizons, mirror_controls, motion_breakdown, ssim, stat_drift)
 
 REFERENCES = ("ground_truth", "codec", "frozen", "ignores_controls", "mismatched", "shuffled")
 MISMATCHES = 7  # other episodes whose controls each ground-truth pair is scored against (all of them for 8 episodes)
@@ -75,7 +84,7 @@ class ModelSpec:
     steps: int = 4  # denoising steps per chunk: 4 = the served few-step sampler; more for a multi-step teacher
 
     @classmethod
-    def parse(cls, text: str) -> "ModelSpec":
+    def parse(cls, text: str) -> ModelSpec:
         name, sep, rest = text.partition("=")
         if not sep or not name or not rest:
             raise ValueError(f"expected NAME=PATH[:STEPS], got {text!r}")
@@ -98,6 +107,7 @@ class EvalConfig:
     shift: float = 5.0  # the samplers' timestep shift, as trained
     strip_episodes: int = 3  # episodes shown in each model's PNG strip
     strip_every: int = 3  # every Nth frame in the strips
+    held_frames: int = 0  # > 0: also the held-command probe over this many frames (module docstring)
     device: str = "cpu"
 
 
@@ -112,6 +122,7 @@ class HeldOutEpisode:
     prompts: list[str]  # the prompt of each chunk
     pitch: float  # view pitch at the scored span's first frame (the last context frame)
     mirror: HeldOutEpisode | None = None  # the same context, then the generated chunks under mirrored controls
+    state: WorldState | None = None  # the world at the last context frame (ground truth of other controls)
 
 
 def held_out_episodes(cfg: EvalConfig, chunk_frames: int) -> list[HeldOutEpisode]:
@@ -132,8 +143,37 @@ def held_out_episodes(cfg: EvalConfig, chunk_frames: int) -> list[HeldOutEpisode
         mirrored = world.rollout(ep.states[n - 1], keys[n:], axes[n:], themes=themes[n:]).frames
         pitch = ep.states[n - 1].pitch
         mirror = HeldOutEpisode(seed, np.concatenate([ep.frames[:n - 1], mirrored]), keys, axes, prompts, pitch)
-        out.append(HeldOutEpisode(seed, ep.frames, ep.keys, ep.axes, prompts, pitch, mirror))
+        out.append(HeldOutEpisode(seed, ep.frames, ep.keys, ep.axes, prompts, pitch, mirror, ep.states[n - 1]))
     return out
+
+
+HELD_COMMANDS = {"turn": ("mouse_dx", None), "move": ("W", "S"), "strafe": ("D", "A")}  # command, its mirror
+
+
+def held_controls(kind: str, mirrored: bool, frames: int) -> tuple[np.ndarray, np.ndarray]:
+    """keys [frames + 1, 6], axes [frames + 1, 2]: ``kind``'s command (or its mirror) held from row 1 on; row 0
+    (the context frame's) is empty."""
+    keys, axes = np.zeros((frames + 1, len(KEYS)), np.float32), np.zeros((frames + 1, len(AXES)), np.float32)
+    name = HELD_COMMANDS[kind][int(mirrored)] or HELD_COMMANDS[kind][0]
+    if name in AXES:
+        axes[1:, AXES.index(name)] = -1.0 if mirrored else 1.0
+    else:
+        keys[1:, KEYS.index(name)] = 1.0
+    return keys, axes
+
+
+def held_motion(span: np.ndarray, kind: str, axes: np.ndarray, pitch: float) -> float:
+    """The ``kind`` cue's motion summed over a video [N, H, W, 3] (its first frame: the context's), in pixels."""
+    rows = horizons(axes, pitch=pitch)
+    return float(sum(getattr(estimate_motion(span[i], span[i + 1], rows[i + 1]), kind) for i in range(len(span) - 1)))
+
+
+def held_summary(sums: np.ndarray, truth: np.ndarray, frames: int) -> dict:
+    """Held-command results of one source from its sums [E, 2] (command, mirror) per episode, signed by the ground
+    truth's [E, 2]: mean pixels per frame along the commanded direction, and the episodes reversed."""
+    along = sums * np.sign(truth[:, :1])  # [E, 2]: positive = the way the world moves under the command
+    return {"px_per_frame": (along[:, 0].mean() / frames, along[:, 1].mean() / frames),
+            "reversed": int(((along[:, 0] > 0) & (along[:, 1] < 0)).sum()), "episodes": len(sums)}
 
 
 def episode_controls(ep: HeldOutEpisode, start: int, stop: int, device) -> Controls:
@@ -194,8 +234,10 @@ class Generator:
         return FlowMatchSchedule.from_config(self.sampler).sampling_timesteps(self.sampler)
 
     @torch.no_grad()
-    def rollout(self, ep: HeldOutEpisode, seed: int, tick=lambda: None) -> tuple[np.ndarray, list[float]]:
-        """Generated frames of chunks 1..K [K*n, H, W, 3] uint8, and the seconds each chunk's step took."""
+    def rollout(self, ep: HeldOutEpisode, seed: int, tick=lambda: None, chunks: int | None = None
+                ) -> tuple[np.ndarray, list[float]]:
+        """Generated frames of chunks 1..K [K*n, H, W, 3] uint8 (K: ``chunks``, default the evaluation's), and the
+        seconds each chunk's step took."""
         n, device = self.n, self.cfg.device
         latents = self.codec.encode(to_tensor(ep.frames[:n], device))  # [1, C, n, h, w]
         ch, _, h, w = latents.shape[1:]
@@ -204,7 +246,7 @@ class Generator:
                                    sampler=self.sampler)
         session.push_context(latents, episode_controls(ep, 0, n, device))
         frames, seconds = [], []
-        for c in range(1, self.cfg.chunks + 1):
+        for c in range(1, (chunks or self.cfg.chunks) + 1):
             if ep.prompts[c] != ep.prompts[c - 1]:
                 session.set_prompt(self.text(ep.prompts[c]).to(device), mode="soft")
             t0 = time.perf_counter()
@@ -335,12 +377,15 @@ def evaluate(specs: list[ModelSpec], codec_path: str | Path, cfg: EvalConfig = E
             if i < cfg.strip_episodes:
                 strips[g.spec.name].append((span, video, mirrored, video_mirrored))
     bar.close()
+    held = held_commands(generators, episodes, cfg, n) if cfg.held_frames > 0 else None
     results = {"config": {**asdict(cfg), "chunk_frames": n, "codec": str(codec_path)},
                "episodes": [{"seed": ep.seed, "prompts": ep.prompts} for ep in episodes],
                "references": {name: t.summary() for name, t in refs.items()},
                "models": {g.spec.name: {"path": str(g.spec.path), "steps": g.spec.steps,
                                         "timesteps": g.timesteps, **tallies[g.spec.name].summary()}
                           for g in generators}}
+    if held is not None:
+        results["held_commands"] = held
     if out is not None:
         out = Path(out)
         out.mkdir(parents=True, exist_ok=True)
@@ -348,6 +393,42 @@ def evaluate(specs: list[ModelSpec], codec_path: str | Path, cfg: EvalConfig = E
         for name, rows in strips.items():
             strip_image(rows, cfg.strip_every).save(out / f"strip_{name}.png")
     return results
+
+
+def held_commands(generators: list[Generator], episodes: list[HeldOutEpisode], cfg: EvalConfig, n: int,
+                  kinds: tuple[str, ...] = KINDS) -> dict:
+    """The held-command probe (module docstring) of the ground truth and each model: {source: {kind: summary}}."""
+    frames = cfg.held_frames - cfg.held_frames % n or n  # whole chunks
+    world = World(EpisodeConfig().world)
+    sums: dict[str, dict[str, np.ndarray]] = {name: {k: np.zeros((len(episodes), 2)) for k in kinds}
+                                              for name in ["ground_truth", *(g.spec.name for g in generators)]}
+    for i, ep in enumerate(episodes):
+        context = ep.frames[n - 1:n]
+        for kind in kinds:
+            for j, mirrored in enumerate((False, True)):
+                keys, axes = held_controls(kind, mirrored, frames)
+                truth = world.rollout(ep.state, keys[1:], axes[1:]).frames
+                sums["ground_truth"][kind][i, j] = held_motion(truth, kind, axes, ep.pitch)
+                held = replace(ep, keys=np.concatenate([ep.keys[:n - 1], keys]),
+                               axes=np.concatenate([ep.axes[:n - 1], axes]), prompts=[ep.prompts[0]] * (frames + 1))
+                for g in generators:
+                    video, _ = g.rollout(held, cfg.seed + i, chunks=frames // n)
+                    sums[g.spec.name][kind][i, j] = held_motion(np.concatenate([context, video]), kind, axes, ep.pitch)
+    truth = sums["ground_truth"]
+    return {name: {k: held_summary(v[k], truth[k], frames) for k in kinds} for name, v in sums.items()}
+
+
+def format_held(results: dict) -> str:
+    """The held-command table: per kind, pixels per frame along the command under it / under its mirror, and the
+    episodes whose two videos move in opposite directions, the commanded one the world's way."""
+    head = (f"held commands ({results['config']['held_frames']} frames): px/frame under the command / its mirror, "
+            "episodes reversed")
+    lines = [head]
+    for name, kinds in results["held_commands"].items():
+        cells = [f"{k} {r['px_per_frame'][0]:+5.2f}/{r['px_per_frame'][1]:+5.2f} {r['reversed']}/{r['episodes']}"
+                 for k, r in kinds.items()]
+        lines.append(f"  {name:<18} " + "   ".join(cells))
+    return "\n".join(lines)
 
 
 def format_table(results: dict) -> str:
