@@ -42,9 +42,12 @@ CONTROL_HZ = 16.0
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p = argparse.ArgumentParser(prog="daemon_throughput", description=__doc__.split("\n\n")[0])
-    p.add_argument("--preset", default="small")
-    p.add_argument("--height", type=int, default=128)
-    p.add_argument("--width", type=int, default=128)
+    p.add_argument("--preset", default="small", help="model preset with random weights (default small)")
+    p.add_argument("--model", metavar="PATH", help="serve this instead of --preset: a model package (e.g. "
+                                                    "worldsim/default_model, the embedded default), checkpoint or "
+                                                    "Wan2.1 folder, at its own size unless --height/--width")
+    p.add_argument("--height", type=int, help="video height (default 128, or the model's)")
+    p.add_argument("--width", type=int, help="video width (default 128, or the model's)")
     p.add_argument("--only", choices=["throughput", "latency", "transport", "soak", "protocol", "in-process"],
                    action="append",
                    help="run only these parts (repeatable; default: all but soak)")
@@ -84,7 +87,7 @@ def in_process(args: argparse.Namespace) -> dict:
     from worldsim.runtime import RuntimeOptions, build_runtime
 
     torch.set_num_threads(args.threads)
-    b = build_runtime(RuntimeOptions(preset=args.preset, height=args.height, width=args.width))
+    b = build_runtime(RuntimeOptions(preset=args.preset, model=args.model, height=args.height, width=args.width))
     k, n = b.schema.frames_per_latent, b.model.cfg.chunk_frames
     keys = torch.zeros(1, n, k, len(b.schema.keys))
     keys[..., 0] = 1
@@ -121,8 +124,10 @@ class Daemon:
                  size: tuple[int, int] | None = None, websocket: bool = False):
         self.endpoint = free_endpoint()
         width, height = size or (args.width, args.height)
-        cmd = [sys.executable, "-m", "worldsim", "serve", "--preset", args.preset, "--height", str(height),
-               "--width", str(width), "--bind", self.endpoint, "--stats-interval", "0", "--log-level",
+        cmd = [sys.executable, "-m", "worldsim", "serve", *(["--model", args.model] if args.model else
+                                                            ["--preset", args.preset]),
+               *(["--height", str(height), "--width", str(width)] if height and width else []),
+               "--bind", self.endpoint, "--stats-interval", "0", "--log-level",
                "WARNING", "--threads", str(args.threads), "--fps", str(args.fps), "--max-sessions", "16",
                "--max-sessions-per-client", "16"]
         if chunk_latents is not None:
@@ -160,7 +165,11 @@ def throughput(args: argparse.Namespace, endpoint: str, sessions: int) -> dict:
     try:
         keys = len(c.welcome.control.keys)
         row = {"keys": [[1.0] + [0.0] * (keys - 1)]} if keys else None
-        sids = [c.open("a quiet forest", seed=i, fps=0, format=args.format) for i in range(sessions)]
+        opened, first = {}, {}
+        for i in range(sessions):
+            t_open = time.perf_counter()
+            opened[c.open("a quiet forest", seed=i, fps=0, format=args.format)] = t_open
+        sids = list(opened)
         t_start = next_input = time.perf_counter()
         measuring_since, counts = None, {s: 0 for s in sids}
         while True:
@@ -176,6 +185,7 @@ def throughput(args: argparse.Namespace, endpoint: str, sessions: int) -> dict:
             for f in c.frames_ready():
                 f.image  # decode, as a client would
                 counts[f.session] += 1
+                first.setdefault(f.session, time.perf_counter() - opened[f.session])
             time.sleep(0.001)
         elapsed = time.perf_counter() - measuring_since
         for s in sids:
@@ -183,7 +193,8 @@ def throughput(args: argparse.Namespace, endpoint: str, sessions: int) -> dict:
     finally:
         c.close()
     per = [counts[s] / elapsed for s in sids]
-    return {"sessions": sessions, "fps_total": sum(per), "fps_per_session": per, "client_dropped": c.frames_dropped}
+    return {"sessions": sessions, "fps_total": sum(per), "fps_per_session": per, "client_dropped": c.frames_dropped,
+            "first_frame_ms": [1000 * first[s] for s in sids if s in first]}  # open sent -> its first frame here
 
 
 def paced_latency(args: argparse.Namespace, endpoint: str, seconds: float) -> dict:
@@ -412,7 +423,8 @@ def main(argv: list[str] | None = None) -> int:
     parts = set(args.only or ["in-process", "throughput", "latency", "protocol"])
     cpu = next((ln.split(":", 1)[1].strip() for ln in Path("/proc/cpuinfo").read_text().splitlines()
                 if ln.startswith("model name")), "cpu") if Path("/proc/cpuinfo").is_file() else "cpu"
-    cond = {"preset": args.preset, "video": f"{args.width}x{args.height}", "decoder": "preview",
+    cond = {"model": args.model or f"{args.preset} preset", "video": f"{args.width}x{args.height}"
+            if args.width and args.height else "the model's", "decoder": "the model's" if args.model else "preview",
             "format": args.format, "device": f"{cpu}, {os.cpu_count()} cores", "threads": args.threads,
             "seconds": args.seconds, "fps": args.fps, "daemon_src": str(args.daemon_src or "this checkout")}
     print("conditions: " + ", ".join(f"{k}={v}" for k, v in cond.items()), flush=True)
@@ -428,7 +440,8 @@ def main(argv: list[str] | None = None) -> int:
                     r = throughput(args, d.endpoint, n) | {"max_batch": batch}
                     results["throughput"].append(r)
                     print(f"daemon, {n} session(s), max batch {batch}: {r['fps_total']:7.1f} frames/s total "
-                          f"({' '.join(f'{x:.1f}' for x in r['fps_per_session'])} each)", flush=True)
+                          f"({' '.join(f'{x:.1f}' for x in r['fps_per_session'])} each); first frame after open "
+                          f"{' '.join(f'{x:.0f}' for x in r['first_frame_ms'])} ms", flush=True)
     if "latency" in parts:
         results["latency"] = []
         for chunk in [int(x) for x in args.chunks.split(",") if x.strip()]:

@@ -176,6 +176,18 @@ def test_chunk_controls_shapes_and_neutral_first_latent():
     assert len(b.for_chunk(3, False, torch.device("cpu"), torch.float32).rows) == 12
 
 
+def test_one_latent_chunk_starting_the_stream_is_neutral_and_leaves_the_queue():
+    """Chunks of one latent frame (the toy model): controls sent before the first chunk wait for the second."""
+    b = ControlBuffer(SCHEMA, max_queued=64)
+    b.push(rows(keys=[[1, 0, 0, 0]] * 4))
+    first = b.for_chunk(1, starts_stream=True, device=torch.device("cpu"), dtype=torch.float32)
+    assert first.controls.present.tolist() == [[False]] and first.controls.keys.abs().sum() == 0
+    assert len(first.rows) == 0 and b.queued == 4
+    second = b.for_chunk(1, starts_stream=False, device=torch.device("cpu"), dtype=torch.float32)
+    assert second.controls.present.tolist() == [[True]] and second.controls.keys[0, 0, :, 0].eq(1).all()
+    assert b.queued == 0
+
+
 def test_hashing_prompt_embedder_is_deterministic():
     e = HashingPromptEmbedder(text_len=8, text_dim=16)
     a, b = e("A red fox"), HashingPromptEmbedder(8, 16)("a red fox!")

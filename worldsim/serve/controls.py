@@ -95,12 +95,13 @@ class ControlBuffer:
         if not self.seen:
             return ChunkControls(ControlRows(), None)
         k, skip = self.schema.frames_per_latent, int(starts_stream)
-        taken = self.take(k * (latents - skip))
+        n = k * (latents - skip)  # 0 for a one-latent chunk starting the stream: the queue waits for the next
+        taken = self.take(n) if n else {s: np.zeros((0, len(h)), np.float32) for s, h in self.held.items()}
         rows = ControlRows(**{s: taken[s] for s in self.seen})
         tensors = {}
         for s, a in rows.sources().items():
             t = torch.zeros(1, latents, k, a.shape[1], dtype=dtype)
-            t[0, skip:] = torch.from_numpy(a).view(latents - skip, k, -1)
+            t[0, skip:] = torch.from_numpy(a).view(latents - skip, k, a.shape[1])
             tensors[s] = t.to(device)
         present = torch.ones(1, latents, dtype=torch.bool)
         present[0, :skip] = False
