@@ -55,6 +55,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--held-frames", type=int, default=12, metavar="N",
                    help="held-command probe: each kind's command and its mirror held N frames from every episode's "
                         "context (default 12; 0: off)")
+    p.add_argument("--control-guidance", type=float, metavar="S",
+                   help="classifier-free guidance on the controls for every model (1: off; default: a package's "
+                        "own sampler, else 1)")
     p.add_argument("--device", default=d.device, help="cpu, cuda, ...")
     p.add_argument("--threads", type=int, default=1, help="torch threads (default 1: fastest on a shared CPU)")
     p.add_argument("--out", default="runs/eval", help="results.json and PNG strips (default runs/eval)")
@@ -74,7 +77,8 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     cfg = EvalConfig(episodes=args.episodes, chunks=args.chunks, seed=args.seed, window_frames=args.window,
                      sink_frames=args.sink, strip_episodes=args.strip_episodes, strip_every=args.strip_every,
-                     held_frames=args.held_frames, device=args.device)
+                     held_frames=args.held_frames, control_guidance=args.control_guidance,
+                     device=args.device)
     results = evaluate(specs, args.codec, cfg, out=args.out)
     print(format_table(results))
     if "held_commands" in results:

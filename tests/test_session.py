@@ -216,3 +216,33 @@ def test_a_fresh_reference_module_changes_nothing():
     missing, unexpected = ref.load_state_dict(plain.state_dict(), strict=False)
     assert set(missing) == {"reference_embedding.weight", "reference_embedding.bias"} and not unexpected
     assert torch.equal(session(plain, seed=3).step(), session(ref, seed=3).step())
+
+
+@torch.no_grad()
+def test_control_guidance_extrapolates_from_the_controls_absent_branch():
+    """control_guidance s: each step's flow is uncond + s (cond - uncond), uncond the same chunk with its controls
+    marked absent. With one denoising step x0 is linear in the flow, so the guided chunk is exactly that mix."""
+    import dataclasses
+
+    from conftest import CONTROL, make_model
+    from worldsim.model.control import Controls
+    from worldsim.sampling.schedule import SamplerConfig
+
+    model = make_model(control=CONTROL)
+    with torch.no_grad():  # random control weights too (make_model leaves them at their zero init)
+        g = torch.Generator().manual_seed(2)
+        for p in model.control_embedding.parameters():
+            p.copy_(torch.randn(p.shape, generator=g) * 0.1)
+    keys = torch.rand(1, 3, 4, 4, generator=torch.Generator().manual_seed(1)).round()  # [B, F, k, K]
+    one_step = SamplerConfig(denoising_steps=(1000,))
+
+    def first_chunk(scale: float, controls):
+        return session(model, seed=5, sampler=dataclasses.replace(one_step, control_guidance=scale)).step(controls)
+
+    cond = first_chunk(1, Controls(keys=keys))
+    absent = first_chunk(1, Controls(keys=keys, present=torch.zeros(1, 3, dtype=torch.bool)))
+    assert not torch.allclose(cond, absent)
+    assert torch.allclose(first_chunk(3, Controls(keys=keys)), absent + 3 * (cond - absent), atol=1e-4)
+    assert torch.equal(first_chunk(3, None), first_chunk(1, None))  # no controls: nothing to guide
+    with pytest.raises(ValueError, match="control_guidance"):
+        SamplerConfig(control_guidance=-1)

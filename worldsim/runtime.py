@@ -76,6 +76,7 @@ class RuntimeOptions:
     window_frames: int | None = None  # default: the package's, else 12
     chunk_latents: int | None = None  # latent frames per chunk (default: the model's training chunk size)
     seed: int = 0  # random weights of a preset
+    control_guidance: float | None = None  # the sampler's guidance on the controls (None: the source's, else 1)
     # a Wan2.1 folder (model=DIR) only:
     checkpoint: str | None = None  # Self-Forcing .pt whose weights replace the folder's DiT
     use_ema: bool = True  # the .pt's generator_ema (else generator)
@@ -279,6 +280,8 @@ def build_runtime(opts: RuntimeOptions) -> Runtime:
             rt = _folder_runtime(opts, device, load_device, dtype)
         else:
             rt = _file_runtime(opts, load_device, dtype)
+    if opts.control_guidance is not None:
+        rt.sampler = dataclasses.replace(rt.sampler or SamplerConfig(), control_guidance=opts.control_guidance)
     if opts.stage_on_cpu:
         rt.target_device = device
     if opts.compile:

@@ -4,6 +4,12 @@ Per chunk of N latent frames: :func:`~worldsim.sampling.denoise.denoise_chunk` f
 the training rollout runs), then the finished chunk, re-noised to ``context_noise``, runs once more so its K/V
 enter the cache. Prompt switches and controls apply at chunk boundaries only.
 
+Control guidance (``SamplerConfig.control_guidance`` = s != 1): each denoising step also runs the chunk with its
+controls marked absent (the presence gate closed: the model trained with control dropout predicts the controls'
+average effect), prompt, history and reference frame unchanged, without writing the cache, and takes
+``uncond + s * (cond - uncond)``: classifier-free guidance on the controls alone, which strengthens how far the
+frames follow them at the cost of a second forward per step. The cache re-run stays conditional.
+
     session = StreamingSession(model, prompt_embeds, latent_shape=(16, 60, 104), seed=0, window_frames=21)
     latents = session.step()                         # [B, C, N, H, W]
     session.set_prompt(new_embeds, mode="recache")   # applies before the next step
@@ -12,6 +18,7 @@ enter the cache. Prompt switches and controls apply at chunk boundaries only.
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 
 import torch
@@ -213,15 +220,21 @@ def step_sessions(sessions: list[StreamingSession], controls: list[Controls | No
     prompt = torch.cat([s.prompt for s in sessions]) if len(sessions) > 1 else first.prompt
     ctrl = Controls.cat(controls)
 
-    def forward(x: torch.Tensor, t: float) -> torch.Tensor:
+    scale, absent = first.sampler.control_guidance, without_controls(ctrl)
+
+    def forward(x: torch.Tensor, t: float, guided: bool = False) -> torch.Tensor:
         tt = torch.full((x.shape[0], n), t, device=x.device, dtype=torch.float32)
-        return model.forward_chunks(x, tt, prompt, caches, starts, ctrl)
+        cond = model.forward_chunks(x, tt, prompt, caches, starts, ctrl)
+        if not guided or scale == 1 or absent is None:
+            return cond
+        uncond = model.forward_chunks(x, tt, prompt, caches, starts, absent, write=False)
+        return uncond + scale * (cond - uncond)
 
     def noise() -> torch.Tensor:
         parts = [s._noise(n) for s in sessions]
         return torch.cat(parts) if len(parts) > 1 else parts[0]
 
-    x0 = denoise_chunk(lambda x, t, _exit: forward(x, t), noise, schedule, first.timesteps)
+    x0 = denoise_chunk(lambda x, t, _exit: forward(x, t, guided=True), noise, schedule, first.timesteps)
     cn = first.sampler.context_noise
     forward(context_input(x0, noise, schedule, cn), cn)  # the re-run writes the chunk's K/V into every cache
     out = list(x0.split([s.batch for s in sessions]))
@@ -231,3 +244,11 @@ def step_sessions(sessions: list[StreamingSession], controls: list[Controls | No
         s.frame += n
         s._prune_history()
     return out
+
+
+def without_controls(controls: Controls | None) -> Controls | None:
+    """The same controls marked absent in every frame (the reference frame kept), or None when none are given."""
+    if controls is None or not controls.sources():
+        return None
+    b, f = controls.sources()[0].shape[:2]
+    return dataclasses.replace(controls, present=torch.zeros(b, f, dtype=torch.bool, device=controls.sources()[0].device))

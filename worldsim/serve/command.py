@@ -27,9 +27,12 @@ def _names(text: str) -> tuple[str, ...]:
 def add_serve_arguments(p: argparse.ArgumentParser) -> None:
     lim = Limits()
     m = p.add_argument_group("model")
-    m.add_argument("--preset", default="small", help="model preset with random, untrained weights (default: small)")
+    m.add_argument("--preset", metavar="NAME",
+                   help="serve this model preset (small, tiny, toy, ...: `worldsim presets`) with random, untrained "
+                        "weights instead of the default model: for speed checks and tests")
     m.add_argument("--model", metavar="PATH",
-                   help="serve this instead of a preset: a worldsim model package (a folder with "
+                   help="serve this instead of the embedded default model (the toy world, trained): a worldsim model "
+                        "package (a folder with "
                         "worldsim-model.json, e.g. OUT/final of `worldsim train self-forcing`), a Wan2.1 model folder "
                         "(official or diffusers layout; with --checkpoint for Self-Forcing weights; UMT5 prompts, Wan "
                         "VAE or TAEHV frames), or one checkpoint file (worldsim .safetensors, Self-Forcing .pt with "
@@ -44,6 +47,10 @@ def add_serve_arguments(p: argparse.ArgumentParser) -> None:
     m.add_argument("--chunk-latents", type=int, metavar="N",
                    help="latent frames per chunk (default: the model's, 3 for Wan2.1 Self-Forcing); 1 or 2 cut "
                         "control-to-photon latency at some cost in quality")
+    m.add_argument("--control-guidance", type=float, metavar="S",
+                   help="classifier-free guidance on the controls: each denoising step also runs without them and "
+                        "extrapolates, S times as far (1: off; >1 follows the controls more strongly at twice the "
+                        "model cost per step; default: the model package's, else 1)")
     m.add_argument("--control-keys", type=_names, default=("W", "A", "S", "D", "Space", "Shift"), metavar="K1,K2,..",
                    help="control keys of a preset's control module (default W,A,S,D,Space,Shift)")
     m.add_argument("--control-axes", type=_names, default=("mouse_dx", "mouse_dy"), metavar="A1,A2,..",
@@ -123,20 +130,26 @@ def run_serve(args: argparse.Namespace) -> int:
 
     import torch
 
+    from ..model_package import default_package
     from ..runtime import RuntimeOptions, build_runtime
     from .daemon import Daemon, DaemonConfig
     from .logs import configure
 
     configure(args.log_format, args.log_level)
     torch.set_num_threads(args.threads)
+    if args.model and args.preset:
+        print("error: give --model PATH or --preset NAME, not both", file=sys.stderr)
+        return 2
     try:
+        model = args.model or (None if args.preset else str(default_package()))
         backend = build_runtime(RuntimeOptions(
-            preset=args.preset, model=args.model, config=args.config, height=args.height, width=args.width,
+            preset=args.preset or "small", model=model, config=args.config, height=args.height, width=args.width,
             device=args.device, dtype=args.dtype, keys=args.control_keys, axes=args.control_axes,
             embedding_dim=args.embedding_dim, fps=args.fps, sink_frames=args.sink, window_frames=args.window,
             chunk_latents=args.chunk_latents, checkpoint=args.checkpoint and str(args.checkpoint),
             use_ema=args.use_ema, decoder=args.decoder or "auto", taehv=args.taehv and str(args.taehv),
-            attn=args.attn, compile=args.compile, offload_text_encoder=args.offload_text_encoder))
+            attn=args.attn, compile=args.compile, offload_text_encoder=args.offload_text_encoder,
+            control_guidance=args.control_guidance))
         lim = dataclasses.replace(Limits(), max_sessions=args.max_sessions, max_clients=args.max_clients,
                                   max_sessions_per_client=args.max_sessions_per_client, queue_frames=args.queue_frames,
                                   idle_timeout_s=args.idle_timeout, heartbeat_s=min(2.0, args.idle_timeout / 4),
@@ -162,8 +175,9 @@ def run_serve(args: argparse.Namespace) -> int:
         return 130
     if backend.untrained:
         print(f"worldsim serve: NOTE the model is the {backend.name!r} preset with RANDOM, UNTRAINED weights "
-              "(no trained default model ships yet). Frames are abstract patterns that respond to prompts and "
-              "controls but depict nothing. Serve real weights with --model PATH.", file=sys.stderr)
+              "(--preset). Frames are abstract patterns that respond to prompts and controls but depict nothing. "
+              "Without --preset the embedded toy-world model is served; real weights with --model PATH.",
+              file=sys.stderr)
     h, w = backend.video_shape
     print(f"worldsim serve: listening on {daemon.endpoint} (protocol {PROTOCOL_VERSION}, {w}x{h} at {backend.fps:g} "
           f"fps, {'CURVE' if args.keys else 'no encryption'}); "

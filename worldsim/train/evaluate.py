@@ -108,6 +108,7 @@ class EvalConfig:
     strip_episodes: int = 3  # episodes shown in each model's PNG strip
     strip_every: int = 3  # every Nth frame in the strips
     held_frames: int = 0  # > 0: also the held-command probe over this many frames (module docstring)
+    control_guidance: float | None = None  # the samplers' (sampling/session.py); None: a package's own, else 1
     device: str = "cpu"
 
 
@@ -224,6 +225,8 @@ class Generator:
             self.sampler = runtime.sampler
         else:
             self.sampler = SamplerConfig(shift=cfg.shift, denoising_steps=evenly_spaced_steps(spec.steps))
+        if cfg.control_guidance is not None:
+            self.sampler = replace(self.sampler, control_guidance=cfg.control_guidance)
         self.model, self.text = runtime.model, runtime.embed_prompt
         check_compatible(self.model, codec, spec.name)
         self.n = self.model.cfg.chunk_frames
