@@ -110,9 +110,10 @@ def _bench_run(args: argparse.Namespace) -> int:
 
 
 def _generate_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--model", type=Path, required=True,
+    p.add_argument("--model", type=Path,
                    help="a Wan2.1-T2V-1.3B folder (as published, or its diffusers layout), a worldsim model package "
-                        "(OUT/final of a worldsim train run) or a checkpoint file")
+                        "(OUT/final of a worldsim train run) or a checkpoint file (default: the embedded toy-world "
+                        "model)")
     p.add_argument("--prompt", help="text prompt (the prompt for chunk 0 when --schedule starts later)")
     p.add_argument("--schedule", type=Path, help="JSONL prompt schedule: worldsim {prompt, chunk|seconds, mode} "
                                                  "lines or LongLive {prompts, switch_frame_indices} lines")
@@ -140,16 +141,18 @@ def _generate_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def _generate_run(args: argparse.Namespace) -> int:
+    from worldsim.model_package import default_package
     from worldsim.pipeline.generate import GenerateConfig, generate
 
-    cfg = GenerateConfig(
-        model=args.model, prompt=args.prompt, out=args.out, seconds=args.seconds, chunks=args.chunks, seed=args.seed,
-        schedule=args.schedule, schedule_index=args.schedule_index, switch_frames=args.switch_frames,
-        switch_mode=args.switch_mode, checkpoint=args.checkpoint, use_ema=args.use_ema, decoder=args.decoder or "auto",
-        taehv=args.taehv, height=args.height, width=args.width, fps=args.fps, window_frames=args.window,
-        sink_frames=args.sink, device=args.device, dtype=args.dtype, attn=args.attn, compile=args.compile,
-        offload_text_encoder=args.offload_text_encoder, crf=args.crf, progress=not args.quiet)
     try:
+        cfg = GenerateConfig(
+            model=args.model or default_package(), prompt=args.prompt, out=args.out, seconds=args.seconds,
+            chunks=args.chunks, seed=args.seed, schedule=args.schedule, schedule_index=args.schedule_index,
+            switch_frames=args.switch_frames, switch_mode=args.switch_mode, checkpoint=args.checkpoint,
+            use_ema=args.use_ema, decoder=args.decoder or "auto", taehv=args.taehv, height=args.height,
+            width=args.width, fps=args.fps, window_frames=args.window, sink_frames=args.sink, device=args.device,
+            dtype=args.dtype, attn=args.attn, compile=args.compile, offload_text_encoder=args.offload_text_encoder,
+            crf=args.crf, progress=not args.quiet)
         r = generate(cfg)
     except (ValueError, RuntimeError, OSError) as err:  # model-folder and checkpoint errors are ValueErrors
         print(f"error: {err}", file=sys.stderr)

@@ -43,6 +43,17 @@ def is_package(path: str | Path) -> bool:
     return (path / MANIFEST).is_file() or (path.name == MANIFEST and path.is_file())
 
 
+DEFAULT_PACKAGE = Path(__file__).resolve().parent / "default_model"  # installed with the Python package
+
+
+def default_package() -> Path:
+    """The embedded default model (``worldsim serve`` and ``worldsim generate`` without ``--model``)."""
+    if not is_package(DEFAULT_PACKAGE):
+        raise PackageError(f"the embedded default model is missing ({DEFAULT_PACKAGE / MANIFEST}): reinstall worldsim, "
+                           "or pass --model PATH (a model package, Wan2.1 folder or checkpoint) or --preset NAME")
+    return DEFAULT_PACKAGE
+
+
 @dataclass
 class ModelPackage:
     root: Path

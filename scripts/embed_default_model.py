@@ -1,0 +1,77 @@
+"""Make a trained model package the embedded default (``worldsim/default_model``, installed with the Python package
+and served by ``worldsim serve`` / ``worldsim play --spawn-daemon`` without ``--model``).
+
+    python scripts/embed_default_model.py runs/teacher/final --name "toy-world teacher" --steps 8 \\
+        --eval runs/eval/results.json
+
+Copies the package's DiT and codec, keeps its manifest, serves it with ``--steps`` evenly spaced denoising steps
+(a speed / quality choice: the package's own sampler otherwise), and rewrites the provenance so that it names no
+path of the machine it was trained on (file names stay). Refuses a result over the size budget.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shutil
+import sys
+from pathlib import Path
+
+from worldsim.atomic_files import atomic_write
+from worldsim.model_package import DEFAULT_PACKAGE, MANIFEST, read_package
+from worldsim.sampling.schedule import evenly_spaced_steps
+
+SIZE_BUDGET = 30 * 2**20  # bytes: the default model ships inside the wheel
+
+
+def portable(value):
+    """``value`` with every absolute path string replaced by its file name (recursively)."""
+    if isinstance(value, dict):
+        return {k: portable(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [portable(v) for v in value]
+    if isinstance(value, str) and Path(value).is_absolute():
+        return Path(value).name
+    return value
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("package", type=Path, help="a trained model package (OUT/final of worldsim train ... package=true)")
+    p.add_argument("--name", required=True, help="the name welcome and the start-up log give the model")
+    p.add_argument("--steps", type=int, help="serve with this many evenly spaced denoising steps")
+    p.add_argument("--eval", type=Path, help="toy_eval results.json to record in the provenance")
+    p.add_argument("--out", type=Path, default=DEFAULT_PACKAGE, help=f"(default {DEFAULT_PACKAGE})")
+    args = p.parse_args(argv)
+
+    pkg = read_package(args.package)
+    manifest = json.loads(json.dumps(pkg.manifest))
+    files = [pkg.dit] + ([pkg.file(pkg.codec["path"])] if "path" in pkg.codec else [])
+    size = sum(f.stat().st_size for f in files)
+    if size > SIZE_BUDGET:
+        print(f"error: the package's weights take {size / 2**20:.1f} MiB, over the {SIZE_BUDGET / 2**20:.0f} MiB "
+              "budget of the embedded default", file=sys.stderr)
+        return 1
+    if args.out.exists():
+        shutil.rmtree(args.out)
+    args.out.mkdir(parents=True)
+    for f in files:
+        shutil.copyfile(f, args.out / f.name)
+    manifest["dit"] = pkg.dit.name
+    if "path" in manifest["codec"]:
+        manifest["codec"]["path"] = Path(manifest["codec"]["path"]).name
+    if args.steps:
+        manifest["sampler"]["denoising_steps"] = list(evenly_spaced_steps(args.steps))
+    prov = portable(manifest["provenance"])
+    prov["name"] = args.name
+    if args.eval:
+        prov["evaluation"] = portable(json.loads(args.eval.read_text()))
+    manifest["provenance"] = prov
+    atomic_write(args.out / MANIFEST, lambda tmp: tmp.write_text(json.dumps(manifest, indent=1) + "\n"))
+    read_package(args.out)
+    print(f"wrote {args.out} ({size / 2**20:.1f} MiB)")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
