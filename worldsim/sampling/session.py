@@ -6,9 +6,10 @@ enter the cache. Prompt switches and controls apply at chunk boundaries only.
 
 Control guidance (``SamplerConfig.control_guidance`` = s != 1): each denoising step also runs the chunk with its
 controls marked absent (the presence gate closed: the model trained with control dropout predicts the controls'
-average effect), prompt, history and reference frame unchanged, without writing the cache, and takes
-``uncond + s * (cond - uncond)``: classifier-free guidance on the controls alone, which strengthens how far the
-frames follow them at the cost of a second forward per step. The cache re-run stays conditional.
+average effect), prompt, history and reference frame unchanged, and takes ``uncond + s * (cond - uncond)``:
+classifier-free guidance on the controls alone, which strengthens how far the frames follow them. Both branches run
+as one batch that reads the cache without writing it (the re-run, conditional, writes), so on a CPU with few tokens
+per frame guidance costs far less than a second forward.
 
     session = StreamingSession(model, prompt_embeds, latent_shape=(16, 60, 104), seed=0, window_frames=21)
     latents = session.step()                         # [B, C, N, H, W]
@@ -221,13 +222,16 @@ def step_sessions(sessions: list[StreamingSession], controls: list[Controls | No
     ctrl = Controls.cat(controls)
 
     scale, absent = first.sampler.control_guidance, without_controls(ctrl)
+    both = None if absent is None else Controls.cat([ctrl, absent])
 
     def forward(x: torch.Tensor, t: float, guided: bool = False) -> torch.Tensor:
-        tt = torch.full((x.shape[0], n), t, device=x.device, dtype=torch.float32)
-        cond = model.forward_chunks(x, tt, prompt, caches, starts, ctrl)
-        if not guided or scale == 1 or absent is None:
-            return cond
-        uncond = model.forward_chunks(x, tt, prompt, caches, starts, absent, write=False)
+        if not guided or scale == 1 or both is None:
+            tt = torch.full((x.shape[0], n), t, device=x.device, dtype=torch.float32)
+            return model.forward_chunks(x, tt, prompt, caches, starts, ctrl)
+        # both branches in one batch, reading the caches without writing (the re-run writes)
+        tt = torch.full((2 * x.shape[0], n), t, device=x.device, dtype=torch.float32)
+        cond, uncond = model.forward_chunks(torch.cat([x, x]), tt, torch.cat([prompt, prompt]), caches + caches,
+                                            starts + starts, both, write=False).chunk(2)
         return uncond + scale * (cond - uncond)
 
     def noise() -> torch.Tensor:
