@@ -38,7 +38,8 @@ cue's observed motion is summed over each video and signed so that the ground tr
 positively: a model following the controls gives a positive sum under the command and a negative one under its
 mirror ("reversed"), in pixels per frame comparable to the world's. Cheap and direct where the counterfactual pairs
 of a random episode rarely show confident motion; no chance level is needed for the sign test (a model ignoring
-the controls gives the same video twice, never reversed).
+the controls gives the same video twice, never reversed). ``held_<model>.png`` shows the first episode: per kind,
+the world and the model under the command, then under its mirror.
 """
 
 from __future__ import annotations
@@ -380,7 +381,7 @@ def evaluate(specs: list[ModelSpec], codec_path: str | Path, cfg: EvalConfig = E
             if i < cfg.strip_episodes:
                 strips[g.spec.name].append((span, video, mirrored, video_mirrored))
     bar.close()
-    held = held_commands(generators, episodes, cfg, n) if cfg.held_frames > 0 else None
+    held, held_strips = held_commands(generators, episodes, cfg, n) if cfg.held_frames > 0 else (None, {})
     results = {"config": {**asdict(cfg), "chunk_frames": n, "codec": str(codec_path)},
                "episodes": [{"seed": ep.seed, "prompts": ep.prompts} for ep in episodes],
                "references": {name: t.summary() for name, t in refs.items()},
@@ -395,19 +396,25 @@ def evaluate(specs: list[ModelSpec], codec_path: str | Path, cfg: EvalConfig = E
         (out / "results.json").write_text(json.dumps(results, indent=1) + "\n")
         for name, rows in strips.items():
             strip_image(rows, cfg.strip_every).save(out / f"strip_{name}.png")
+        for name, rows in held_strips.items():
+            strip_image(rows, 1).save(out / f"held_{name}.png")
     return results
 
 
 def held_commands(generators: list[Generator], episodes: list[HeldOutEpisode], cfg: EvalConfig, n: int,
-                  kinds: tuple[str, ...] = KINDS) -> dict:
-    """The held-command probe (module docstring) of the ground truth and each model: {source: {kind: summary}}."""
+                  kinds: tuple[str, ...] = KINDS) -> tuple[dict, dict[str, list[tuple[np.ndarray, ...]]]]:
+    """The held-command probe (module docstring) of the ground truth and each model: {source: {kind: summary}},
+    and per model the first episode's videos for a strip, one row tuple per kind: (world under the command, model
+    under it, world under the mirror, model under the mirror)."""
     frames = cfg.held_frames - cfg.held_frames % n or n  # whole chunks
     world = World(EpisodeConfig().world)
     sums: dict[str, dict[str, np.ndarray]] = {name: {k: np.zeros((len(episodes), 2)) for k in kinds}
                                               for name in ["ground_truth", *(g.spec.name for g in generators)]}
+    strips: dict[str, list[tuple[np.ndarray, ...]]] = {g.spec.name: [] for g in generators}
     for i, ep in enumerate(episodes):
         context = ep.frames[n - 1:n]
         for kind in kinds:
+            videos: dict[str, list[np.ndarray]] = {}
             for j, mirrored in enumerate((False, True)):
                 keys, axes = held_controls(kind, mirrored, frames)
                 truth = world.rollout(ep.state, keys[1:], axes[1:]).frames
@@ -416,9 +423,14 @@ def held_commands(generators: list[Generator], episodes: list[HeldOutEpisode], c
                                axes=np.concatenate([ep.axes[:n - 1], axes]), prompts=[ep.prompts[0]] * (frames + 1))
                 for g in generators:
                     video, _ = g.rollout(held, cfg.seed + i, chunks=frames // n)
-                    sums[g.spec.name][kind][i, j] = held_motion(np.concatenate([context, video]), kind, axes, ep.pitch)
+                    video = np.concatenate([context, video])
+                    sums[g.spec.name][kind][i, j] = held_motion(video, kind, axes, ep.pitch)
+                    videos.setdefault(g.spec.name, []).extend([truth, video])
+            if i == 0:
+                for name, (t, v, tm, vm) in videos.items():
+                    strips[name].append((t, v, tm, vm))
     truth = sums["ground_truth"]
-    return {name: {k: held_summary(v[k], truth[k], frames) for k in kinds} for name, v in sums.items()}
+    return {name: {k: held_summary(v[k], truth[k], frames) for k in kinds} for name, v in sums.items()}, strips
 
 
 def format_held(results: dict) -> str:
