@@ -2,11 +2,12 @@
 and served by ``worldsim serve`` / ``worldsim play --spawn-daemon`` without ``--model``).
 
     python scripts/embed_default_model.py runs/teacher/final --name "toy-world teacher" --steps 8 \\
-        --eval runs/eval/results.json
+        --control-guidance 2 --eval runs/eval/results.json
 
 Copies the package's DiT and codec, keeps its manifest, serves it with ``--steps`` evenly spaced denoising steps
-(a speed / quality choice: the package's own sampler otherwise), and rewrites the provenance so that it names no
-path of the machine it was trained on (file names stay). Refuses a result over the size budget.
+and ``--control-guidance`` (speed / quality choices: the package's own sampler otherwise), and rewrites the
+provenance so that it names no path of the machine it was trained on (file names stay). Refuses a result over the
+size budget.
 """
 
 from __future__ import annotations
@@ -35,11 +36,26 @@ def portable(value):
     return value
 
 
+def evaluation_summary(results: dict) -> dict:
+    """The headline numbers of a toy_eval results.json (its per-chunk curves stay in the file)."""
+    cfg = results["config"]
+    out = {"config": {k: cfg[k] for k in ("episodes", "chunks", "seed", "window_frames", "held_frames",
+                                          "control_guidance") if k in cfg}}
+    for name, r in results["models"].items():
+        out[name] = {"counterfactual": {k: {"score": v["score"], "detection_rate": v["detection_rate"]}
+                                        for k, v in r["counterfactual"].items()},
+                     "psnr_first": r["psnr"]["first"],
+                     "drift_moments": [r["drift_moments"]["early"], r["drift_moments"]["late"]],
+                     "held_commands": results.get("held_commands", {}).get(name)}
+    return out
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("package", type=Path, help="a trained model package (OUT/final of worldsim train ... package=true)")
     p.add_argument("--name", required=True, help="the name welcome and the start-up log give the model")
     p.add_argument("--steps", type=int, help="serve with this many evenly spaced denoising steps")
+    p.add_argument("--control-guidance", type=float, help="serve with this control guidance (sampling/session.py)")
     p.add_argument("--eval", type=Path, help="toy_eval results.json to record in the provenance")
     p.add_argument("--out", type=Path, default=DEFAULT_PACKAGE, help=f"(default {DEFAULT_PACKAGE})")
     args = p.parse_args(argv)
@@ -62,10 +78,12 @@ def main(argv: list[str] | None = None) -> int:
         manifest["codec"]["path"] = Path(manifest["codec"]["path"]).name
     if args.steps:
         manifest["sampler"]["denoising_steps"] = list(evenly_spaced_steps(args.steps))
+    if args.control_guidance is not None:
+        manifest["sampler"]["control_guidance"] = args.control_guidance
     prov = portable(manifest["provenance"])
     prov["name"] = args.name
     if args.eval:
-        prov["evaluation"] = portable(json.loads(args.eval.read_text()))
+        prov["evaluation"] = evaluation_summary(json.loads(args.eval.read_text()))
     manifest["provenance"] = prov
     atomic_write(args.out / MANIFEST, lambda tmp: tmp.write_text(json.dumps(manifest, indent=1) + "\n"))
     read_package(args.out)

@@ -1,0 +1,100 @@
+"""The embedded default model (worldsim/default_model): a small trained package that ships inside the wheel, is
+what `worldsim serve` serves without --model, and follows the controls it was trained on."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+import sys
+import time
+import zipfile
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from worldsim.client import Client
+from worldsim.codecs.toy_codec import ToyCodec
+from worldsim.model_package import DEFAULT_PACKAGE, default_package, read_package
+from worldsim.runtime import RuntimeOptions, build_runtime
+from worldsim.train.evaluate import EvalConfig, Generator, ModelSpec, held_commands, held_out_episodes
+from worldsim.world import AXES, KEYS
+
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
+REPO = Path(__file__).resolve().parents[1]
+SIZE_BUDGET = 30 * 2**20  # bytes (issue 12)
+
+
+def _strings(value):
+    if isinstance(value, dict):
+        for v in value.values():
+            yield from _strings(v)
+    elif isinstance(value, list):
+        for v in value:
+            yield from _strings(v)
+    elif isinstance(value, str):
+        yield value
+
+
+def test_the_default_model_is_a_small_trained_package_naming_no_machine_path():
+    pkg = read_package(default_package())
+    files = [p for p in DEFAULT_PACKAGE.iterdir() if p.is_file()]
+    assert sum(p.stat().st_size for p in files) <= SIZE_BUDGET
+    assert pkg.provenance["untrained"] is False and pkg.provenance["steps"] > 0
+    manifest = json.loads((DEFAULT_PACKAGE / "worldsim-model.json").read_text())
+    assert not [s for s in _strings(manifest) if Path(s).is_absolute()]  # the embed script made them file names
+
+
+def test_the_wheel_carries_the_default_model(tmp_path):
+    """A non-editable install gets the package: it is package data of the wheel (pyproject)."""
+    src = tmp_path / "src"
+    src.mkdir()
+    for name in ("pyproject.toml", "README.md"):
+        shutil.copy(REPO / name, src / name)
+    for name in ("worldsim", "clients", "configs"):
+        shutil.copytree(REPO / name, src / name, ignore=shutil.ignore_patterns("__pycache__", "*.egg-info"))
+    subprocess.run([sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "--no-index", "-q",
+                    "-w", str(tmp_path / "out"), str(src)], check=True, capture_output=True, timeout=300)
+    wheel, = (tmp_path / "out").glob("worldsim-*.whl")
+    names = set(zipfile.ZipFile(wheel).namelist())
+    for f in DEFAULT_PACKAGE.iterdir():
+        assert f"worldsim/default_model/{f.name}" in names
+
+
+def test_serve_refuses_both_model_and_preset():
+    out = subprocess.run([sys.executable, "-m", "worldsim", "serve", "--model", str(DEFAULT_PACKAGE), "--preset",
+                          "tiny", "--bind", "tcp://127.0.0.1:*"], capture_output=True, text=True, timeout=120)
+    assert out.returncode == 2 and "--model PATH or --preset NAME, not both" in out.stderr
+
+
+def test_the_daemon_serves_it_as_trained(make_daemon):
+    d = make_daemon(build_runtime(RuntimeOptions(model=str(default_package()))))
+    with Client(d.endpoint, timeout=60) as c:
+        model = c.welcome.model
+        assert model["untrained"] is False and model["decoder"] == "toy" and model["package"] == str(DEFAULT_PACKAGE)
+        assert tuple(c.welcome.control.keys) == KEYS and tuple(c.welcome.control.axes) == AXES
+        s = c.open("green woods with a stream", seed=0, fps=0)
+        frames, deadline = [], time.monotonic() + 60
+        while len(frames) < 4 and time.monotonic() < deadline:
+            f = c.frame(1)
+            if f is not None and f.session == s:
+                frames.append(f.image)
+    assert len(frames) == 4 and frames[0].shape == (64, 64, 3)
+    assert frames[0].std() > 5  # a picture, not a flat field
+
+
+def test_mirrored_turns_move_the_view_in_opposite_directions():
+    """From held-out world frames, mouse_dx +1 held for 8 frames and, from the same context and noise, -1: the far
+    view moves the world's way under the command and the other way under its mirror, in each episode."""
+    pkg = read_package(default_package())
+    codec_path = pkg.file(pkg.codec["path"])
+    cfg = EvalConfig(episodes=2, chunks=8, held_frames=8)
+    generator = Generator(ModelSpec("default", DEFAULT_PACKAGE), ToyCodec.load(codec_path), codec_path, cfg)
+    held, strips = held_commands([generator], held_out_episodes(cfg, 1)[:2], cfg, 1, kinds=("turn",))
+    assert len(strips["default"]) == 1 and strips["default"][0][1].shape == (9, 64, 64, 3)  # context + 8 frames
+    truth, model = held["ground_truth"]["turn"], held["default"]["turn"]
+    assert truth["reversed"] == 2 and truth["px_per_frame"][0] > 4  # the probe itself: the world turns ~6 px/frame
+    assert model["reversed"] == 2, model
+    command, mirror = model["px_per_frame"]
+    assert command > 2 and mirror < -2, model  # measured +7.1 / -6.9 px/frame (the world: +7.0 / -7.0)
