@@ -298,6 +298,8 @@ def _world_arguments(p: argparse.ArgumentParser) -> None:
     data.add_argument("--seed", type=int, default=0, help="dataset seed (default 0)")
     data.add_argument("--size", type=int, default=64, help="frame height and width (default 64)")
     data.add_argument("--chunk-frames", type=int, default=3, help="video frames per chunk (default 3)")
+    data.add_argument("--switches", type=int, default=2,
+                      help="at most this many theme switches per episode, drawn uniformly from 0 (default 2)")
     data.add_argument("--workers", type=int, default=1, help="generating processes (default 1)")
     data.add_argument("--quiet", action="store_true", help="no progress bar")
 
@@ -313,7 +315,10 @@ def _world_run(args: argparse.Namespace) -> int:
     from worldsim.world import Camera, WorldConfig
     from worldsim.world.episodes import EpisodeConfig, write_dataset
 
-    cfg = EpisodeConfig(frames=args.frames_per_episode, chunk_frames=args.chunk_frames,
+    if args.switches < 0:
+        print(f"error: --switches must be >= 0, got {args.switches}", file=sys.stderr)
+        return 2
+    cfg = EpisodeConfig(frames=args.frames_per_episode, chunk_frames=args.chunk_frames, switches=args.switches,
                         world=WorldConfig(camera=Camera(height=args.size, width=args.size)))
     try:
         dirs = write_dataset(args.out, args.episodes, cfg, seed=args.seed, workers=args.workers,
