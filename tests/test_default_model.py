@@ -97,4 +97,4 @@ def test_mirrored_turns_move_the_view_in_opposite_directions():
     assert truth["reversed"] == 2 and truth["px_per_frame"][0] > 4  # the probe itself: the world turns ~6 px/frame
     assert model["reversed"] == 2, model
     command, mirror = model["px_per_frame"]
-    assert command > 2 and mirror < -2, model  # measured +7.0 / -7.0 px/frame, as the world
+    assert command > 1 and mirror < -1, model  # measured +3.4 / -2.9 px/frame (the world +7.0 / -7.0)
