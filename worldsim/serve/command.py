@@ -49,8 +49,8 @@ def add_serve_arguments(p: argparse.ArgumentParser) -> None:
                         "control-to-photon latency at some cost in quality")
     m.add_argument("--control-guidance", type=float, metavar="S",
                    help="classifier-free guidance on the controls: each denoising step also runs without them and "
-                        "extrapolates, S times as far (1: off; >1 follows the controls more strongly at twice the "
-                        "model cost per step; default: the model package's, else 1)")
+                        "extrapolates, S times as far (1: off; >1 follows the controls more strongly, each step "
+                        "then a batch of two; default: the model package's, else 1)")
     m.add_argument("--control-keys", type=_names, default=("W", "A", "S", "D", "Space", "Shift"), metavar="K1,K2,..",
                    help="control keys of a preset's control module (default W,A,S,D,Space,Shift)")
     m.add_argument("--control-axes", type=_names, default=("mouse_dx", "mouse_dy"), metavar="A1,A2,..",
