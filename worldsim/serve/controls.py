@@ -73,7 +73,10 @@ class ControlBuffer:
         self._queue, self.queued = [], 0
 
     def take(self, n: int) -> dict[str, np.ndarray]:
-        """Exactly ``n`` rows per source, from the queue, padded with held state or resampled."""
+        """Exactly ``n`` rows per source, from the queue, padded with held state or resampled; none (the queue
+        left for the next chunk) when ``n`` is 0."""
+        if n == 0:
+            return {s: np.zeros((0, len(h)), np.float32) for s, h in self.held.items()}
         queued = {s: np.concatenate([b[s] for b in self._queue]) if self._queue else np.zeros((0, len(self.held[s])),
                                                                                               np.float32)
                   for s in self.held}
@@ -95,8 +98,7 @@ class ControlBuffer:
         if not self.seen:
             return ChunkControls(ControlRows(), None)
         k, skip = self.schema.frames_per_latent, int(starts_stream)
-        n = k * (latents - skip)  # 0 for a one-latent chunk starting the stream: the queue waits for the next
-        taken = self.take(n) if n else {s: np.zeros((0, len(h)), np.float32) for s, h in self.held.items()}
+        taken = self.take(k * (latents - skip))  # 0 rows for a one-latent chunk starting the stream
         rows = ControlRows(**{s: taken[s] for s in self.seen})
         tensors = {}
         for s, a in rows.sources().items():
