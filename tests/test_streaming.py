@@ -7,7 +7,7 @@ import torch
 
 from conftest import make_model, text
 from worldsim.model.dit import block_causal_mask
-from worldsim.model.rope import apply_rope, axis_split, rope_cos_sin
+from worldsim.model.rope import apply_rope, axis_split, rope_table
 from worldsim.sampling.schedule import SamplerConfig
 from worldsim.sampling.session import StreamingSession
 
@@ -101,13 +101,13 @@ def test_rope_matches_wan_complex_table_and_extends_past_it():
                        fw[:w][None, None, :].expand(3, h, w, -1)], dim=-1).reshape(3 * h * w, -1)
     x = torch.randn(2, 3 * h * w, 2, head_dim)
     ref = torch.view_as_real(torch.view_as_complex(x.double().reshape(2, -1, 2, head_dim // 2, 2)) * freqs[None, :, None]).flatten(3)
-    ours = apply_rope(x, *rope_cos_sin(head_dim, positions, h, w))
+    ours = apply_rope(x, rope_table(head_dim, positions, h, w))
     assert (ours - ref.float()).abs().max() < 1e-5
     # beyond the table: still a rotation (norm-preserving), and attention depends only on position differences
-    far = rope_cos_sin(head_dim, torch.tensor([5000, 5001]), 1, 1)
-    near = rope_cos_sin(head_dim, torch.tensor([10, 11]), 1, 1)
+    far = rope_table(head_dim, torch.tensor([5000, 5001]), 1, 1)
+    near = rope_table(head_dim, torch.tensor([10, 11]), 1, 1)
     q, k = torch.randn(1, 1, 1, head_dim), torch.randn(1, 1, 1, head_dim)
-    dot = lambda cs: (apply_rope(q, cs[0][1:], cs[1][1:]) * apply_rope(k, cs[0][:1], cs[1][:1])).sum()
+    dot = lambda table: (apply_rope(q, table[1:]) * apply_rope(k, table[:1])).sum()
     assert torch.allclose(dot(far), dot(near), atol=1e-4)
 
 

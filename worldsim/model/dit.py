@@ -11,9 +11,11 @@ tokens per latent frame T = (H/2)(W/2). The network predicts the flow v = noise 
 
 from __future__ import annotations
 
+import functools
 import math
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 from torch.utils.checkpoint import checkpoint
 
@@ -21,7 +23,7 @@ from .attention import FrameMask, attention
 from .config import DiTConfig
 from .control import ControlEmbedding, Controls
 from .kv_cache import KVCache
-from .rope import apply_rope, rope_cos_sin
+from .rope import apply_rope, rope_table
 
 
 def sinusoidal_embedding(t: torch.Tensor, dim: int) -> torch.Tensor:
@@ -39,8 +41,8 @@ class RMSNorm(nn.Module):
         self.weight = nn.Parameter(torch.ones(dim))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        xf = x.float()
-        return (xf * torch.rsqrt(xf.pow(2).mean(-1, keepdim=True) + self.eps)).type_as(x) * self.weight
+        # normalised in float32 (one fused kernel), then scaled in the input dtype, as Wan does
+        return F.rms_norm(x.float(), (x.shape[-1],), eps=self.eps).type_as(x) * self.weight
 
 
 class Attention(nn.Module):
@@ -91,8 +93,8 @@ class Block(nn.Module):
 
         sa = self.self_attn
         h = modulate(self.norm1(x), shift_sa, scale_sa)
-        q = apply_rope(sa.heads(sa.norm_q(sa.q(h))), *rope)
-        k = apply_rope(sa.heads(sa.norm_k(sa.k(h))), *rope)
+        q = apply_rope(sa.heads(sa.norm_q(sa.q(h))), rope)
+        k = apply_rope(sa.heads(sa.norm_k(sa.k(h))), rope)
         y = sa.o(self_attend(q, k, sa.heads(sa.v(h))).flatten(2))
         x = (x.float() + gated(y, gate_sa)).type_as(x)
 
@@ -244,8 +246,8 @@ class CausalWanDiT(nn.Module):
         if frame_positions is None:
             frame_positions = torch.arange(start_frame, start_frame + f, device=x.device)
         mask = block_causal_mask(f, chunk_frames or self.cfg.chunk_frames, sink_frames, window_frames, tpf, x.device)
-        rope = rope_cos_sin(self.cfg.head_dim, frame_positions.to(x.device), h // self.cfg.patch_size[1],
-                            w // self.cfg.patch_size[2])
+        rope = rope_table(self.cfg.head_dim, frame_positions.to(x.device), h // self.cfg.patch_size[1],
+                          w // self.cfg.patch_size[2])
         tokens, e, e0 = self._embed(x, t, controls)
         mask = None if mask.allowed.all() else mask
         backend = self.attn_backend
@@ -308,15 +310,21 @@ class CausalWanDiT(nn.Module):
         out = self._run_blocks(tokens, e0, f, rope, self_attend, text_kv)
         return self._unpatchify(self.head(out, e, f), f, h, w)
 
-    def _chunk_rope(self, starts: list[int], rows: list[int], f: int, h: int, w: int, device):
-        """cos, sin for a chunk of f frames per stream: [L, D/2] when every stream starts at the same frame, else
+    def _chunk_rope(self, starts: list[int], rows: list[int], f: int, h: int, w: int, device) -> torch.Tensor:
+        """Rotations for a chunk of f frames per stream: [L, D/2] when every stream starts at the same frame, else
         [B, L, D/2] (each stream's rows at its own positions)."""
         ph, pw = self.cfg.patch_size[1], self.cfg.patch_size[2]
-        tables = {s: rope_cos_sin(self.cfg.head_dim, torch.arange(s, s + f, device=device), h // ph, w // pw)
-                  for s in set(starts)}
+        tables = {s: chunk_rope_table(self.cfg.head_dim, s, f, h // ph, w // pw, device) for s in set(starts)}
         if len(tables) == 1:
             return tables[starts[0]]
-        return tuple(torch.cat([tables[s][i][None].expand(r, -1, -1) for s, r in zip(starts, rows)]) for i in (0, 1))
+        return torch.cat([tables[s][None].expand(r, -1, -1) for s, r in zip(starts, rows)])
+
+
+@functools.lru_cache(maxsize=16)
+def chunk_rope_table(head_dim: int, start: int, frames: int, height: int, width: int, device) -> torch.Tensor:
+    """:func:`rope_table` of frames [start, start + frames), kept for the next calls: every denoising step of a
+    chunk and its cache re-run sit at the same positions (a few streams' worth are kept)."""
+    return rope_table(head_dim, torch.arange(start, start + frames, device=device), height, width)
 
 
 def block_causal_mask(frames: int, chunk_frames: int, sink_frames: int, window_frames: int | None,

@@ -25,8 +25,9 @@ def _inv_freq(channels: int, device: torch.device) -> torch.Tensor:
     return 1.0 / THETA ** (torch.arange(0, channels, 2, dtype=torch.float64, device=device) / channels)
 
 
-def rope_cos_sin(head_dim: int, frame_positions: torch.Tensor, height: int, width: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """cos and sin for every token of a [F, height, width] grid, flattened frame-major: each [F*h*w, D/2] float32.
+def rope_table(head_dim: int, frame_positions: torch.Tensor, height: int, width: int) -> torch.Tensor:
+    """The unit rotations e^(i angle) for every token of a [F, height, width] grid, flattened frame-major:
+    complex64 [F*h*w, D/2] (angles in float64, rounded once to float32 parts).
 
     frame_positions: [F] absolute latent-frame indices (any integers >= 0, no upper bound).
     """
@@ -41,16 +42,13 @@ def rope_cos_sin(head_dim: int, frame_positions: torch.Tensor, height: int, widt
         h[None, :, None, :].expand(n_f, n_h, n_w, -1),
         w[None, None, :, :].expand(n_f, n_h, n_w, -1),
     ], dim=-1).reshape(n_f * n_h * n_w, head_dim // 2)
-    return angles.cos().float(), angles.sin().float()
+    return torch.complex(angles.cos().float(), angles.sin().float())
 
 
-def apply_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
-    """Rotate interleaved pairs of x [B, L, H, D] by per-token angles (cos, sin: [L, D/2], or [B, L, D/2] when the
-    batch rows sit at different positions); math in float32."""
-    pairs = x.float().unflatten(-1, (-1, 2))  # [B, L, H, D/2, 2]
-    re, im = pairs[..., 0], pairs[..., 1]
-    if cos.dim() == 2:
-        cos, sin = cos[None], sin[None]
-    c, s = cos[:, :, None, :], sin[:, :, None, :]
-    out = torch.stack([re * c - im * s, re * s + im * c], dim=-1)
-    return out.flatten(-2).type_as(x)
+def apply_rope(x: torch.Tensor, table: torch.Tensor) -> torch.Tensor:
+    """Rotate interleaved pairs of x [B, L, H, D] as complex numbers by per-token rotations (table: complex
+    [L, D/2], or [B, L, D/2] when the batch rows sit at different positions); math in float32. One complex
+    multiply: a handful of kernels per call, which matters on a CPU where each costs more than its arithmetic."""
+    pairs = torch.view_as_complex(x.float().unflatten(-1, (-1, 2)))  # [B, L, H, D/2]
+    rot = table[None] if table.dim() == 2 else table
+    return torch.view_as_real(pairs * rot[:, :, None]).flatten(-2).type_as(x)
