@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import gc
+import itertools
 import os
 import signal
 import subprocess
@@ -127,6 +129,43 @@ def test_four_clients_get_their_own_frames(backend, make_daemon):
     finally:
         for c in clients:
             c.close()
+
+
+def test_a_failing_decode_ends_that_session_only(backend, make_daemon):
+    """On a CPU chunks are decoded on the daemon's decode thread: a decode that raises ends its own session with a
+    fatal session_failed naming the cause, and the other session keeps streaming every frame in order."""
+    made = []
+
+    def make_decoder():
+        decoder = backend.make_decoder()
+        made.append(decoder)
+        if len(made) == 2:  # the second session's decoder fails on its third chunk
+            calls, decode = itertools.count(), decoder.decode
+
+            def failing(latents):
+                if next(calls) == 2:
+                    raise RuntimeError("the codec blew up")
+                return decode(latents)
+
+            decoder.decode = failing
+        return decoder
+
+    d = make_daemon(dataclasses.replace(backend, make_decoder=make_decoder))
+    with Client(d.endpoint) as c:
+        good, bad = c.open("a", seed=0, fps=0), c.open("b", seed=1, fps=0)
+        got, errors, deadline = {good: [], bad: []}, [], time.monotonic() + 60
+        while (len(got[good]) < 40 or not errors) and time.monotonic() < deadline:
+            try:
+                for f in c.frames_ready():
+                    got[f.session].append(f)
+            except ServerError as e:
+                errors.append(e)
+            time.sleep(0.005)
+        assert bad not in d.sessions and good in d.sessions
+    assert [(e.code, e.session, e.fatal) for e in errors] == [("session_failed", bad, True)]
+    assert "decoding failed: RuntimeError: the codec blew up" in errors[0].message
+    assert [f.index for f in got[bad]] == list(range(len(got[bad]))) and len(got[bad]) < 40  # two chunks, then none
+    assert [f.index for f in got[good]] == list(range(len(got[good]))) and len(got[good]) >= 40
 
 
 def test_batched_sessions_stream_what_they_would_alone(backend, make_daemon):

@@ -10,6 +10,12 @@ client has a full frame queue (``backlog``) is not run at all. Sessions that can
 text length and control sources) are batched: each keeps its own KV cache, position, seed and controls, and the
 layers run once over all of them (:func:`~worldsim.sampling.session.step_sessions`). One failing session is
 reported and dropped; the others never notice.
+
+On a CPU, chunks are decoded on a second thread (``worldsim-decode``, one chunk at a time, in order) while the
+engine thread generates the next one: the codec's convolutions release the GIL and run on another core, so an
+unpaced stream pays max(generate, decode) per chunk instead of the sum. The decode thread sends the frames and
+reports back (:class:`Decoded`); pacing and stats are updated on the engine thread. A paced session waits for its
+previous chunk's frames before it is planned again, so its schedule is never computed from a stale playout.
 """
 
 from __future__ import annotations
@@ -20,6 +26,7 @@ import queue
 import threading
 import time
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
 from ..runtime import Runtime
@@ -27,7 +34,7 @@ from .logs import LOGGER, event
 from .pacing import Job, plan
 from .prompts import PromptEncoder
 from .protocol import Input, Limits, Open
-from .sessions import FrameOut, ServeSession, step_served
+from .sessions import Chunk, FrameOut, ServeSession, step_served
 from .stats import GenerationStats, Recent
 
 IDLE_WAIT_S = 0.5  # longest wait for a command when nothing is due
@@ -67,7 +74,18 @@ class DropCmd:
     sids: list[int]
 
 
-Command = OpenCmd | InputCmd | PauseCmd | ResetCmd | DropCmd
+@dataclass
+class Decoded:
+    """From the decode thread: a chunk's frames were handed to the daemon at ``finished`` (or decoding failed)."""
+
+    sid: int
+    chunk: Chunk
+    frames: int
+    finished: float
+    error: str | None = None
+
+
+Command = OpenCmd | InputCmd | PauseCmd | ResetCmd | DropCmd | Decoded
 
 
 # ---- events (engine -> daemon) --------------------------------------------------------------------------------
@@ -105,11 +123,18 @@ Event = Opened | OpenFailed | Frames | Failed
 
 class Engine:
     def __init__(self, backend: Runtime, limits: Limits, emit: Callable[[list[Event]], None],
-                 backlog: Callable[[int], int], logger: logging.Logger = LOGGER, max_batch: int = 8):
+                 backlog: Callable[[int], int], logger: logging.Logger = LOGGER, max_batch: int = 8,
+                 decode_thread: bool | None = None):
         """``backlog(sid)``: frames the daemon still holds for that session (called on the engine thread).
-        ``max_batch``: sessions generated together in one batched forward at most (1: one at a time)."""
+        ``max_batch``: sessions generated together in one batched forward at most (1: one at a time).
+        ``decode_thread``: decode on a thread of its own (default: on a CPU; a GPU's kernels share one stream, so
+        there the engine thread decodes)."""
         self.backend, self.limits, self.emit, self.backlog, self.log = backend, limits, emit, backlog, logger
         self.max_batch = max(1, max_batch)
+        if decode_thread is None:
+            decode_thread = backend.device.type == "cpu"
+        self._decoder = ThreadPoolExecutor(1, thread_name_prefix="worldsim-decode") if decode_thread else None
+        self._undecodable: set[int] = set()  # sessions whose decode failed: their later chunks are not sent
         self.sessions: dict[int, ServeSession] = {}
         self._commands: queue.SimpleQueue = queue.SimpleQueue()
         self._stop = threading.Event()
@@ -131,6 +156,8 @@ class Engine:
         self._commands.put(None)
         if self._thread.is_alive():
             self._thread.join(timeout)
+        if self._decoder is not None:
+            self._decoder.shutdown(wait=True, cancel_futures=True)
         self.prompts.close()
 
     @property
@@ -154,9 +181,10 @@ class Engine:
         self.sessions.clear()
 
     def _has_room(self, s: ServeSession) -> bool:
-        """The daemon's queue for this session can take the next chunk (else its client is not reading)."""
+        """The daemon's queue for this session can take the next chunk (else its client is not reading); frames
+        still decoding count as queued."""
         n = s.next_chunk_frames()
-        return self.backlog(s.id) + n <= max(self.limits.queue_frames, n)
+        return self.backlog(s.id) + s.decoding + n <= max(self.limits.queue_frames, n)
 
     def _next(self) -> tuple[list[ServeSession], float]:
         """The sessions to run now (a batch, possibly empty), and how long to wait for commands if none."""
@@ -168,7 +196,7 @@ class Engine:
             except Exception as e:  # noqa: BLE001 - the prompt could not be encoded: that session fails
                 self._fail(s, f"prompt switch failed: {type(e).__name__}: {e}")
                 continue
-            if s.paused:
+            if s.paused or (s.decoding and s.playout.fps > 0):  # paced: plan from its previous chunk's playout
                 continue
             if not self._has_room(s):
                 blocked = True
@@ -211,6 +239,9 @@ class Engine:
                 return
 
     def _handle(self, cmd: Command) -> None:
+        if isinstance(cmd, Decoded):
+            self._decoded(cmd)
+            return
         if isinstance(cmd, OpenCmd):
             self._open(cmd)
             return
@@ -273,7 +304,7 @@ class Engine:
 
     def _step(self, batch: list[ServeSession]) -> None:
         try:
-            outputs = step_served(batch)
+            chunks = step_served(batch)
         except Exception as e:  # noqa: BLE001 - the session fails, the daemon keeps serving the others
             if len(batch) > 1:  # find the culprit: each alone (a chunk rewrites its own cache slots)
                 self.log.warning("batch_failed", extra={"fields": {"sessions": [s.id for s in batch]}})
@@ -283,7 +314,35 @@ class Engine:
             self._fail(batch[0], f"generation failed: {type(e).__name__}: {e}")
             return
         now = time.monotonic()
-        for s, frames in zip(batch, outputs):
+        for s, chunk in zip(batch, chunks):
             self._last_run[s.id] = now
-            self.emit([Frames(s.id, s.epoch, frames)])
-        self._chunk_s.add(batch[0].stats.chunk_s.values[-1])
+            s.decoding += chunk.count
+            if self._decoder is None:
+                self._decoded(self._decode(chunk))
+            else:
+                self._decoder.submit(lambda c=chunk: self.submit(self._decode(c)))
+
+    def _decode(self, chunk: Chunk) -> Decoded:
+        """Decode a chunk and hand its frames to the daemon (decode thread, or the engine thread on a GPU)."""
+        if chunk.session in self._undecodable:  # generated before the failure was reported
+            return Decoded(chunk.session, chunk, 0, time.monotonic(), "decoding failed earlier")
+        try:
+            frames = chunk.decode()
+        except Exception as e:  # noqa: BLE001 - that session fails, the others go on
+            self.log.exception("decode_failed", extra={"fields": {"session": chunk.session}})
+            self._undecodable.add(chunk.session)
+            return Decoded(chunk.session, chunk, 0, time.monotonic(), f"decoding failed: {type(e).__name__}: {e}")
+        self.emit([Frames(chunk.session, chunk.epoch, frames)])
+        return Decoded(chunk.session, chunk, len(frames), time.monotonic())
+
+    def _decoded(self, done: Decoded) -> None:
+        s = self.sessions.get(done.sid)
+        if s is None:
+            return  # dropped meanwhile
+        s.decoding -= done.chunk.count
+        if done.error is not None:  # logged by _decode
+            self._forget(s.id)
+            self.emit([Failed(s.id, done.error[:300])])
+            return
+        s.account(done.chunk, done.frames, done.finished)
+        self._chunk_s.add(done.finished - done.chunk.t0)

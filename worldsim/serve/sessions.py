@@ -46,6 +46,7 @@ class ServeSession:
         self.paused = False
         self.last_input: tuple[int, float | None] | None = None  # (seq, client t) of the newest input
         self._pending_inputs: list[float] = []  # arrival times of inputs no chunk has used yet
+        self.decoding = 0  # frames of chunks generated but not yet decoded (any epoch)
         self.reset(0)
 
     def _start_latents(self, spec: Open) -> torch.Tensor | None:
@@ -119,33 +120,45 @@ class ServeSession:
 
     # ---- generation ------------------------------------------------------------------------------------------
     def step(self) -> list[FrameOut]:
-        return step_served([self])[0]
+        """Generate, decode and account for the next chunk here (the engine decodes on its own thread instead)."""
+        chunk = step_served([self])[0]
+        frames = chunk.decode()
+        self.account(chunk, len(frames), time.monotonic())
+        return frames
 
     def _chunk_controls(self):
         b = self.backend
         starts_stream = self.stream.frame == 0
         return starts_stream, self.controls.for_chunk(b.chunk_latents, starts_stream, b.device, b.dtype)
 
-    def _finish(self, latents: torch.Tensor, starts_stream: bool, rows, t0: float, batch: int) -> list[FrameOut]:
-        """Decode a generated chunk into frames for the wire and account for it."""
-        frames = to_uint8(self.decoder.decode(latents))[0].numpy()  # [T, H, W, 3]
+    def _generated(self, latents: torch.Tensor, count: int, starts_stream: bool, rows, t0: float,
+                   batch: int) -> "Chunk":
+        """Hand a generated chunk (``count`` frames, counted before it was made) over for decoding; the session's
+        frame counters move on now, so the next chunk can be generated while this one decodes."""
         per_frame = self._frame_controls(rows, self.backend.chunk_latents, starts_stream)
-        if self._context_frames is not None:  # the start frame itself opens the stream
-            frames = np.concatenate([self._context_frames, frames])
-            per_frame = [None] * len(self._context_frames) + per_frame
-            self._context_frames = None
-        out = self._frames_out(frames, per_frame, t0, batch)
-        finished = time.monotonic()
-        self.playout.finished(len(frames), finished - t0, finished)
+        lead, self._context_frames = self._context_frames, None  # the start frame itself opens the stream
+        if lead is not None:
+            per_frame = [None] * len(lead) + per_frame
+        seq, t_client = self.last_input or (-1, None)
+        chunk = Chunk(self.id, self.epoch, self.chunk, self.frames_out, count, latents, self.decoder, lead, per_frame,
+                      self.spec, seq, t_client, self.prompt_seq, t0, batch, self._pending_inputs)
+        self._pending_inputs = []
+        self.chunk += 1
+        self.frames_out += count
+        return chunk
+
+    def account(self, chunk: "Chunk", frames: int, finished: float) -> None:
+        """A chunk's frames reached the socket loop at ``finished``: pacing and stats (not for an older epoch)."""
+        if chunk.epoch != self.epoch:
+            return
+        self.playout.finished(frames, finished - chunk.t0, finished)
         st = self.stats
-        st.chunk_s.add(finished - t0)
+        st.chunk_s.add(finished - chunk.t0)
         st.chunks += 1
-        st.frames_generated += len(frames)
-        for arrival in self._pending_inputs:
+        st.frames_generated += frames
+        for arrival in chunk.inputs:
             st.input_to_frame_s.add(finished - arrival)
-        self._pending_inputs.clear()
         st.publish()
-        return out
 
     def _frame_controls(self, rows, latents: int, starts_stream: bool) -> list[dict | None]:
         """The control row that led into each generated frame (none for frame 0 of a stream)."""
@@ -157,30 +170,53 @@ class ServeSession:
                  for s, a in rows.sources().items()} for i in range(len(rows))]
         return [None] * (count - len(echo)) + echo
 
-    def _frames_out(self, frames: np.ndarray, per_frame: list[dict | None], t0: float,
-                    batch: int) -> list[FrameOut]:
-        spec = self.spec
-        seq, t_client = self.last_input or (-1, None)
-        gen_ms = round(1e3 * (time.monotonic() - t0), 3)
+
+@dataclass
+class Chunk:
+    """A generated chunk on its way to the wire: made on the engine thread, decoded by :meth:`decode` on any
+    thread (one at a time per session, in order: a streaming decoder carries state), then accounted for by
+    :meth:`ServeSession.account` on the engine thread."""
+
+    session: int
+    epoch: int
+    index: int  # chunk number within the epoch
+    first_frame: int  # frame number of its first frame within the epoch
+    count: int  # frames it decodes to (the start frame included)
+    latents: torch.Tensor  # [1, C, n, h, w]
+    decoder: object  # the session's StreamingDecoder when the chunk was made
+    lead: np.ndarray | None  # decoded start frame(s) sent before the chunk's own frames
+    controls: list[dict | None]  # the control row echoed with each frame
+    spec: Open
+    input_seq: int
+    input_t: float | None
+    prompt_seq: int
+    t0: float  # when its generation started
+    batch: int  # sessions in its forward
+    inputs: list[float]  # arrival times of the inputs it is the first to use
+
+    def decode(self) -> list[FrameOut]:
+        frames = to_uint8(self.decoder.decode(self.latents))[0].numpy()  # [T, H, W, 3]
+        if self.lead is not None:
+            frames = np.concatenate([self.lead, frames])
+        spec, gen_ms = self.spec, round(1e3 * (time.monotonic() - self.t0), 3)
         out = []
         for i, frame in enumerate(frames):
-            header = messages.frame_header(self.id, self.epoch, self.chunk, self.frames_out + i, i, len(frames),
-                                           spec.format, frame.shape, gen_ms, batch, seq, self.prompt_seq, t_client,
-                                           per_frame[i])
-            out.append(FrameOut(self.id, self.epoch, header, frame_format.encode(frame, spec.format,
-                                                                                  spec.jpeg_quality)))
-        self.chunk += 1
-        self.frames_out += len(frames)
+            header = messages.frame_header(self.session, self.epoch, self.index, self.first_frame + i, i, len(frames),
+                                           spec.format, frame.shape, gen_ms, self.batch, self.input_seq,
+                                           self.prompt_seq, self.input_t, self.controls[i])
+            out.append(FrameOut(self.session, self.epoch, header, frame_format.encode(frame, spec.format,
+                                                                                      spec.jpeg_quality)))
         return out
 
 
 @torch.no_grad()
-def step_served(sessions: list[ServeSession]) -> list[list[FrameOut]]:
-    """Generate the next chunk of each session (equal :meth:`ServeSession.batch_key`) in one batched model step,
-    then decode each; returns each session's frames. A chunk's time, for pacing and stats, runs from the shared
+def step_served(sessions: list[ServeSession]) -> list[Chunk]:
+    """Generate the next chunk of each session (equal :meth:`ServeSession.batch_key`) in one batched model step;
+    returns each session's chunk, still to be decoded. A chunk's time, for pacing and stats, runs from the shared
     start to the end of its own decode."""
     t0 = time.monotonic()
     plans = [s._chunk_controls() for s in sessions]
+    counts = [s.next_chunk_frames() for s in sessions]
     latents = step_sessions([s.stream for s in sessions], [cc.controls for _, cc in plans])
-    return [s._finish(lat, starts, cc.rows, t0, len(sessions))
-            for s, lat, (starts, cc) in zip(sessions, latents, plans)]
+    return [s._generated(lat, n, starts, cc.rows, t0, len(sessions))
+            for s, lat, n, (starts, cc) in zip(sessions, latents, counts, plans)]
