@@ -149,11 +149,12 @@ class Runtime:
 
     def new_session(self, prompt_embeds: torch.Tensor, *, seed: int = 0, context_latents: torch.Tensor | None = None,
                     context_controls: Controls | None = None) -> StreamingSession:
-        """A stream with this runtime's latent shape, chunk size, sampler and cache (sink, window)."""
+        """A stream with this runtime's latent shape, chunk size, sampler and cache (sink, window). On a CPU each
+        chunk's cache write is deferred into the next chunk's first forward (see StreamingSession)."""
         return StreamingSession(self.model, prompt_embeds, latent_shape=self.latent_shape, seed=seed,
                                 sink_frames=self.sink_frames, window_frames=self.window_frames,
                                 chunk_frames=self.chunk_latents, sampler=self.sampler, context_latents=context_latents,
-                                context_controls=context_controls)
+                                context_controls=context_controls, defer_cache_write=self.device.type == "cpu")
 
 
 # ---- loaders for the published files ---------------------------------------------------------------------------

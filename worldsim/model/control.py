@@ -54,24 +54,26 @@ class Controls:
         return dataclasses.replace(self, reference=reference)
 
     @staticmethod
-    def cat(items: list["Controls | None"]) -> "Controls | None":
-        """Stack per-stream controls along the batch: all None gives None; otherwise every item must be given,
+    def cat(items: list["Controls | None"], frames: bool = False) -> "Controls | None":
+        """Concatenate controls along the batch (per-stream controls batched together), or along the frames with
+        ``frames`` (consecutive chunks of one batch): all None gives None; otherwise every item must be given,
         with the same sources."""
         if all(c is None for c in items):
             return None
         if any(c is None for c in items) or len({c.signature() for c in items}) > 1:
-            raise ValueError("streams batched together must all carry controls of the same sources (or none)")
+            raise ValueError("controls joined together must all carry the same sources (or all none)")
+        dim = 1 if frames else 0
 
-        def stack(name: str) -> torch.Tensor | None:
+        def join(name: str, d: int = dim) -> torch.Tensor | None:
             parts = [getattr(c, name) for c in items]
-            return None if parts[0] is None else torch.cat(parts)
+            return None if parts[0] is None else torch.cat(parts, dim=d)
 
         present = None
         if any(c.present is not None for c in items):
             present = torch.cat([c.present if c.present is not None else
                                  torch.ones(c.sources()[0].shape[:2], dtype=torch.bool, device=c.sources()[0].device)
-                                 for c in items])
-        return Controls(stack("keys"), stack("axes"), stack("embedding"), present, stack("reference"))
+                                 for c in items], dim=dim)
+        return Controls(join("keys"), join("axes"), join("embedding"), present, join("reference", 2 if frames else 0))
 
     def slice_frames(self, start: int, stop: int) -> "Controls":
         def cut(t):

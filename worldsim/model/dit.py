@@ -267,12 +267,16 @@ class CausalWanDiT(nn.Module):
         return self.forward_chunks(x, t, context, [cache], [start_frame], controls, write=write)
 
     def forward_chunks(self, x: torch.Tensor, t: torch.Tensor, context: torch.Tensor, caches: list[KVCache],
-                       starts: list[int], controls: Controls | None = None, *, write: bool = True) -> torch.Tensor:
+                       starts: list[int], controls: Controls | None = None, *, write: bool = True,
+                       history: int = 0) -> torch.Tensor:
         """:meth:`forward_chunk` for several independent streams in one batch (the daemon batches sessions).
 
         The batch rows are split over ``caches`` in order (cache j holds its own batch of rows), each stream at its
         own ``starts[j]``. Every layer's projections and MLPs run once over the whole batch; self-attention runs per
         cache, over that cache's resident frames. With one cache this is exactly :meth:`forward_chunk`.
+        history: the first ``history`` frames of x are a finished chunk whose K/V are stored, the rest the next
+        chunk's first denoising step, attended to but not stored; each part sees what it would in a forward of its
+        own (:meth:`KVCache.begin_with_next`).
         """
         self._check_inputs(x, t, context)
         b, _, f, h, w = x.shape
@@ -283,13 +287,20 @@ class CausalWanDiT(nn.Module):
             raise ValueError(f"cache was built for batch {built} and {[c.tokens_per_frame for c in caches]} tokens per "
                              f"frame ({len(starts)} starts); got batch {b} and latents {h}x{w}")
         bounds = [(sum(rows[:j]), sum(rows[:j + 1])) for j in range(len(caches))]
+        masks = [None] * len(caches)
+        if history and not write:
+            raise ValueError("a forward with history frames writes them: write=False does not apply")
         if write:
             reads, texts = [], []
-            for c, start, (lo, hi) in zip(caches, starts, bounds):
-                c.begin(start, f)
+            for j, (c, start, (lo, hi)) in enumerate(zip(caches, starts, bounds)):
+                if history:
+                    read, masks[j] = c.begin_with_next(start, history, f - history)
+                else:
+                    c.begin(start, f)
+                    read = c.write_read
                 if not c.cross_valid:
                     c.set_text(self._text_kv(context[lo:hi]))
-                reads.append(c.write_read)
+                reads.append(read)
                 texts.append(c.text_kv())
             text_kv = texts[0] if len(texts) == 1 else [(torch.cat([kv[i][0] for kv in texts]),
                                                          torch.cat([kv[i][1] for kv in texts]))
@@ -301,8 +312,8 @@ class CausalWanDiT(nn.Module):
 
         def self_attend(i: int):
             def attend(q, k, v):
-                return torch.cat([attention(q[lo:hi], *read(i, k[lo:hi], v[lo:hi]), None, backend)
-                                  for read, (lo, hi) in zip(reads, bounds)])
+                return torch.cat([attention(q[lo:hi], *read(i, k[lo:hi], v[lo:hi]), mask, backend)
+                                  for read, mask, (lo, hi) in zip(reads, masks, bounds)])
 
             return attend
 

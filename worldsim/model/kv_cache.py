@@ -19,6 +19,8 @@ from __future__ import annotations
 
 import torch
 
+from .attention import FrameMask
+
 
 class KVCache:
     def __init__(self, *, num_layers: int, batch: int, num_heads: int, head_dim: int, tokens_per_frame: int,
@@ -108,6 +110,26 @@ class KVCache:
             self.v[layer, :, slot * t:(slot + length) * t] = v[:, offset * t:(offset + length) * t]
         n = self.valid_tokens
         return self.k[layer, :, :n], self.v[layer, :, :n]
+
+    def begin_with_next(self, start_frame: int, written: int, ahead: int):
+        """Prepare a forward over a finished chunk (``written`` frames at ``start_frame``, stored like ``begin``)
+        followed by the next chunk's first denoising step (``ahead`` frames, attended to but not stored: its later
+        steps write them). Returns ``read(layer, k, v)`` (resident keys, then the next chunk's own) and the
+        :class:`FrameMask` that makes each part see exactly what it would see in a forward of its own: the finished
+        chunk does not see the next one, and the next one does not see the frames its write will evict."""
+        self.begin(start_frame, written)
+        resident = self.resident_frames
+        allowed = torch.ones(written + ahead, resident + ahead, dtype=torch.bool, device=self.k.device)
+        allowed[:written, resident:] = False
+        for _, slot, length in self._plan(start_frame + written, ahead):
+            allowed[written:, slot:min(slot + length, resident)] = False
+        t = written * self.tokens_per_frame
+
+        def read(layer: int, k: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+            ks, vs = self.write_read(layer, k, v)  # stores the first ``written`` frames
+            return torch.cat([ks, k[:, t:]], dim=1), torch.cat([vs, v[:, t:]], dim=1)
+
+        return read, FrameMask(allowed, self.tokens_per_frame)
 
     def overlay(self, start_frame: int, num_frames: int):
         """A reader for a forward that must not write (Self Forcing's grad-carrying exit step): returns

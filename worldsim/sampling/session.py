@@ -4,6 +4,12 @@ Per chunk of N latent frames: :func:`~worldsim.sampling.denoise.denoise_chunk` f
 the training rollout runs), then the finished chunk, re-noised to ``context_noise``, runs once more so its K/V
 enter the cache. Prompt switches and controls apply at chunk boundaries only.
 
+``defer_cache_write``: that re-run waits for the next step and runs in the same forward as the next chunk's first
+denoising step (block-causal between the two chunks). Same numbers up to float rounding, one forward fewer per
+chunk: on a CPU with few tokens per frame a forward costs mostly its fixed overhead, so 2N frames cost little more
+than N (the toy model: 5 forwards per frame -> about 4.2). Anything else that touches the cache (a prompt switch,
+pushed context, control guidance) writes the deferred chunk first.
+
 Control guidance (``SamplerConfig.control_guidance`` = s != 1): each denoising step also runs the chunk with its
 controls marked absent (the presence gate closed: the model trained with control dropout predicts the controls'
 average effect), prompt, history and reference frame unchanged, and takes ``uncond + s * (cond - uncond)``:
@@ -68,7 +74,7 @@ class StreamingSession:
     def __init__(self, model: CausalWanDiT, prompt_embeds: torch.Tensor, *, latent_shape: tuple[int, int, int],
                  seed: int = 0, sink_frames: int = 0, window_frames: int = 21, sampler: SamplerConfig | None = None,
                  context_latents: torch.Tensor | None = None, context_controls: Controls | None = None,
-                 chunk_frames: int | None = None):
+                 chunk_frames: int | None = None, defer_cache_write: bool = False):
         self.model = model
         self.sampler = sampler or SamplerConfig()
         self.schedule = FlowMatchSchedule.from_config(self.sampler)
@@ -91,6 +97,8 @@ class StreamingSession:
         self._history: list[_Chunk] = []  # clean latents of every resident frame (for recache)
         self._last: torch.Tensor | None = None  # [B, C, 1, H, W] the last clean frame (a frame_reference model's input)
         self._pending: tuple[torch.Tensor, str, str] | None = None
+        self.defer_cache_write = defer_cache_write
+        self._unwritten: _Chunk | None = None  # the last chunk as the cache will see it, its write deferred
         if context_latents is not None:
             self.push_context(context_latents, context_controls)
 
@@ -120,6 +128,7 @@ class StreamingSession:
     def _apply_pending_prompt(self) -> None:
         if self._pending is None:
             return
+        self._write_deferred()  # under the prompt it was made with
         embeds, mode, sink = self._pending
         self._pending = None
         self.prompt = embeds
@@ -142,6 +151,12 @@ class StreamingSession:
         window = [p for ch in self._history if (p := ch.frames(max(first_window, cache.sink), self.frame))]
         cache.restart_window(window[0].start if window else self.frame)
         self._write_clean(window)
+
+    def _write_deferred(self) -> None:
+        """Write the deferred chunk's K/V now, on its own (see ``defer_cache_write``)."""
+        if self._unwritten is not None:
+            chunk, self._unwritten = self._unwritten, None
+            self._forward(chunk.latents, self.sampler.context_noise, chunk.start, chunk.controls)
 
     def _write_clean(self, chunks: list[_Chunk]) -> None:
         for ch in chunks:
@@ -170,7 +185,8 @@ class StreamingSession:
     def batch_key(self, controls: Controls | None) -> tuple:
         """Sessions whose keys are equal can take their next step together in :func:`step_sessions`."""
         return (id(self.model), self.chunk_frames, self.latent_shape, self.prompt.shape[1], self.batch,
-                tuple(self.timesteps), self.sampler.context_noise, None if controls is None else controls.signature())
+                tuple(self.timesteps), self.sampler.context_noise, None if controls is None else controls.signature(),
+                self.defer_cache_write)
 
     @torch.no_grad()
     def push_context(self, latents: torch.Tensor, controls: Controls | None = None) -> None:
@@ -179,6 +195,7 @@ class StreamingSession:
         if latents.dim() != 5 or tuple(latents.shape[:2]) != (self.batch, c) or tuple(latents.shape[3:]) != (h, w):
             raise ValueError(f"context latents must be [{self.batch}, {c}, F, {h}, {w}], got {list(latents.shape)}")
         latents = latents.to(self.device, self.dtype)
+        self._write_deferred()
         for a in range(0, latents.shape[2], self.chunk_frames):
             b = min(a + self.chunk_frames, latents.shape[2])
             ctrl = self._chunk_controls(None if controls is None else controls.slice_frames(a, b), b - a)
@@ -200,14 +217,18 @@ class StreamingSession:
         self._prune_history()
 
     def _prune_history(self) -> None:
-        self._history = [ch for ch in self._history if any(self.cache.is_resident(f) for f in range(ch.start, ch.end))]
+        """Forget chunks that have left the cache (a deferred chunk, not written yet, stays)."""
+        cache = self.cache
+        self._history = [ch for ch in self._history
+                         if any(cache.is_resident(f) or f >= cache.end for f in range(ch.start, ch.end))]
 
 
 @torch.no_grad()
 def step_sessions(sessions: list[StreamingSession], controls: list[Controls | None]) -> list[torch.Tensor]:
     """Generate the next chunk of every session, batched: one model forward per denoising step for all of them
     (see :meth:`CausalWanDiT.forward_chunks`). The sessions must share a :meth:`StreamingSession.batch_key`; each
-    keeps its own cache, position, prompt, noise generator and controls. Returns each one's clean latents.
+    keeps its own cache, position, prompt, noise generator and controls. Returns each one's clean latents. With
+    ``defer_cache_write`` the sessions' previous chunks are written by this step's first forward.
     """
     first = sessions[0]
     controls = [s._chunk_controls(c, s.chunk_frames) for s, c in zip(sessions, controls)]
@@ -222,13 +243,31 @@ def step_sessions(sessions: list[StreamingSession], controls: list[Controls | No
     ctrl = Controls.cat(controls)
 
     scale, absent = first.sampler.control_guidance, without_controls(ctrl)
-    both = None if absent is None else Controls.cat([ctrl, absent])
+    both = None if absent is None or scale == 1 else Controls.cat([ctrl, absent])
+    deferred = [s._unwritten for s in sessions]
+    merge = both is None and all(d is not None for d in deferred)
+    if merge:
+        try:
+            joined = _join_frames(Controls.cat([d.controls for d in deferred]), ctrl)
+        except ValueError:  # the chunks carry different kinds of controls: write the deferred ones on their own
+            merge = False
+    if not merge:
+        _write_deferred(sessions)
+    first_step = [merge]
 
-    def forward(x: torch.Tensor, t: float, guided: bool = False) -> torch.Tensor:
-        if not guided or scale == 1 or both is None:
+    def forward(x: torch.Tensor, t: float) -> torch.Tensor:
+        if first_step[0]:  # the deferred chunks' cache write rides along with this first step
+            first_step[0] = False
+            prev = torch.cat([d.latents for d in deferred])
+            tt = torch.cat([torch.full((x.shape[0], n), cn, device=x.device, dtype=torch.float32),
+                            torch.full((x.shape[0], n), t, device=x.device, dtype=torch.float32)], dim=1)
+            out = model.forward_chunks(torch.cat([prev, x], dim=2), tt, prompt, caches, [d.start for d in deferred],
+                                       joined, history=n)
+            return out[:, :, n:]
+        if both is None:
             tt = torch.full((x.shape[0], n), t, device=x.device, dtype=torch.float32)
             return model.forward_chunks(x, tt, prompt, caches, starts, ctrl)
-        # both branches in one batch, reading the caches without writing (the re-run writes)
+        # control guidance: both branches in one batch, reading the caches without writing (the re-run writes)
         tt = torch.full((2 * x.shape[0], n), t, device=x.device, dtype=torch.float32)
         cond, uncond = model.forward_chunks(torch.cat([x, x]), tt, torch.cat([prompt, prompt]), caches + caches,
                                             starts + starts, both, write=False).chunk(2)
@@ -238,9 +277,18 @@ def step_sessions(sessions: list[StreamingSession], controls: list[Controls | No
         parts = [s._noise(n) for s in sessions]
         return torch.cat(parts) if len(parts) > 1 else parts[0]
 
-    x0 = denoise_chunk(lambda x, t, _exit: forward(x, t, guided=True), noise, schedule, first.timesteps)
     cn = first.sampler.context_noise
-    forward(context_input(x0, noise, schedule, cn), cn)  # the re-run writes the chunk's K/V into every cache
+    x0 = denoise_chunk(lambda x, t, _exit: forward(x, t), noise, schedule, first.timesteps)
+    x_ctx = context_input(x0, noise, schedule, cn)  # the chunk as the cache will see it
+    for s in sessions:  # only now: a step that failed leaves them to be written by the next one
+        s._unwritten = None
+    if first.defer_cache_write:
+        rows = [s.batch for s in sessions]
+        for s, x, c in zip(sessions, x_ctx.split(rows), controls):
+            s._unwritten = _Chunk(s.frame, x, c)
+    else:
+        model.forward_chunks(x_ctx, torch.full((x_ctx.shape[0], n), cn, device=x_ctx.device, dtype=torch.float32),
+                             prompt, caches, starts, ctrl)  # the re-run writes the chunk's K/V into every cache
     out = list(x0.split([s.batch for s in sessions]))
     for s, latents, c in zip(sessions, out, controls):
         s._history.append(_Chunk(s.frame, latents, c))
@@ -248,6 +296,45 @@ def step_sessions(sessions: list[StreamingSession], controls: list[Controls | No
         s.frame += n
         s._prune_history()
     return out
+
+
+def _write_deferred(sessions: list[StreamingSession]) -> None:
+    """Write the deferred chunks of these sessions on their own: one batched forward when every one has one with
+    the same kinds of controls, else each alone."""
+    chunks = [s._unwritten for s in sessions]
+    if len(sessions) > 1 and all(chunks):
+        try:
+            ctrl = Controls.cat([c.controls for c in chunks])
+        except ValueError:
+            pass  # made under different kinds of controls
+        else:
+            x, cn = torch.cat([c.latents for c in chunks]), sessions[0].sampler.context_noise
+            t = torch.full(x.shape[:1] + x.shape[2:3], cn, device=x.device, dtype=torch.float32)
+            sessions[0].model.forward_chunks(x, t, torch.cat([s.prompt for s in sessions]), [s.cache for s in sessions],
+                                             [c.start for c in chunks], ctrl)
+            for s in sessions:
+                s._unwritten = None
+            return
+    for s in sessions:
+        s._write_deferred()
+
+
+def _join_frames(a: Controls | None, b: Controls | None) -> Controls | None:
+    """The controls of two consecutive chunks of equal length as one. A chunk without control sources takes the
+    other's, marked absent (zeros behind a closed presence gate: exactly no offset, as with none). Raises
+    ValueError when both carry sources of different kinds."""
+    def absent_like(c: Controls | None, like: Controls) -> Controls:
+        if c is not None and c.sources():
+            return c
+        zeros = [None if t is None else torch.zeros_like(t) for t in (like.keys, like.axes, like.embedding)]
+        present = torch.zeros(like.sources()[0].shape[:2], dtype=torch.bool, device=like.sources()[0].device)
+        return Controls(*zeros, present, None if c is None else c.reference)
+
+    if a is not None and a.sources():
+        b = absent_like(b, a)
+    elif b is not None and b.sources():
+        a = absent_like(a, b)
+    return Controls.cat([a, b], frames=True)
 
 
 def without_controls(controls: Controls | None) -> Controls | None:

@@ -145,6 +145,9 @@ class ServeSession:
         self._pending_inputs = []
         self.chunk += 1
         self.frames_out += count
+        self.stats.chunks += 1
+        self.stats.frames_generated += count  # counted before any of them can be sent
+        self.stats.publish()
         return chunk
 
     def account(self, chunk: "Chunk", frames: int, finished: float) -> None:
@@ -154,8 +157,6 @@ class ServeSession:
         self.playout.finished(frames, finished - chunk.t0, finished)
         st = self.stats
         st.chunk_s.add(finished - chunk.t0)
-        st.chunks += 1
-        st.frames_generated += frames
         for arrival in chunk.inputs:
             st.input_to_frame_s.add(finished - arrival)
         st.publish()
