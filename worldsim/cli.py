@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from worldsim import __version__
-from worldsim.pipeline.options import add_model_folder_arguments
+from worldsim.pipeline.options import add_model_folder_arguments, default_threads
 from worldsim.resources import configs_dir
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
@@ -137,13 +137,21 @@ def _generate_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--dtype", default="auto", choices=("auto", "bf16", "fp16", "fp32"),
                    help="DiT and decoder precision; auto: bf16 on a GPU, fp32 on the CPU")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
+    p.add_argument("--threads", type=int, default=default_threads(),
+                   help=f"torch CPU threads (default {default_threads()}: all cores but one, for the video encoder)")
     add_model_folder_arguments(p, decoder_default=None)
 
 
 def _generate_run(args: argparse.Namespace) -> int:
+    import torch
+
     from worldsim.model_package import default_package
     from worldsim.pipeline.generate import GenerateConfig, generate
 
+    if args.threads < 1:
+        print(f"error: --threads must be >= 1, got {args.threads}", file=sys.stderr)
+        return 2
+    torch.set_num_threads(args.threads)
     try:
         cfg = GenerateConfig(
             model=args.model or default_package(), prompt=args.prompt, out=args.out, seconds=args.seconds,

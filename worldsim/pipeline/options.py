@@ -4,7 +4,14 @@ so both take the same flags with the same meaning."""
 from __future__ import annotations
 
 import argparse
+import os
 from pathlib import Path
+
+
+def default_threads() -> int:
+    """Torch CPU threads by default: all cores but one. The spare core runs the socket loop, a local client or the
+    video encoder, and torch threads that have to share a core with them stall for seconds."""
+    return max(1, (os.cpu_count() or 2) - 1)
 
 
 def add_model_folder_arguments(p: argparse._ActionsContainer, decoder_default: str | None) -> None:

@@ -6,18 +6,13 @@ Imports torch only inside :func:`run_serve`, so building the CLI parser stays fa
 from __future__ import annotations
 
 import argparse
-import os
 import signal
 import sys
 
-from ..pipeline.options import add_model_folder_arguments
+from ..pipeline.options import add_model_folder_arguments, default_threads
 from .protocol import PROTOCOL_VERSION, Limits
 
 DEFAULT_BIND = "tcp://127.0.0.1:5555"
-
-
-def default_threads() -> int:
-    return max(1, (os.cpu_count() or 2) - 1)
 
 
 def _names(text: str) -> tuple[str, ...]:
