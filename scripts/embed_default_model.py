@@ -36,12 +36,18 @@ def portable(value):
     return value
 
 
-def evaluation_summary(results: dict) -> dict:
-    """The headline numbers of a toy_eval results.json (its per-chunk curves stay in the file)."""
+def evaluation_summary(results: dict, model: str | None = None) -> dict:
+    """The headline numbers of a toy_eval results.json (its per-chunk curves stay in the file): of ``model`` only,
+    or of every model of the run."""
     cfg = results["config"]
     out = {"config": {k: cfg[k] for k in ("episodes", "chunks", "seed", "window_frames", "held_frames",
                                           "control_guidance") if k in cfg}}
-    for name, r in results["models"].items():
+    models = results["models"]
+    if model is not None:
+        if model not in models:
+            raise ValueError(f"the evaluation has no model {model!r} (it has {', '.join(models)})")
+        models = {model: models[model]}
+    for name, r in models.items():
         out[name] = {"counterfactual": {k: {"score": v["score"], "detection_rate": v["detection_rate"]}
                                         for k, v in r["counterfactual"].items()},
                      "psnr_first": r["psnr"]["first"],
@@ -57,11 +63,19 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--steps", type=int, help="serve with this many evenly spaced denoising steps")
     p.add_argument("--control-guidance", type=float, help="serve with this control guidance (sampling/session.py)")
     p.add_argument("--eval", type=Path, help="toy_eval results.json to record in the provenance")
+    p.add_argument("--eval-model", metavar="NAME", help="record only this model of --eval (default: all of them)")
     p.add_argument("--out", type=Path, default=DEFAULT_PACKAGE, help=f"(default {DEFAULT_PACKAGE})")
     args = p.parse_args(argv)
 
     pkg = read_package(args.package)
     manifest = json.loads(json.dumps(pkg.manifest))
+    evaluation = None
+    if args.eval:  # checked before the current default is replaced
+        try:
+            evaluation = evaluation_summary(json.loads(args.eval.read_text()), args.eval_model)
+        except (OSError, ValueError, KeyError) as e:
+            print(f"error: {args.eval}: {e}", file=sys.stderr)
+            return 1
     files = [pkg.dit] + ([pkg.file(pkg.codec["path"])] if "path" in pkg.codec else [])
     size = sum(f.stat().st_size for f in files)
     if size > SIZE_BUDGET:
@@ -82,8 +96,8 @@ def main(argv: list[str] | None = None) -> int:
         manifest["sampler"]["control_guidance"] = args.control_guidance
     prov = portable(manifest["provenance"])
     prov["name"] = args.name
-    if args.eval:
-        prov["evaluation"] = evaluation_summary(json.loads(args.eval.read_text()))
+    if evaluation is not None:
+        prov["evaluation"] = evaluation
     manifest["provenance"] = prov
     atomic_write(args.out / MANIFEST, lambda tmp: tmp.write_text(json.dumps(manifest, indent=1) + "\n"))
     read_package(args.out)
