@@ -124,8 +124,8 @@ class Daemon:
                  size: tuple[int, int] | None = None, websocket: bool = False):
         self.endpoint = free_endpoint()
         width, height = size or (args.width, args.height)
-        cmd = [sys.executable, "-m", "worldsim", "serve", *(["--model", args.model] if args.model else
-                                                            ["--preset", args.preset]),
+        model = str(Path(args.model).resolve()) if args.model and Path(args.model).exists() else args.model
+        cmd = [sys.executable, "-m", "worldsim", "serve", *(["--model", model] if model else ["--preset", args.preset]),
                *(["--height", str(height), "--width", str(width)] if height and width else []),
                "--bind", self.endpoint, "--stats-interval", "0", "--log-level",
                "WARNING", "--threads", str(args.threads), "--fps", str(args.fps), "--max-sessions", "16",
@@ -139,10 +139,11 @@ class Daemon:
             port = free_endpoint().rsplit(":", 1)[1]
             cmd += ["--ws", f"127.0.0.1:{port}"]
             self.ws_url = f"ws://127.0.0.1:{port}/"
-        env = dict(os.environ)
-        if args.daemon_src is not None:
-            env["PYTHONPATH"] = str(args.daemon_src.resolve())
-        self.proc = subprocess.Popen(cmd, stderr=subprocess.DEVNULL, env=env)
+        env, cwd = dict(os.environ), None
+        if args.daemon_src is not None:  # `python -m` puts the working directory first on sys.path: run it there
+            cwd = args.daemon_src.resolve()
+            env["PYTHONPATH"] = str(cwd)
+        self.proc = subprocess.Popen(cmd, stderr=subprocess.DEVNULL, env=env, cwd=cwd)
 
     def rss_mb(self) -> float:
         for line in Path(f"/proc/{self.proc.pid}/status").read_text().splitlines():
