@@ -75,7 +75,7 @@ def reference(pkg_dir: Path, chunks: int, seed: int) -> np.ndarray:
     prompt = HashingPromptEmbedder(model.cfg.text_len, model.cfg.text_dim)(PROMPT)
     session = StreamingSession(model, prompt, latent_shape=tuple(pkg.geometry["latent_shape"]), seed=seed,
                                sink_frames=pkg.cache["sink_frames"], window_frames=pkg.cache["window_frames"],
-                               sampler=pkg.sampler())
+                               sampler=pkg.sampler(), defer_cache_write=True)  # as the daemon's sessions on a CPU
     return np.concatenate([to_uint8(codec.decode(session.step()))[0].numpy() for _ in range(chunks)])
 
 

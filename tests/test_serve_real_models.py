@@ -37,7 +37,8 @@ def official(tmp_path_factory):
 
 
 def in_process(root, checkpoint, decoder: str, chunks: int, seed: int = 5) -> np.ndarray:
-    """The same files wired by hand from the published-format loaders, with the daemon's cache settings:
+    """The same files wired by hand from the published-format loaders, with the daemon's cache settings and deferred
+    cache writes:
     [T, H, W, 3] uint8."""
     folder = find_model_folder(root, checkpoint=checkpoint)
     cpu = torch.device("cpu")
@@ -45,7 +46,8 @@ def in_process(root, checkpoint, decoder: str, chunks: int, seed: int = 5) -> np
     text = rt.load_text_encoder(folder["text_encoder"].path, folder["tokenizer"].path, model.cfg, cpu, offload=False)
     dec = rt.load_decoder(folder, decoder, dtype=torch.float32, device=cpu)
     shape = (model.cfg.in_dim, SIZE["height"] // dec.spatial_stride, SIZE["width"] // dec.spatial_stride)
-    session = StreamingSession(model, text(PROMPT), latent_shape=shape, seed=seed, sink_frames=3, window_frames=12)
+    session = StreamingSession(model, text(PROMPT), latent_shape=shape, seed=seed, sink_frames=3, window_frames=12,
+                               defer_cache_write=True)  # as the daemon's sessions on a CPU
     dec.reset()
     return np.concatenate([to_uint8(dec.decode(session.step()))[0].numpy() for _ in range(chunks)])
 
