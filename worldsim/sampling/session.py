@@ -128,7 +128,7 @@ class StreamingSession:
     def _apply_pending_prompt(self) -> None:
         if self._pending is None:
             return
-        self._write_deferred()  # under the prompt it was made with
+        write_deferred([self])  # under the prompt it was made with
         embeds, mode, sink = self._pending
         self._pending = None
         self.prompt = embeds
@@ -152,11 +152,6 @@ class StreamingSession:
         cache.restart_window(window[0].start if window else self.frame)
         self._write_clean(window)
 
-    def _write_deferred(self) -> None:
-        """Write the deferred chunk's K/V now, on its own (see ``defer_cache_write``)."""
-        if self._unwritten is not None:
-            chunk, self._unwritten = self._unwritten, None
-            self._forward(chunk.latents, self.sampler.context_noise, chunk.start, chunk.controls)
 
     def _write_clean(self, chunks: list[_Chunk]) -> None:
         for ch in chunks:
@@ -171,8 +166,7 @@ class StreamingSession:
 
     # ---- generation ----------------------------------------------------------------------------------------
     def _forward(self, x: torch.Tensor, t: float, start: int, controls: Controls | None) -> torch.Tensor:
-        tt = torch.full((x.shape[0], x.shape[2]), t, device=self.device, dtype=torch.float32)
-        return self.model.forward_chunk(x, tt, self.prompt, self.cache, start, controls)
+        return self.model.forward_chunk(x, _timesteps(x, t), self.prompt, self.cache, start, controls)
 
     def _noise(self, n: int) -> torch.Tensor:
         c, h, w = self.latent_shape
@@ -195,7 +189,7 @@ class StreamingSession:
         if latents.dim() != 5 or tuple(latents.shape[:2]) != (self.batch, c) or tuple(latents.shape[3:]) != (h, w):
             raise ValueError(f"context latents must be [{self.batch}, {c}, F, {h}, {w}], got {list(latents.shape)}")
         latents = latents.to(self.device, self.dtype)
-        self._write_deferred()
+        write_deferred([self])
         for a in range(0, latents.shape[2], self.chunk_frames):
             b = min(a + self.chunk_frames, latents.shape[2])
             ctrl = self._chunk_controls(None if controls is None else controls.slice_frames(a, b), b - a)
@@ -252,24 +246,22 @@ def step_sessions(sessions: list[StreamingSession], controls: list[Controls | No
         except ValueError:  # the chunks carry different kinds of controls: write the deferred ones on their own
             merge = False
     if not merge:
-        _write_deferred(sessions)
+        write_deferred(sessions)
     first_step = [merge]
 
     def forward(x: torch.Tensor, t: float) -> torch.Tensor:
         if first_step[0]:  # the deferred chunks' cache write rides along with this first step
             first_step[0] = False
             prev = torch.cat([d.latents for d in deferred])
-            tt = torch.cat([torch.full((x.shape[0], n), cn, device=x.device, dtype=torch.float32),
-                            torch.full((x.shape[0], n), t, device=x.device, dtype=torch.float32)], dim=1)
+            tt = torch.cat([_timesteps(prev, cn), _timesteps(x, t)], dim=1)
             out = model.forward_chunks(torch.cat([prev, x], dim=2), tt, prompt, caches, [d.start for d in deferred],
                                        joined, history=n)
             return out[:, :, n:]
         if both is None:
-            tt = torch.full((x.shape[0], n), t, device=x.device, dtype=torch.float32)
-            return model.forward_chunks(x, tt, prompt, caches, starts, ctrl)
+            return model.forward_chunks(x, _timesteps(x, t), prompt, caches, starts, ctrl)
         # control guidance: both branches in one batch, reading the caches without writing (the re-run writes)
-        tt = torch.full((2 * x.shape[0], n), t, device=x.device, dtype=torch.float32)
-        cond, uncond = model.forward_chunks(torch.cat([x, x]), tt, torch.cat([prompt, prompt]), caches + caches,
+        xx = torch.cat([x, x])
+        cond, uncond = model.forward_chunks(xx, _timesteps(xx, t), torch.cat([prompt, prompt]), caches + caches,
                                             starts + starts, both, write=False).chunk(2)
         return uncond + scale * (cond - uncond)
 
@@ -287,8 +279,7 @@ def step_sessions(sessions: list[StreamingSession], controls: list[Controls | No
         for s, x, c in zip(sessions, x_ctx.split(rows), controls):
             s._unwritten = _Chunk(s.frame, x, c)
     else:
-        model.forward_chunks(x_ctx, torch.full((x_ctx.shape[0], n), cn, device=x_ctx.device, dtype=torch.float32),
-                             prompt, caches, starts, ctrl)  # the re-run writes the chunk's K/V into every cache
+        model.forward_chunks(x_ctx, _timesteps(x_ctx, cn), prompt, caches, starts, ctrl)  # the re-run writes the K/V
     out = list(x0.split([s.batch for s in sessions]))
     for s, latents, c in zip(sessions, out, controls):
         s._history.append(_Chunk(s.frame, latents, c))
@@ -298,25 +289,29 @@ def step_sessions(sessions: list[StreamingSession], controls: list[Controls | No
     return out
 
 
-def _write_deferred(sessions: list[StreamingSession]) -> None:
-    """Write the deferred chunks of these sessions on their own: one batched forward when every one has one with
-    the same kinds of controls, else each alone."""
-    chunks = [s._unwritten for s in sessions]
-    if len(sessions) > 1 and all(chunks):
-        try:
-            ctrl = Controls.cat([c.controls for c in chunks])
-        except ValueError:
-            pass  # made under different kinds of controls
-        else:
-            x, cn = torch.cat([c.latents for c in chunks]), sessions[0].sampler.context_noise
-            t = torch.full(x.shape[:1] + x.shape[2:3], cn, device=x.device, dtype=torch.float32)
-            sessions[0].model.forward_chunks(x, t, torch.cat([s.prompt for s in sessions]), [s.cache for s in sessions],
-                                             [c.start for c in chunks], ctrl)
-            for s in sessions:
-                s._unwritten = None
-            return
-    for s in sessions:
-        s._write_deferred()
+def write_deferred(sessions: list[StreamingSession]) -> None:
+    """Write the deferred chunks of these sessions now, on their own (see ``defer_cache_write``): one batched
+    forward for all that have one, or each alone when they were made under different kinds of controls."""
+    pending = [s for s in sessions if s._unwritten is not None]
+    if not pending:
+        return
+    chunks = [s._unwritten for s in pending]
+    try:
+        ctrl = Controls.cat([c.controls for c in chunks])
+    except ValueError:
+        for s in pending:
+            write_deferred([s])
+        return
+    x, cn = torch.cat([c.latents for c in chunks]), pending[0].sampler.context_noise
+    pending[0].model.forward_chunks(x, _timesteps(x, cn), torch.cat([s.prompt for s in pending]),
+                                    [s.cache for s in pending], [c.start for c in chunks], ctrl)
+    for s in pending:
+        s._unwritten = None
+
+
+def _timesteps(x: torch.Tensor, t: float) -> torch.Tensor:
+    """Timestep t for every frame of latents x [B, C, F, H, W] -> [B, F] float32."""
+    return torch.full((x.shape[0], x.shape[2]), t, device=x.device, dtype=torch.float32)
 
 
 def _join_frames(a: Controls | None, b: Controls | None) -> Controls | None:
