@@ -15,14 +15,15 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import torch
-from diffusers import AutoencoderKLWan
-from diffusers.loaders.single_file_utils import convert_wan_vae_to_diffusers
-from diffusers.models.autoencoders.autoencoder_kl_wan import WanCausalConv3d
 
 from ..checkpoints.base import CheckpointError, key_list
 from ..weight_files import check_state_dict, read_weight_file
+
+if TYPE_CHECKING:  # diffusers takes seconds to import; it is imported where a Wan VAE is actually built
+    from diffusers import AutoencoderKLWan
 
 ORIGINAL_MARKER = "decoder.middle.0.residual.0.gamma"  # a key only the original Wan layout has
 WAN_LATENT_CHANNELS = 16  # the only width AutoencoderKLWan's default latents_mean / latents_std describe
@@ -32,6 +33,8 @@ def load_wan_vae(path: str | os.PathLike, *, dtype: torch.dtype = torch.float32,
                  device: str | torch.device = "cpu") -> AutoencoderKLWan:
     """An ``AutoencoderKLWan`` in eval mode from ``Wan2.1_VAE.pth`` (original or diffusers key names; ``.pth`` or
     ``.safetensors``) or a diffusers ``vae/`` folder; offline. CheckpointError names the file and keys at fault."""
+    from diffusers import AutoencoderKLWan
+
     path = Path(path)
     if path.is_dir():
         if not (path / "config.json").is_file():
@@ -46,6 +49,9 @@ def load_wan_vae(path: str | os.PathLike, *, dtype: torch.dtype = torch.float32,
 
 
 def _from_single_file(path: Path) -> AutoencoderKLWan:
+    from diffusers import AutoencoderKLWan
+    from diffusers.loaders.single_file_utils import convert_wan_vae_to_diffusers
+
     state_dict = read_weight_file(path)
     if ORIGINAL_MARKER in state_dict:
         state_dict = convert_wan_vae_to_diffusers(state_dict)
@@ -79,6 +85,8 @@ class WanVAEDecoder:
     spatial_stride = 8
 
     def __init__(self, vae: AutoencoderKLWan):
+        from diffusers.models.autoencoders.autoencoder_kl_wan import WanCausalConv3d
+
         self.vae = vae.eval()
         channels = vae.config.z_dim
         self.mean = torch.tensor(vae.config.latents_mean, dtype=torch.float32).view(1, channels, 1, 1, 1)
