@@ -32,7 +32,7 @@ import sys
 
 import torch
 
-from worldsim.train.evaluate import EvalConfig, ModelSpec, evaluate, format_held, format_table
+from worldsim.train.evaluate import EvalConfig, ModelSpec, evaluate, format_held, format_prompted, format_table
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -55,6 +55,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--held-frames", type=int, default=12, metavar="N",
                    help="held-command probe: each kind's command and its mirror held N frames from every episode's "
                         "context (default 12; 0: off)")
+    p.add_argument("--prompt-frames", type=int, default=320, metavar="N",
+                   help="from-a-prompt probe: each theme streamed N frames from its prompt alone, no controls held, "
+                        "as worldsim play opens (default 320: 20 s at 16 fps; 0: off)")
     p.add_argument("--control-guidance", type=float, metavar="S",
                    help="classifier-free guidance on the controls for every model (1: off; default: a package's "
                         "own sampler, else 1)")
@@ -77,12 +80,14 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     cfg = EvalConfig(episodes=args.episodes, chunks=args.chunks, seed=args.seed, window_frames=args.window,
                      sink_frames=args.sink, strip_episodes=args.strip_episodes, strip_every=args.strip_every,
-                     held_frames=args.held_frames, control_guidance=args.control_guidance,
-                     device=args.device)
+                     held_frames=args.held_frames, prompt_frames=args.prompt_frames,
+                     control_guidance=args.control_guidance, device=args.device)
     results = evaluate(specs, args.codec, cfg, out=args.out)
     print(format_table(results))
     if "held_commands" in results:
         print(format_held(results))
+    if "from_prompt" in results:
+        print(format_prompted(results))
     print(f"results and strips in {args.out}")
     return 0
 

@@ -16,9 +16,10 @@ from worldsim.checkpoints.worldsim_format import save_worldsim
 from worldsim.codecs.toy_codec import ToyCodec, ToyCodecConfig
 from worldsim.model.config import ControlConfig, DiTConfig
 from worldsim.model.dit import CausalWanDiT
-from worldsim.train.evaluate import REFERENCES, EvalConfig, ModelSpec, evaluate, format_table
+from worldsim.train.evaluate import REFERENCES, EvalConfig, ModelSpec, evaluate, format_prompted, format_table
 from worldsim.world import AXES, KEYS
 from worldsim.world.metrics import KINDS, OUTCOMES
+from worldsim.world.themes import THEMES
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")  # tiny tensors: one thread (conftest)
 
@@ -99,6 +100,27 @@ def test_a_model_that_ignores_controls_scores_chance(tmp_path):
     assert counts["turn"]["pairs"] > 0
     for c in counts.values():
         assert c["correct"] == c["reversed"] == 0 and c["score"] in (None, 0.5)
+
+
+def test_the_from_a_prompt_probe_scores_every_theme_against_its_look(tmp_path):
+    """Streams from each theme's prompt alone; the references bracket the metric (the world elsewhere is far closer
+    to a theme's look than the other themes are), and a random model's frames are farther than the world's."""
+    dit, codec = tiny_files(tmp_path)
+    cfg = EvalConfig(episodes=1, chunks=2, seed=1, prompt_frames=7)  # whole chunks of 3 frames: 6
+    results = evaluate([ModelSpec.parse(f"tiny={dit}:2")], codec, cfg, out=tmp_path / "eval", progress=False)
+    probe = results["from_prompt"]
+    assert probe["themes"] == list(THEMES) and probe["frames"] == 6
+    refs = {name: r["mean"] for name, r in probe["references"].items()}
+    assert set(refs) == {"world", "codec", "other_themes"}
+    assert refs["world"] < 0.3 < 0.6 < refs["other_themes"]
+    model = probe["models"]["tiny"]
+    assert set(model["per_theme"]) == set(THEMES) and len(model["per_chunk"]) == 2
+    assert all(0 <= v <= 1 for t in model["per_theme"].values() for v in t.values())
+    assert model["early"] > refs["world"]
+    strip = Image.open(tmp_path / "eval" / "prompt_tiny.png")
+    assert strip.size == (6 * 64, len(THEMES) * 64 + (len(THEMES) - 1) * 4)  # one row per theme, every frame
+    table = format_prompted(results)
+    assert "tiny" in table and all(t in table for t in THEMES)
 
 
 def test_model_spec_and_schema_check(tmp_path):

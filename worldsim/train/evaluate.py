@@ -40,6 +40,16 @@ mirror ("reversed"), in pixels per frame comparable to the world's. Cheap and di
 of a random episode rarely show confident motion; no chance level is needed for the sign test (a model ignoring
 the controls gives the same video twice, never reversed). ``held_<model>.png`` shows the first episode: per kind,
 the world and the model under the command, then under its mirror.
+
+From a prompt (``prompt_frames`` > 0): what ``worldsim play`` shows when it opens. Per theme, a stream starts from
+the theme's first dataset prompt alone (no context frames) and runs ``prompt_frames`` frames with no key or mouse
+held. Each frame's colour histogram is compared with the theme's look: the world's frames of that theme seen
+turning on the spot at ``THEME_PLACES`` held-out places (total-variation distance, 0 = the same colours, 1 =
+none shared), as a curve per chunk and early (first ``PROMPT_SPAN`` frames) / late (last ``PROMPT_SPAN``) means.
+References: ``world`` (the theme's frames at other places: the floor), ``codec`` (those through the codec: what its
+blur alone costs) and ``other_themes`` (the other themes' frames: what a stream that lost its theme scores).
+Histograms do not see layout (a forest that loses its trees keeps its colours); ``prompt_<model>.png`` shows each
+theme's stream for looking.
 """
 
 from __future__ import annotations
@@ -69,7 +79,10 @@ from ..world.episodes import EpisodeConfig, episode_seeds, generate_episode, the
 from ..world.game import WorldState
 from ..world.metrics import (KINDS, OUTCOMES, SIGNS, counterfactual_counts, counterfactual_summary, estimate_motion,
                              horizons, mirror_controls, motion_breakdown, ssim, stat_drift)
+from ..world.themes import THEMES
 
+THEME_PLACES = 4  # world places per theme pooled into its look (from-a-prompt probe)
+PROMPT_SPAN = 16  # frames averaged for the probe's early and late distances
 REFERENCES = ("ground_truth", "codec", "frozen", "ignores_controls", "mismatched", "shuffled")
 MISMATCHES = 7  # other episodes whose controls each ground-truth pair is scored against (all of them for 8 episodes)
 
@@ -109,6 +122,7 @@ class EvalConfig:
     strip_episodes: int = 3  # episodes shown in each model's PNG strip
     strip_every: int = 3  # every Nth frame in the strips
     held_frames: int = 0  # > 0: also the held-command probe over this many frames (module docstring)
+    prompt_frames: int = 0  # > 0: also the from-a-prompt probe over this many frames (module docstring)
     control_guidance: float | None = None  # the samplers' (sampling/session.py); None: a package's own, else 1
     device: str = "cpu"
 
@@ -260,6 +274,21 @@ class Generator:
             tick()
         return np.concatenate(frames), seconds
 
+    @torch.no_grad()
+    def from_prompt(self, prompt: str, frames: int, seed: int, latent_shape: tuple[int, int, int]) -> np.ndarray:
+        """``frames`` frames [frames, H, W, 3] uint8 streamed from ``prompt`` alone, no key or mouse held (frame 0
+        takes no controls, as in training)."""
+        n, device = self.n, self.cfg.device
+        session = StreamingSession(self.model, self.text(prompt).to(device), latent_shape=latent_shape, seed=seed,
+                                   sink_frames=self.cfg.sink_frames, window_frames=self.cfg.window_frames,
+                                   sampler=self.sampler)
+        keys, axes = torch.zeros(1, n, 1, len(KEYS), device=device), torch.zeros(1, n, 1, len(AXES), device=device)
+        out = []
+        for start in range(0, frames, n):
+            idle = Controls(keys, axes, None, (torch.arange(start, start + n) > 0)[None].to(device))
+            out.append(decoded_frames(self.codec.decode(session.step(idle))))
+        return np.concatenate(out)[:frames]
+
 
 @dataclass
 class Tally:
@@ -390,6 +419,9 @@ def evaluate(specs: list[ModelSpec], codec_path: str | Path, cfg: EvalConfig = E
                           for g in generators}}
     if held is not None:
         results["held_commands"] = held
+    prompted, prompt_strips = from_prompt(generators, codec, cfg) if cfg.prompt_frames > 0 else (None, {})
+    if prompted is not None:
+        results["from_prompt"] = prompted
     if out is not None:
         out = Path(out)
         out.mkdir(parents=True, exist_ok=True)
@@ -398,6 +430,8 @@ def evaluate(specs: list[ModelSpec], codec_path: str | Path, cfg: EvalConfig = E
             strip_image(rows, cfg.strip_every).save(out / f"strip_{name}.png")
         for name, rows in held_strips.items():
             strip_image(rows, 1).save(out / f"held_{name}.png")
+        for name, rows in prompt_strips.items():
+            strip_image(rows, max(1, cfg.prompt_frames // 20)).save(out / f"prompt_{name}.png")
     return results
 
 
@@ -431,6 +465,66 @@ def held_commands(generators: list[Generator], episodes: list[HeldOutEpisode], c
                     strips[name].append((t, v, tm, vm))
     truth = sums["ground_truth"]
     return {name: {k: held_summary(v[k], truth[k], frames) for k in kinds} for name, v in sums.items()}, strips
+
+
+def theme_views(theme: str, seeds: list[int], frames: int = 48) -> np.ndarray:
+    """The world of ``theme`` seen turning on the spot from each seed's start: [len(seeds) * frames, H, W, 3]."""
+    world = World(EpisodeConfig().world)
+    keys, axes = np.zeros((frames - 1, len(KEYS)), np.float32), np.zeros((frames - 1, len(AXES)), np.float32)
+    axes[:, AXES.index("mouse_dx")] = 1.0
+    return np.concatenate([world.rollout(world.start_state(s, theme), keys, axes).frames for s in seeds])
+
+
+def from_prompt(generators: list[Generator], codec: ToyCodec, cfg: EvalConfig
+                ) -> tuple[dict, dict[str, list[tuple[np.ndarray]]]]:
+    """The from-a-prompt probe (module docstring): {"themes": [...], "references": {name: {"mean": d}}, "models":
+    {name: {"early", "late", "per_theme": {theme: {"early", "late"}}, "per_chunk"}}} in colour-histogram distance, and
+    per model one strip row per theme."""
+    n = generators[0].n
+    frames = cfg.prompt_frames - cfg.prompt_frames % n or n  # whole chunks
+    span = min(PROMPT_SPAN, frames)
+    places = list(range(cfg.seed, cfg.seed + THEME_PLACES))
+    looks = {t: theme_views(t, places) for t in THEMES}
+    elsewhere = {t: theme_views(t, [p + THEME_PLACES for p in places]) for t in THEMES}
+    height, width = next(iter(looks.values())).shape[1:3]
+    latent_shape = (codec.cfg.latent_channels, height // codec.spatial_stride, width // codec.spatial_stride)
+
+    def distance(video: np.ndarray, theme: str) -> np.ndarray:  # [frames] histogram distance to the theme's look
+        return stat_drift(video, looks[theme]).histogram
+
+    coded = {t: decoded_frames(codec.decode(codec.encode(to_tensor(v, cfg.device)))) for t, v in elsewhere.items()}
+    refs = {"world": [distance(elsewhere[t], t).mean() for t in THEMES],
+            "codec": [distance(coded[t], t).mean() for t in THEMES],
+            "other_themes": [distance(elsewhere[u], t).mean() for t in THEMES for u in THEMES if u != t]}
+    results = {"themes": list(THEMES), "frames": frames, "span": span,
+               "references": {name: {"mean": float(np.mean(v))} for name, v in refs.items()}, "models": {}}
+    strips: dict[str, list[tuple[np.ndarray]]] = {}
+    for g in generators:
+        curves, per_theme = [], {}
+        for i, theme in enumerate(THEMES):
+            video = g.from_prompt(THEMES[theme].prompts[0], frames, cfg.seed + i, latent_shape)
+            d = distance(video, theme)
+            curves.append(d.reshape(-1, n).mean(1))
+            per_theme[theme] = {"early": float(d[:span].mean()), "late": float(d[-span:].mean())}
+            strips.setdefault(g.spec.name, []).append((video,))
+        results["models"][g.spec.name] = {
+            "early": float(np.mean([v["early"] for v in per_theme.values()])),
+            "late": float(np.mean([v["late"] for v in per_theme.values()])),
+            "per_theme": per_theme, "per_chunk": np.mean(curves, axis=0).tolist()}
+    return results, strips
+
+
+def format_prompted(results: dict) -> str:
+    """The from-a-prompt table: per model the histogram distance to each theme's look, early -> late."""
+    r = results["from_prompt"]
+    refs = ", ".join(f"{name} {v['mean']:.2f}" for name, v in r["references"].items())
+    head = (f"from a prompt ({r['frames']} frames, no controls held): colour-histogram distance to the theme, "
+            f"first / last {r['span']} frames (references: {refs})")
+    lines = [head, f"  {'model':<18} {'all':>11}  " + "  ".join(f"{t:>11}" for t in r["themes"])]
+    for name, m in r["models"].items():
+        cells = [f"{m['per_theme'][t]['early']:.2f}->{m['per_theme'][t]['late']:.2f}" for t in r["themes"]]
+        lines.append(f"  {name:<18} {m['early']:.2f}->{m['late']:.2f}  " + "  ".join(f"{c:>11}" for c in cells))
+    return "\n".join(lines)
 
 
 def format_held(results: dict) -> str:
