@@ -66,15 +66,17 @@ def rollout(model, exit_step, seed=0, sampler=None, **kw):
 
 
 @torch.no_grad()
-@pytest.mark.parametrize("context_noise, frame_reference", [(0.0, False), (0.25, False), (0.25, True)])
-def test_rollout_equals_streaming_session(context_noise, frame_reference):
+@pytest.mark.parametrize("context_noise, frame_reference, window", [(0.0, False, None), (0.25, False, None),
+                                                                    (0.25, True, None), (0.0, True, 3)])
+def test_rollout_equals_streaming_session(context_noise, frame_reference, window):
     """Full denoising without grad reproduces the inference loop bit for bit (prompt switch and controls included),
-    also when finished chunks enter the cache re-noised to a context timestep above 0, and for a model that sees
-    the last clean frame before each chunk in its input channels."""
+    also when finished chunks enter the cache re-noised to a context timestep above 0, for a model that sees the
+    last clean frame before each chunk in its input channels, and through a rolling window shorter than the clip."""
     model = control_model(frame_reference=frame_reference)
     sampler = SamplerConfig(context_noise=context_noise)
-    out = rollout(model, exit_step=3, seed=5, sampler=sampler).latents
-    session = StreamingSession(model, prompts()[0], latent_shape=SHAPE, seed=5, window_frames=FRAMES, sampler=sampler)
+    out = rollout(model, exit_step=3, seed=5, sampler=sampler, window_frames=window).latents
+    session = StreamingSession(model, prompts()[0], latent_shape=SHAPE, seed=5, window_frames=window or FRAMES,
+                               sampler=sampler)
     chunks = []
     for i, ctx in enumerate(prompts()):
         if i and ctx is not prompts()[i - 1]:
@@ -98,6 +100,29 @@ def exit_inputs(model, exit_step):
     finally:
         del model.forward_chunk
     return out, seen
+
+
+def test_a_windowed_rollout_carries_gradient_only_in_its_last_window():
+    """Through a rolling window of one chunk, the chunks before it run without gradient; the last one's exit step
+    with it. A window that is not whole chunks within the rollout is refused."""
+    model = control_model().train()
+    grad_at_exit, chunk = [], model.forward_chunk
+
+    def spy(x, t, context, cache, start_frame, controls=None, *, write=True):
+        if not write:
+            grad_at_exit.append((start_frame, torch.is_grad_enabled()))
+        return chunk(x, t, context, cache, start_frame, controls, write=write)
+
+    model.forward_chunk = spy
+    try:
+        out = rollout(model, exit_step=1, window_frames=3)
+    finally:
+        del model.forward_chunk
+    assert grad_at_exit == [(0, False), (3, False), (6, True)]
+    assert out.latents[:, :, 6:].requires_grad
+    for bad in (2, 12):
+        with pytest.raises(ValueError, match="window_frames"):
+            rollout(model, exit_step=1, window_frames=bad)
 
 
 def grads(model, loss):
@@ -229,6 +254,26 @@ def test_stage_loss_falls_on_a_fixed_batch(workdir, stage, key, reference):
     assert losses[-2] + losses[-1] < 0.85 * (losses[0] + losses[1])
     if stage == "self-forcing":  # the generator stepped every update_ratio steps, the critic every step
         assert "dmd_loss" in metrics or "dmd_loss" in tr.stage.step(batch, 10)
+
+
+@torch.no_grad()
+def test_self_forcing_scores_the_last_window_of_a_long_rollout(workdir):
+    """stage.window_frames: the clip is rolled out through a rolling window as served, and the scores see only its
+    last window, whose first frame keeps the rollout's frame before it as reference; a window that is not whole
+    chunks within the clip is refused when the stage is built."""
+    tr = Trainer("self-forcing", recipe("self-forcing", workdir, "window", "stage.window_frames=2", reference=True))
+    batch = tr.data.batch(0)
+    torch.manual_seed(0)  # the stage's rollouts draw their noise from the global generator
+    x, scored = tr.stage.scored_rollout(batch, exit_step=3, grad=False)
+    torch.manual_seed(0)
+    full = tr.stage.rollout(batch, exit_step=3, window_frames=2)
+    assert x.shape[2] == 2 and torch.equal(x, full[:, :, -2:])
+    assert scored.latents.shape[2] == 2 and scored.text.shape[1] == 2 and len(scored.prompts[0]) == 2
+    assert torch.equal(scored.text, batch.text[:, -2:])
+    assert torch.equal(scored.controls.reference[:, :, :1], full[:, :, -3:-2])  # the frame before the window
+    assert torch.equal(scored.controls.keys, batch.controls.keys[:, -2:])
+    with pytest.raises(ValueError, match="window_frames"):
+        Trainer("self-forcing", recipe("self-forcing", workdir, "window-bad", "stage.window_frames=4", reference=True))
 
 
 @pytest.mark.parametrize("stage", ["ode-init", "self-forcing"])

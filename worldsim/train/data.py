@@ -59,6 +59,13 @@ class LatentBatch:
     controls: Controls  # keys [B, F, k, K], axes [B, F, k, A], embedding [B, F, k, D_e] or None; present [B, F]
     prompts: list[list[str]]  # [B][n_chunks] prompt texts
 
+    def last_frames(self, frames: int, chunk_frames: int) -> "LatentBatch":
+        """The clips' last ``frames`` latent frames (whole chunks), with their prompts and controls (references
+        included: the first kept frame keeps the one before it)."""
+        total, chunks = self.latents.shape[2], frames // chunk_frames
+        return LatentBatch(self.latents[:, :, -frames:], self.text[:, -chunks:],
+                           self.controls.slice_frames(total - frames, total), [p[-chunks:] for p in self.prompts])
+
     def to(self, device) -> "LatentBatch":
         c = self.controls
         move = (lambda t: None if t is None else t.to(device))

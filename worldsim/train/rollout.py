@@ -43,7 +43,8 @@ def sample_exit_step(num_steps: int, generator: torch.Generator | None = None) -
 
 def self_forcing_rollout(model: nn.Module, context: torch.Tensor | Sequence[torch.Tensor], *, num_frames: int,
                          latent_shape: tuple[int, int, int], sampler: SamplerConfig, exit_step: int,
-                         controls: Controls | None = None, generator: torch.Generator | None = None) -> Rollout:
+                         controls: Controls | None = None, generator: torch.Generator | None = None,
+                         window_frames: int | None = None) -> Rollout:
     """Generate ``num_frames`` latent frames with the student, chunk by chunk, through a fresh KV cache.
 
     model: the causal DiT or its training wrapper (every forward goes through ``model(...)`` so DDP/FSDP see it).
@@ -51,7 +52,9 @@ def self_forcing_rollout(model: nn.Module, context: torch.Tensor | Sequence[torc
     earlier frames keep the K/V they were made with). controls: Controls for all ``num_frames`` latent frames.
     latent_shape: (C, H, W). generator: draws the noise in the same order as a StreamingSession, so with
     ``exit_step`` the last step and no grad the rollout reproduces the session's output for the same seed.
-    The cache holds the whole rollout (no rolling), as Self Forcing trains.
+    window_frames: the cache's rolling window in latent frames, as a session streams with it; default the whole
+    rollout (no rolling), as Self Forcing trains. With a shorter window only the chunks of the last window carry
+    gradient (a long rollout of which one window is scored, as Self Forcing++ trains); those before run without.
     """
     net = model.module if isinstance(model, DistributedDataParallel) else model
     n = net.cfg.chunk_frames
@@ -64,10 +67,14 @@ def self_forcing_rollout(model: nn.Module, context: torch.Tensor | Sequence[torc
     timesteps = schedule.sampling_timesteps(sampler)
     if not 0 <= exit_step < len(timesteps):
         raise ValueError(f"exit_step must be in [0, {len(timesteps)}), got {exit_step}")
+    window = window_frames or num_frames
+    if window % n or not n <= window <= num_frames:
+        raise ValueError(f"window_frames ({window}) must be a multiple of the chunk size ({n}) within the rollout "
+                         f"({num_frames} frames)")
     ref = context[0] if per_chunk else context
     batch, (c, h, w) = ref.shape[0], latent_shape
     param = next(net.parameters())
-    cache = net.new_cache(batch=batch, height=h, width=w, sink_frames=0, window_frames=num_frames)
+    cache = net.new_cache(batch=batch, height=h, width=w, sink_frames=0, window_frames=window)
     grad = torch.is_grad_enabled()
 
     def noise() -> torch.Tensor:
@@ -86,8 +93,9 @@ def self_forcing_rollout(model: nn.Module, context: torch.Tensor | Sequence[torc
                                   device=param.device, dtype=param.dtype)
         if per_chunk:
             cache.invalidate_text()
+        scored = start + n > num_frames - window
         x0 = denoise_chunk(lambda x, t, exit_now: run(x, t, start, ctx, ctrl, write=not exit_now), noise, schedule,
-                           timesteps, exit_step=exit_step, grad=grad)
+                           timesteps, exit_step=exit_step, grad=grad and scored)
         chunks.append(x0)
         if start + n < num_frames:  # write the clean chunk into the cache for the chunks that follow
             with torch.no_grad():

@@ -61,12 +61,13 @@ class DistillStage(Stage):
         :mod:`..flow_matching`): (x_t, t, text, controls=...) -> flow."""
         return partial(clip_flow, self.models[name] if name in self.models else self.frozen[name])
 
-    def rollout(self, batch: LatentBatch, exit_step: int) -> torch.Tensor:
-        """The student's clip for this batch's prompts (one per chunk) and controls: [B, C, F, H, W]."""
+    def rollout(self, batch: LatentBatch, exit_step: int, window_frames: int | None = None) -> torch.Tensor:
+        """The student's clip for this batch's prompts (one per chunk) and controls: [B, C, F, H, W]; through a
+        rolling KV window of ``window_frames`` (default: the whole clip)."""
         lat = batch.latents
         return self_forcing_rollout(self.models["generator"], list(batch.text.unbind(1)), num_frames=lat.shape[2],
                                     latent_shape=(lat.shape[1], *lat.shape[3:]), sampler=self.sampler,
-                                    exit_step=exit_step, controls=batch.controls).latents
+                                    exit_step=exit_step, controls=batch.controls, window_frames=window_frames).latents
 
     def sample(self, batch: LatentBatch) -> torch.Tensor:
         return self.decode(self.rollout(batch, exit_step=len(self.timesteps) - 1))

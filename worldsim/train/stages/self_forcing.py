@@ -6,6 +6,12 @@ chunks and processes. The critic (fake score, initialised from the teacher) take
 detached samples every step; every ``update_ratio`` steps the same rollout, with gradient through the exit steps,
 also drives a DMD step of the student against the guided teacher (real score). AdamW betas (0, 0.999) and the EMA
 of the student come from the recipe.
+
+Long rollouts (``window_frames``, Self Forcing++'s remedy for drift past the training horizon): the clip, longer
+than the window, is rolled out from nothing through a rolling KV window of ``window_frames``, exactly as a session
+streams it, and only its last window carries gradient and is scored (teacher, critic), as a clip whose first frame
+references the rollout's frame before it. The student so learns from the frames it makes after its own earlier
+frames have left the window, which a rollout as short as the window never shows it.
 """
 
 from __future__ import annotations
@@ -29,6 +35,8 @@ class SelfForcingOptions(DistillOptions):
     update_ratio: int = 5  # one generator update every this many steps; the critic updates every step
     timestep_min: float = 0.02  # DMD and critic timesteps, as fractions of num_train_timesteps
     timestep_max: float = 0.98
+    window_frames: int = 0  # > 0: roll the clip out through a KV window of this many latent frames, as served, and
+    #                         score only its last window (Self Forcing++'s long rollouts); 0: the whole clip, no rolling
 
 
 class SelfForcingStage(DistillStage):
@@ -38,6 +46,11 @@ class SelfForcingStage(DistillStage):
     def build(self) -> None:
         if self.opts.update_ratio < 1:
             raise ValueError(f"stage.update_ratio must be >= 1, got {self.opts.update_ratio}")
+        clip = self.ctx.cfg.data.clip_chunks * self.ctx.model_cfg.chunk_frames
+        window = self.opts.window_frames
+        if window and (window % self.ctx.model_cfg.chunk_frames or not 0 < window <= clip):
+            raise ValueError(f"stage.window_frames ({window}) must be whole chunks of "
+                             f"{self.ctx.model_cfg.chunk_frames} frames within the clip ({clip} frames)")
         student = self.build_teacher_and_student()
         critic = load_model(self.opts.critic or self.opts.teacher)
         self.models.update(generator=student, critic=critic)
@@ -47,9 +60,7 @@ class SelfForcingStage(DistillStage):
     def step(self, batch: LatentBatch, step: int) -> dict[str, float]:
         train_generator = step % self.opts.update_ratio == 0
         exit_step = sample_exit_step(len(self.timesteps))
-        with torch.set_grad_enabled(train_generator):
-            x = self.rollout(batch, exit_step)  # [B, C, F, H, W]
-        batch = self.referenced(batch, x)  # the scores see the rollout's own previous frames, as it did
+        x, batch = self.scored_rollout(batch, exit_step, grad=train_generator)
         metrics = {"exit_step": float(exit_step)}
         if train_generator:
             critic = self.denoiser("critic")
@@ -63,10 +74,20 @@ class SelfForcingStage(DistillStage):
         metrics["critic_loss"] = loss.item()
         return metrics
 
+    def scored_rollout(self, batch: LatentBatch, exit_step: int, grad: bool) -> tuple[torch.Tensor, LatentBatch]:
+        """The student's rollout [B, C, F, H, W] and the batch, each frame referencing the rollout's own previous
+        frame (as it did); with ``window_frames``, both cut to the last window, which the scores see as a clip."""
+        window = self.opts.window_frames or None
+        with torch.set_grad_enabled(grad):
+            x = self.rollout(batch, exit_step, window)
+        batch = self.referenced(batch, x)
+        if window is None:
+            return x, batch
+        return x[:, :, -window:], batch.last_frames(window, self.ctx.model_cfg.chunk_frames)
+
     def validate(self, batch: LatentBatch) -> dict[str, float]:
         """How well the teacher and the critic denoise the student's samples (lower: more teacher-like samples)."""
-        x = self.rollout(batch, exit_step=len(self.timesteps) - 1)
-        batch = self.referenced(batch, x)
+        x, batch = self.scored_rollout(batch, len(self.timesteps) - 1, grad=False)
         return {name: flow_matching_loss(model, x, batch.text, batch.controls, self.schedule, per_frame=False,
                                          timestep_range=self.t_range).item()
                 for name, model in (("teacher_fm", self.denoiser("teacher")), ("critic_fm", self.denoiser("critic")))}
