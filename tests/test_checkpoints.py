@@ -12,6 +12,7 @@ import pytest
 import torch
 from diffusers.loaders.single_file_utils import convert_wan_transformer_to_diffusers
 
+from worldsim.atomic_files import NEW_FILE_MODE, atomic_write
 from worldsim.checkpoints import (CheckpointError, detect_format, diffusers_to_wan, load_model, load_state_dict,
                                   save_diffusers_folder, save_self_forcing_pt, save_wan_folder, save_worldsim)
 from worldsim.checkpoints.self_forcing import wan_key
@@ -300,3 +301,21 @@ def test_config_for_another_architecture_is_refused(tmp_path):
     folder = save_wan_folder(model, model.cfg, tmp_path / "wan")
     msg = error_of(folder, config="small")
     assert "dim=48 in the checkpoint, 256 given" in msg
+
+
+def test_atomic_writes_give_new_files_the_usual_mode_and_keep_a_replaced_files(tmp_path):
+    """A temporary file is created 0600: the written file gets what open() would give (0666 less the umask), or
+    the mode of the file it replaces, so others can read a shared install's files as before."""
+    fresh = atomic_write(tmp_path / "new.json", lambda p: p.write_text("{}"))
+    assert fresh.stat().st_mode & 0o777 == NEW_FILE_MODE == 0o666 & ~_process_umask()
+    kept = tmp_path / "kept.json"
+    kept.write_text("old")
+    kept.chmod(0o640)
+    atomic_write(kept, lambda p: p.write_text("new"))
+    assert kept.read_text() == "new" and kept.stat().st_mode & 0o777 == 0o640
+
+
+def _process_umask() -> int:
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask

@@ -3,7 +3,9 @@ complete file or the new complete file. No torch here: the dataset writer of `wo
 
 The data goes to a temporary file in the target's own directory (so the final rename never crosses a file
 system), is fsynced, and then ``os.replace`` swaps it in; the directory is fsynced so the rename itself survives
-a power loss. A failure part-way leaves the previous file untouched and removes the temporary one.
+a power loss. A failure part-way leaves the previous file untouched and removes the temporary one. The new file
+gets the mode of the file it replaces, or for a new one what ``open`` would give (0o666 less the umask; a
+temporary file is created 0o600).
 """
 
 from __future__ import annotations
@@ -12,6 +14,15 @@ import os
 import tempfile
 from collections.abc import Callable
 from pathlib import Path
+
+
+def _umask() -> int:
+    mask = os.umask(0o022)  # reading the umask means setting it: done once, at import, not while threads write
+    os.umask(mask)
+    return mask
+
+
+NEW_FILE_MODE = 0o666 & ~_umask()
 
 
 def atomic_write(path: str | os.PathLike, write: Callable[[Path], None]) -> Path:
@@ -23,6 +34,7 @@ def atomic_write(path: str | os.PathLike, write: Callable[[Path], None]) -> Path
     tmp = Path(tmp_name)
     try:
         write(tmp)
+        os.chmod(tmp, path.stat().st_mode & 0o7777 if path.exists() else NEW_FILE_MODE)
         with open(tmp, "rb+") as f:
             os.fsync(f.fileno())
         os.replace(tmp, path)
