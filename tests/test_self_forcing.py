@@ -259,8 +259,8 @@ def test_stage_loss_falls_on_a_fixed_batch(workdir, stage, key, reference):
 @torch.no_grad()
 def test_self_forcing_scores_the_last_window_of_a_long_rollout(workdir):
     """stage.window_frames: the clip is rolled out through a rolling window as served, and the scores see only its
-    last window, whose first frame keeps the rollout's frame before it as reference; a window that is not whole
-    chunks within the clip is refused when the stage is built."""
+    last window, as a clip of its own (its first frame has no reference, later ones the window's frame before them);
+    a window that is not whole chunks within the clip is refused when the stage is built."""
     tr = Trainer("self-forcing", recipe("self-forcing", workdir, "window", "stage.window_frames=2", reference=True))
     batch = tr.data.batch(0)
     torch.manual_seed(0)  # the stage's rollouts draw their noise from the global generator
@@ -270,7 +270,8 @@ def test_self_forcing_scores_the_last_window_of_a_long_rollout(workdir):
     assert x.shape[2] == 2 and torch.equal(x, full[:, :, -2:])
     assert scored.latents.shape[2] == 2 and scored.text.shape[1] == 2 and len(scored.prompts[0]) == 2
     assert torch.equal(scored.text, batch.text[:, -2:])
-    assert torch.equal(scored.controls.reference[:, :, :1], full[:, :, -3:-2])  # the frame before the window
+    assert not scored.controls.reference[:, :, 0].any()  # a clip's start: no reference
+    assert torch.equal(scored.controls.reference[:, :, 1], full[:, :, -2])
     assert torch.equal(scored.controls.keys, batch.controls.keys[:, -2:])
     with pytest.raises(ValueError, match="window_frames"):
         Trainer("self-forcing", recipe("self-forcing", workdir, "window-bad", "stage.window_frames=4", reference=True))

@@ -60,8 +60,7 @@ class LatentBatch:
     prompts: list[list[str]]  # [B][n_chunks] prompt texts
 
     def last_frames(self, frames: int, chunk_frames: int) -> "LatentBatch":
-        """The clips' last ``frames`` latent frames (whole chunks), with their prompts and controls (references
-        included: the first kept frame keeps the one before it)."""
+        """The clips' last ``frames`` latent frames (whole chunks), with their prompts and controls."""
         total, chunks = self.latents.shape[2], frames // chunk_frames
         return LatentBatch(self.latents[:, :, -frames:], self.text[:, -chunks:],
                            self.controls.slice_frames(total - frames, total), [p[-chunks:] for p in self.prompts])

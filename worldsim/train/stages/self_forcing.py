@@ -9,9 +9,12 @@ of the student come from the recipe.
 
 Long rollouts (``window_frames``, Self Forcing++'s remedy for drift past the training horizon): the clip, longer
 than the window, is rolled out from nothing through a rolling KV window of ``window_frames``, exactly as a session
-streams it, and only its last window carries gradient and is scored (teacher, critic), as a clip whose first frame
-references the rollout's frame before it. The student so learns from the frames it makes after its own earlier
-frames have left the window, which a rollout as short as the window never shows it.
+streams it, and only its last window carries gradient and is scored (teacher, critic) as a clip of its own, its
+first frame without a reference as a training clip's is: the teacher judges the window by what a clip of that
+prompt and those controls looks like, not as a continuation of wherever the rollout had drifted before it (scored
+as a continuation, a student that had turned a desert into trees was only taught to continue the trees). The
+student so learns from the frames it makes after its own earlier frames have left the window, which a rollout as
+short as the window never shows it.
 """
 
 from __future__ import annotations
@@ -76,14 +79,13 @@ class SelfForcingStage(DistillStage):
 
     def scored_rollout(self, batch: LatentBatch, exit_step: int, grad: bool) -> tuple[torch.Tensor, LatentBatch]:
         """The student's rollout [B, C, F, H, W] and the batch, each frame referencing the rollout's own previous
-        frame (as it did); with ``window_frames``, both cut to the last window, which the scores see as a clip."""
+        frame (as it did); with ``window_frames``, both cut to the last window first, a clip of its own."""
         window = self.opts.window_frames or None
         with torch.set_grad_enabled(grad):
             x = self.rollout(batch, exit_step, window)
-        batch = self.referenced(batch, x)
-        if window is None:
-            return x, batch
-        return x[:, :, -window:], batch.last_frames(window, self.ctx.model_cfg.chunk_frames)
+        if window is not None:
+            x, batch = x[:, :, -window:], batch.last_frames(window, self.ctx.model_cfg.chunk_frames)
+        return x, self.referenced(batch, x)
 
     def validate(self, batch: LatentBatch) -> dict[str, float]:
         """How well the teacher and the critic denoise the student's samples (lower: more teacher-like samples)."""
