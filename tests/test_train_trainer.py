@@ -183,6 +183,10 @@ def test_trained_ema_differs_from_weights_and_exports(workdir):
     served = load_model(out / "final" / "teacher.safetensors")
     assert served.cfg.control is not None and served.cfg.control.keys == ("W", "A", "S", "D")
     assert torch.equal(served.state_dict()["head.head.weight"], ema["head.head.weight"])
+    for name, weights in (("ema", ema), ("model", model)):  # a checkpoint's DiT loads by itself (toy_eval, serve)
+        loaded = load_model(step / f"{name}-teacher.safetensors")
+        assert loaded.cfg == served.cfg
+        assert torch.equal(loaded.state_dict()["head.head.weight"], weights["head.head.weight"])
 
 
 def test_init_from_a_text_to_video_checkpoint_adds_zero_controls(workdir):

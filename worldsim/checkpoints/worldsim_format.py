@@ -45,5 +45,9 @@ def save_worldsim(model, path: str | Path, state_dict: dict | None = None) -> Pa
     """Save a ``CausalWanDiT`` (weights in their current dtype, and ``model.cfg``) to ``path`` atomically.
 
     state_dict: other weights for the same model (an EMA, a gathered FSDP state) to save instead of its own."""
-    meta = {FORMAT_KEY: FORMAT_VERSION, "config": json.dumps(model.cfg.to_dict())}
-    return save_tensors(model.state_dict() if state_dict is None else state_dict, Path(path), meta)
+    return save_tensors(model.state_dict() if state_dict is None else state_dict, Path(path), worldsim_metadata(model))
+
+
+def worldsim_metadata(model) -> dict[str, str]:
+    """The safetensors header that makes a file of this model's weights a worldsim checkpoint."""
+    return {FORMAT_KEY: FORMAT_VERSION, "config": json.dumps(model.cfg.to_dict())}

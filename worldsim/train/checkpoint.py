@@ -121,12 +121,15 @@ def save_rank_rng(tmp: Path, rank: int) -> None:
 
 
 def finish(root: Path, tmp: Path, step: int, *, models: dict[str, dict], emas: dict[str, dict],
-           optimizers: dict[str, dict], meta: dict[str, str], keep: int) -> Path:
-    """Main process: write the shared files into ``tmp``, publish it as ``step_XXXXXXX`` and point ``latest`` at it."""
+           optimizers: dict[str, dict], meta: dict[str, str], keep: int,
+           model_meta: dict[str, dict[str, str]] | None = None) -> Path:
+    """Main process: write the shared files into ``tmp``, publish it as ``step_XXXXXXX`` and point ``latest`` at it.
+    model_meta: per model, the header of its weight files (a DiT's make them worldsim checkpoints of their own)."""
+    model_meta = model_meta or {}
     for name, sd in models.items():
-        save_tensors(sd, tmp / f"model-{name}.safetensors")
+        save_tensors(sd, tmp / f"model-{name}.safetensors", model_meta.get(name))
     for name, sd in emas.items():
-        save_tensors(sd, tmp / f"ema-{name}.safetensors")
+        save_tensors(sd, tmp / f"ema-{name}.safetensors", model_meta.get(name))
     for name, state in optimizers.items():
         tensors, m = flatten_optimizer(state)
         save_tensors(tensors, tmp / f"optim-{name}.safetensors", m)

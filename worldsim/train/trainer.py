@@ -20,7 +20,9 @@ import numpy as np
 import torch
 import yaml
 
+from ..checkpoints.worldsim_format import worldsim_metadata
 from ..codecs.base import to_uint8
+from ..model.dit import CausalWanDiT
 from . import checkpoint as ckpt
 from .config import DataConfig, TrainConfig
 from .data import TrainData, file_identity
@@ -203,8 +205,9 @@ class Trainer:
         acc.wait_for_everyone()
         if acc.is_main_process:
             meta = {"stage": self.stage_name, "config": json.dumps(self.cfg.to_dict())}
+            dits = {n: worldsim_metadata(st.unwrap(n)) for n in st.models if isinstance(st.unwrap(n), CausalWanDiT)}
             ckpt.finish(self.ckpt_root, tmp, self.step, models=models, emas=emas, optimizers=optims, meta=meta,
-                        keep=self.cfg.keep_checkpoints)
+                        keep=self.cfg.keep_checkpoints, model_meta=dits)
         acc.wait_for_everyone()
 
     # ---- the loop ------------------------------------------------------------------------------------------
