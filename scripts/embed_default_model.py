@@ -41,7 +41,7 @@ def evaluation_summary(results: dict, model: str | None = None) -> dict:
     or of every model of the run."""
     cfg = results["config"]
     out = {"config": {k: cfg[k] for k in ("episodes", "chunks", "seed", "window_frames", "held_frames",
-                                          "control_guidance") if k in cfg}}
+                                          "prompt_frames", "control_guidance") if k in cfg}}
     models = results["models"]
     if model is not None:
         if model not in models:
@@ -53,6 +53,10 @@ def evaluation_summary(results: dict, model: str | None = None) -> dict:
                      "psnr_first": r["psnr"]["first"],
                      "drift_moments": [r["drift_moments"]["early"], r["drift_moments"]["late"]],
                      "held_commands": results.get("held_commands", {}).get(name)}
+        if "from_prompt" in results:  # histogram distance to each theme's look, first and last frames
+            r = results["from_prompt"]["models"][name]
+            out[name]["from_prompt"] = {"early": r["early"], "late": r["late"],
+                                        "per_theme": {t: [v["early"], v["late"]] for t, v in r["per_theme"].items()}}
     return out
 
 
