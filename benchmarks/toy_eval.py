@@ -58,6 +58,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--prompt-frames", type=int, default=320, metavar="N",
                    help="from-a-prompt probe: each theme streamed N frames from its prompt alone, no controls held, "
                         "as worldsim play opens (default 320: 20 s at 16 fps; 0: off)")
+    p.add_argument("--prompt-streams", type=int, default=d.prompt_streams, metavar="N",
+                   help=f"from-a-prompt probe: streams (noise seeds) per theme, averaged (default {d.prompt_streams})")
     p.add_argument("--control-guidance", type=float, metavar="S",
                    help="classifier-free guidance on the controls for every model (1: off; default: a package's "
                         "own sampler, else 1)")
@@ -65,8 +67,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--threads", type=int, default=1, help="torch threads (default 1: fastest on a shared CPU)")
     p.add_argument("--out", default="runs/eval", help="results.json and PNG strips (default runs/eval)")
     args = p.parse_args(argv)
-    if args.episodes < 1 or args.chunks < 2 or args.strip_every < 1:
-        p.error("--episodes must be >= 1, --chunks >= 2 (early and late spans), --strip-every >= 1")
+    if args.episodes < 1 or args.chunks < 2 or args.strip_every < 1 or args.prompt_streams < 1:
+        p.error("--episodes must be >= 1, --chunks >= 2 (early and late spans), --strip-every and --prompt-streams "
+                ">= 1")
     return args
 
 
@@ -80,7 +83,7 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     cfg = EvalConfig(episodes=args.episodes, chunks=args.chunks, seed=args.seed, window_frames=args.window,
                      sink_frames=args.sink, strip_episodes=args.strip_episodes, strip_every=args.strip_every,
-                     held_frames=args.held_frames, prompt_frames=args.prompt_frames,
+                     held_frames=args.held_frames, prompt_frames=args.prompt_frames, prompt_streams=args.prompt_streams,
                      control_guidance=args.control_guidance, device=args.device)
     results = evaluate(specs, args.codec, cfg, out=args.out)
     print(format_table(results))

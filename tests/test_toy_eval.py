@@ -106,10 +106,10 @@ def test_the_from_a_prompt_probe_scores_every_theme_against_its_look(tmp_path):
     """Streams from each theme's prompt alone; the references bracket the metric (the world elsewhere is far closer
     to a theme's look than the other themes are), and a random model's frames are farther than the world's."""
     dit, codec = tiny_files(tmp_path)
-    cfg = EvalConfig(episodes=1, chunks=2, seed=1, prompt_frames=7)  # whole chunks of 3 frames: 6
+    cfg = EvalConfig(episodes=1, chunks=2, seed=1, prompt_frames=7, prompt_streams=2)  # whole chunks of 3: 6
     results = evaluate([ModelSpec.parse(f"tiny={dit}:2")], codec, cfg, out=tmp_path / "eval", progress=False)
     probe = results["from_prompt"]
-    assert probe["themes"] == list(THEMES) and probe["frames"] == 6
+    assert probe["themes"] == list(THEMES) and probe["frames"] == 6 and probe["streams"] == 2
     refs = {name: r["mean"] for name, r in probe["references"].items()}
     assert set(refs) == {"world", "codec", "other_themes"}
     assert refs["world"] < 0.3 < 0.6 < refs["other_themes"]

@@ -41,15 +41,16 @@ of a random episode rarely show confident motion; no chance level is needed for 
 the controls gives the same video twice, never reversed). ``held_<model>.png`` shows the first episode: per kind,
 the world and the model under the command, then under its mirror.
 
-From a prompt (``prompt_frames`` > 0): what ``worldsim play`` shows when it opens. Per theme, a stream starts from
-the theme's first dataset prompt alone (no context frames) and runs ``prompt_frames`` frames with no key or mouse
-held. Each frame's colour histogram is compared with the theme's look: the world's frames of that theme seen
-turning on the spot at ``THEME_PLACES`` held-out places (total-variation distance, 0 = the same colours, 1 =
-none shared), as a curve per chunk and early (first ``PROMPT_SPAN`` frames) / late (last ``PROMPT_SPAN``) means.
-References: ``world`` (the theme's frames at other places: the floor), ``codec`` (those through the codec: what its
-blur alone costs) and ``other_themes`` (the other themes' frames: what a stream that lost its theme scores).
-Histograms do not see layout (a forest that loses its trees keeps its colours); ``prompt_<model>.png`` shows each
-theme's stream for looking.
+From a prompt (``prompt_frames`` > 0): what ``worldsim play`` shows when it opens. Per theme, ``prompt_streams``
+streams (noise seeds) start from the theme's first dataset prompt alone (no context frames) and run
+``prompt_frames`` frames with no key or mouse held. Each frame's colour histogram is compared with the theme's
+look: the world's frames of that theme seen turning on the spot at ``THEME_PLACES`` held-out places
+(total-variation distance, 0 = the same colours, 1 = none shared), averaged over the streams, as a curve per chunk
+and early (first ``PROMPT_SPAN`` frames) / late (last ``PROMPT_SPAN``) means. References: ``world`` (the theme's
+frames at other places: the floor), ``codec`` (those through the codec: what its blur alone costs) and
+``other_themes`` (the other themes' frames: what a stream that lost its theme scores). Histograms do not see layout
+(a forest that loses its trees keeps its colours); ``prompt_<model>.png`` shows each theme's first stream for
+looking.
 """
 
 from __future__ import annotations
@@ -123,6 +124,7 @@ class EvalConfig:
     strip_every: int = 3  # every Nth frame in the strips
     held_frames: int = 0  # > 0: also the held-command probe over this many frames (module docstring)
     prompt_frames: int = 0  # > 0: also the from-a-prompt probe over this many frames (module docstring)
+    prompt_streams: int = 3  # the probe's streams per theme (noise seeds), averaged: one stream's score varies by 0.2
     control_guidance: float | None = None  # the samplers' (sampling/session.py); None: a package's own, else 1
     device: str = "cpu"
 
@@ -496,17 +498,21 @@ def from_prompt(generators: list[Generator], codec: ToyCodec, cfg: EvalConfig
     refs = {"world": [distance(elsewhere[t], t).mean() for t in THEMES],
             "codec": [distance(coded[t], t).mean() for t in THEMES],
             "other_themes": [distance(elsewhere[u], t).mean() for t in THEMES for u in THEMES if u != t]}
-    results = {"themes": list(THEMES), "frames": frames, "span": span,
+    results = {"themes": list(THEMES), "frames": frames, "span": span, "streams": cfg.prompt_streams,
                "references": {name: {"mean": float(np.mean(v))} for name, v in refs.items()}, "models": {}}
     strips: dict[str, list[tuple[np.ndarray]]] = {}
     for g in generators:
         curves, per_theme = [], {}
         for i, theme in enumerate(THEMES):
-            video = g.from_prompt(THEMES[theme].prompts[0], frames, cfg.seed + i, latent_shape)
-            d = distance(video, theme)
+            d = []
+            for stream in range(cfg.prompt_streams):
+                video = g.from_prompt(THEMES[theme].prompts[0], frames, cfg.seed + 1000 * stream + i, latent_shape)
+                d.append(distance(video, theme))
+                if stream == 0:
+                    strips.setdefault(g.spec.name, []).append((video,))
+            d = np.mean(d, axis=0)  # [frames], over the streams
             curves.append(d.reshape(-1, n).mean(1))
             per_theme[theme] = {"early": float(d[:span].mean()), "late": float(d[-span:].mean())}
-            strips.setdefault(g.spec.name, []).append((video,))
         results["models"][g.spec.name] = {
             "early": float(np.mean([v["early"] for v in per_theme.values()])),
             "late": float(np.mean([v["late"] for v in per_theme.values()])),
@@ -518,7 +524,8 @@ def format_prompted(results: dict) -> str:
     """The from-a-prompt table: per model the histogram distance to each theme's look, early -> late."""
     r = results["from_prompt"]
     refs = ", ".join(f"{name} {v['mean']:.2f}" for name, v in r["references"].items())
-    head = (f"from a prompt ({r['frames']} frames, no controls held): colour-histogram distance to the theme, "
+    head = (f"from a prompt ({r['frames']} frames, no controls held, {r['streams']} streams per theme): "
+            "colour-histogram distance to the theme, "
             f"first / last {r['span']} frames (references: {refs})")
     lines = [head, f"  {'model':<18} {'all':>11}  " + "  ".join(f"{t:>11}" for t in r["themes"])]
     for name, m in r["models"].items():
