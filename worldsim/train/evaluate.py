@@ -124,7 +124,7 @@ class EvalConfig:
     strip_every: int = 3  # every Nth frame in the strips
     held_frames: int = 0  # > 0: also the held-command probe over this many frames (module docstring)
     prompt_frames: int = 0  # > 0: also the from-a-prompt probe over this many frames (module docstring)
-    prompt_streams: int = 3  # the probe's streams per theme (noise seeds), averaged: one stream's score varies by 0.2
+    prompt_streams: int = 3  # the probe's streams per theme (noise seeds), averaged (one stream moved by up to 0.5)
     control_guidance: float | None = None  # the samplers' (sampling/session.py); None: a package's own, else 1
     device: str = "cpu"
 
