@@ -152,7 +152,6 @@ class StreamingSession:
         cache.restart_window(window[0].start if window else self.frame)
         self._write_clean(window)
 
-
     def _write_clean(self, chunks: list[_Chunk]) -> None:
         for ch in chunks:
             self._write_context(ch)

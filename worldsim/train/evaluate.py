@@ -253,6 +253,12 @@ class Generator:
         """The timesteps each chunk is denoised at (after the shift warp)."""
         return FlowMatchSchedule.from_config(self.sampler).sampling_timesteps(self.sampler)
 
+    def session(self, prompt: str, latent_shape: tuple[int, int, int], seed: int) -> StreamingSession:
+        """A stream of this model from ``prompt`` with the evaluation's cache and the model's sampler."""
+        return StreamingSession(self.model, self.text(prompt).to(self.cfg.device), latent_shape=latent_shape, seed=seed,
+                                sink_frames=self.cfg.sink_frames, window_frames=self.cfg.window_frames,
+                                sampler=self.sampler)
+
     @torch.no_grad()
     def rollout(self, ep: HeldOutEpisode, seed: int, tick=lambda: None, chunks: int | None = None
                 ) -> tuple[np.ndarray, list[float]]:
@@ -261,9 +267,7 @@ class Generator:
         n, device = self.n, self.cfg.device
         latents = self.codec.encode(to_tensor(ep.frames[:n], device))  # [1, C, n, h, w]
         ch, _, h, w = latents.shape[1:]
-        session = StreamingSession(self.model, self.text(ep.prompts[0]).to(device), latent_shape=(ch, h, w), seed=seed,
-                                   sink_frames=self.cfg.sink_frames, window_frames=self.cfg.window_frames,
-                                   sampler=self.sampler)
+        session = self.session(ep.prompts[0], (ch, h, w), seed)
         session.push_context(latents, episode_controls(ep, 0, n, device))
         frames, seconds = [], []
         for c in range(1, (chunks or self.cfg.chunks) + 1):
@@ -281,9 +285,7 @@ class Generator:
         """``frames`` frames [frames, H, W, 3] uint8 streamed from ``prompt`` alone, no key or mouse held (frame 0
         takes no controls, as in training)."""
         n, device = self.n, self.cfg.device
-        session = StreamingSession(self.model, self.text(prompt).to(device), latent_shape=latent_shape, seed=seed,
-                                   sink_frames=self.cfg.sink_frames, window_frames=self.cfg.window_frames,
-                                   sampler=self.sampler)
+        session = self.session(prompt, latent_shape, seed)
         keys, axes = torch.zeros(1, n, 1, len(KEYS), device=device), torch.zeros(1, n, 1, len(AXES), device=device)
         out = []
         for start in range(0, frames, n):
