@@ -12,7 +12,7 @@ import pytest
 from worldsim.dataset import load_dataset, read_info
 from worldsim.world import KEYS, THEMES, World, key_row, theme_for_prompt
 from worldsim.world.episodes import EpisodeConfig, generate_episode, themes_per_frame, write_dataset
-from worldsim.world.metrics import motion_agreement, motion_breakdown, stat_drift
+from worldsim.world.metrics import motion_agreement, motion_breakdown, stat_drift, token_grid
 
 NO_KEYS = np.zeros(len(KEYS), np.float32)
 
@@ -175,6 +175,21 @@ def test_stat_drift(world):
     assert drift.final(8)[0] > stat_drift(frames).final(8)[0]
     with pytest.raises(ValueError, match="paired"):
         stat_drift(frames, frames[:10], paired=True)
+
+
+def test_token_grid_sees_token_size_tiles_that_histograms_miss(world):
+    """The world's frames hardly repeat at a token's period (16 px); the same frames with token-size blobs laid
+    over them do, strongly, while their colour histogram stays close to the originals'."""
+    frames = world.rollout(world.start_state(0, "forest"), *_controls(23, (), dx=0.5)).frames  # [24, 64, 64, 3]
+    assert abs(token_grid(frames, 16).mean()) < 0.6
+    y, x = np.mgrid[:64, :64]
+    blobs = np.cos(2 * np.pi * x / 16) * np.cos(2 * np.pi * y / 16)  # one bump per 16x16 token, alternating
+    tiled = np.clip(frames * (1 + 0.25 * blobs[None, :, :, None]), 0, 255).astype(np.uint8)
+    assert token_grid(tiled, 16).mean() > token_grid(frames, 16).mean() + 1
+    assert stat_drift(tiled, frames, paired=True).histogram.mean() < 0.3
+    assert np.all(token_grid(np.full((2, 64, 64, 3), 90, np.uint8), 16) == 0)  # flat: no power anywhere
+    with pytest.raises(ValueError, match="16-pixel period"):
+        token_grid(frames[:, :40], 16)
 
 
 def test_world_never_imports_torch():

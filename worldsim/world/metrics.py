@@ -36,6 +36,9 @@ reported as the detection rate.
 with a reference: the ground-truth frames of the same rollout (paired) or the opening frames (pooled). A model
 that slowly washes out, darkens or saturates over a long rollout shows a growing curve.
 
+**Token grid.** :func:`token_grid`: power at the DiT's token period against its neighbouring frequencies, for
+the checkerboard a model's rollout can break into while its colours stay right.
+
 **Fidelity.** :func:`ssim` (gaussian-window structural similarity) per frame against the ground truth.
 """
 
@@ -325,6 +328,26 @@ def stat_drift(frames: np.ndarray, reference: np.ndarray | None = None, paired: 
     if not paired:
         rm, rh = rm.mean(0, keepdims=True), rh.mean(0, keepdims=True)
     return Drift(moments=np.abs(m - rm).mean(1), histogram=0.5 * np.abs(h - rh).sum(1))
+
+
+def token_grid(frames: np.ndarray, period: int) -> np.ndarray:
+    """[N] how strongly frames [N, H, W, 3] repeat every ``period`` pixels (a DiT's token, in pixels): the log ratio
+    of the grey image's power at that period to the mean power of the two neighbouring frequencies, along x (rows'
+    spectra averaged) and along y (columns'), averaged over the two. About 0 for the world's frames, whose spectra
+    fall off smoothly; well above it for a video tiled with token-size blobs (a checkerboard), which colour
+    histograms do not see."""
+    n, h, w = frames.shape[:3]
+    if h % period or w % period or min(h, w) // period < 2 or period < 3:
+        raise ValueError(f"token_grid: a {period}-pixel period needs frames of a multiple of it with at least two "
+                         f"periods and a neighbouring frequency on each side, got {h}x{w}")
+    grey = frames.astype(np.float64).mean(-1)  # [N, H, W]
+    ratios = []
+    for axis, size in ((2, w), (1, h)):
+        along = grey - grey.mean(axis, keepdims=True)
+        power = (np.abs(np.fft.rfft(along, axis=axis)) ** 2).mean(3 - axis)  # [N, size // 2 + 1]
+        k = size // period
+        ratios.append(np.log((power[:, k] + 1e-9) / (0.5 * (power[:, k - 1] + power[:, k + 1]) + 1e-9)))
+    return np.mean(ratios, axis=0)
 
 
 def _gaussian_blur(x: np.ndarray, radius: int, sigma: float) -> np.ndarray:
