@@ -57,6 +57,8 @@ def evaluation_summary(results: dict, model: str | None = None) -> dict:
             r = results["from_prompt"]["models"][name]
             out[name]["from_prompt"] = {"early": r["early"], "late": r["late"],
                                         "per_theme": {t: [v["early"], v["late"]] for t, v in r["per_theme"].items()}}
+            if "grid" in r:  # the token grid, first and last frames
+                out[name]["from_prompt"]["token_grid"] = [r["grid"]["early"], r["grid"]["late"]]
     return out
 
 

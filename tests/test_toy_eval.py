@@ -117,10 +117,13 @@ def test_the_from_a_prompt_probe_scores_every_theme_against_its_look(tmp_path):
     assert set(model["per_theme"]) == set(THEMES) and len(model["per_chunk"]) == 2
     assert all(0 <= v <= 1 for t in model["per_theme"].values() for v in t.values())
     assert model["early"] > refs["world"]
+    grid = model["grid"]
+    assert grid["period"] == 16 and set(grid["per_theme"]) == set(THEMES)  # tiny: patch 2 x codec stride 8
+    assert abs(grid["world"]) < 0.6 and abs(grid["codec"]) < 0.6  # the world has no token grid, nor its codec
     strip = Image.open(tmp_path / "eval" / "prompt_tiny.png")
     assert strip.size == (6 * 64, len(THEMES) * 64 + (len(THEMES) - 1) * 4)  # one row per theme, every frame
     table = format_prompted(results)
-    assert "tiny" in table and all(t in table for t in THEMES)
+    assert "tiny" in table and all(t in table for t in THEMES) and "token grid" in table
 
 
 def test_model_spec_and_schema_check(tmp_path):

@@ -49,8 +49,10 @@ look: the world's frames of that theme seen turning on the spot at ``THEME_PLACE
 and early (first ``PROMPT_SPAN`` frames) / late (last ``PROMPT_SPAN``) means. References: ``world`` (the theme's
 frames at other places: the floor), ``codec`` (those through the codec: what its blur alone costs) and
 ``other_themes`` (the other themes' frames: what a stream that lost its theme scores). Histograms do not see layout
-(a forest that loses its trees keeps its colours); ``prompt_<model>.png`` shows each theme's first stream for
-looking.
+(a forest that loses its trees keeps its colours, a checkerboard of the theme's colours keeps them too), so each
+frame is also scored by :func:`~worldsim.world.metrics.token_grid` at the model's token size in pixels (patch x
+codec stride): about 0 for the world's frames and through the codec (the references), well above it for a stream
+tiled with token-size blobs. ``prompt_<model>.png`` shows each theme's first stream for looking.
 """
 
 from __future__ import annotations
@@ -79,7 +81,7 @@ from ..world import AXES, KEYS, World
 from ..world.episodes import EpisodeConfig, episode_seeds, generate_episode, themes_per_frame
 from ..world.game import WorldState
 from ..world.metrics import (KINDS, OUTCOMES, SIGNS, counterfactual_counts, counterfactual_summary, estimate_motion,
-                             horizons, mirror_controls, motion_breakdown, ssim, stat_drift)
+                             horizons, mirror_controls, motion_breakdown, ssim, stat_drift, token_grid)
 from ..world.themes import THEMES
 
 THEME_PLACES = 4  # world places per theme pooled into its look (from-a-prompt probe)
@@ -482,8 +484,9 @@ def theme_views(theme: str, seeds: list[int], frames: int = 48) -> np.ndarray:
 def from_prompt(generators: list[Generator], codec: ToyCodec, cfg: EvalConfig
                 ) -> tuple[dict, dict[str, list[tuple[np.ndarray]]]]:
     """The from-a-prompt probe (module docstring): {"themes": [...], "references": {name: {"mean": d}}, "models":
-    {name: {"early", "late", "per_theme": {theme: {"early", "late"}}, "per_chunk"}}} in colour-histogram distance, and
-    per model one strip row per theme."""
+    {name: {"early", "late", "per_theme": {theme: {"early", "late"}}, "per_chunk", "grid": {"period", "early",
+    "late", "world", "codec", "per_theme"}}}}: colour-histogram distance, and the token grid with its references at
+    the model's token size; per model one strip row per theme."""
     n = generators[0].n
     frames = cfg.prompt_frames - cfg.prompt_frames % n or n  # whole chunks
     span = min(PROMPT_SPAN, frames)
@@ -504,35 +507,52 @@ def from_prompt(generators: list[Generator], codec: ToyCodec, cfg: EvalConfig
                "references": {name: {"mean": float(np.mean(v))} for name, v in refs.items()}, "models": {}}
     strips: dict[str, list[tuple[np.ndarray]]] = {}
     for g in generators:
-        curves, per_theme = [], {}
+        period = g.model.cfg.patch_size[2] * codec.spatial_stride  # one token, in pixels
+        curves, per_theme, grids = [], {}, {}
         for i, theme in enumerate(THEMES):
-            d = []
+            d, grid = [], []
             for stream in range(cfg.prompt_streams):
                 video = g.from_prompt(THEMES[theme].prompts[0], frames, cfg.seed + 1000 * stream + i, latent_shape)
                 d.append(distance(video, theme))
+                grid.append(token_grid(video, period))
                 if stream == 0:
                     strips.setdefault(g.spec.name, []).append((video,))
-            d = np.mean(d, axis=0)  # [frames], over the streams
+            d, grid = np.mean(d, axis=0), np.mean(grid, axis=0)  # [frames], over the streams
             curves.append(d.reshape(-1, n).mean(1))
             per_theme[theme] = {"early": float(d[:span].mean()), "late": float(d[-span:].mean())}
+            grids[theme] = {"early": float(grid[:span].mean()), "late": float(grid[-span:].mean())}
         results["models"][g.spec.name] = {
             "early": float(np.mean([v["early"] for v in per_theme.values()])),
             "late": float(np.mean([v["late"] for v in per_theme.values()])),
-            "per_theme": per_theme, "per_chunk": np.mean(curves, axis=0).tolist()}
+            "per_theme": per_theme, "per_chunk": np.mean(curves, axis=0).tolist(),
+            "grid": {"period": period,
+                     "early": float(np.mean([v["early"] for v in grids.values()])),
+                     "late": float(np.mean([v["late"] for v in grids.values()])),
+                     "world": float(np.mean([token_grid(elsewhere[t], period).mean() for t in THEMES])),
+                     "codec": float(np.mean([token_grid(coded[t], period).mean() for t in THEMES])),
+                     "per_theme": grids}}
     return results, strips
 
 
 def format_prompted(results: dict) -> str:
-    """The from-a-prompt table: per model the histogram distance to each theme's look, early -> late."""
+    """The from-a-prompt tables: per model the histogram distance to each theme's look, then the token grid (with
+    its references), early -> late."""
     r = results["from_prompt"]
     refs = ", ".join(f"{name} {v['mean']:.2f}" for name, v in r["references"].items())
-    head = (f"from a prompt ({r['frames']} frames, no controls held, {r['streams']} streams per theme): "
-            "colour-histogram distance to the theme, "
-            f"first / last {r['span']} frames (references: {refs})")
-    lines = [head, f"  {'model':<18} {'all':>11}  " + "  ".join(f"{t:>11}" for t in r["themes"])]
-    for name, m in r["models"].items():
+    cols = f"  {'model':<18} {'all':>11}  " + "  ".join(f"{t:>11}" for t in r["themes"])
+
+    def row(name: str, m: dict) -> str:
         cells = [f"{m['per_theme'][t]['early']:.2f}->{m['per_theme'][t]['late']:.2f}" for t in r["themes"]]
-        lines.append(f"  {name:<18} {m['early']:.2f}->{m['late']:.2f}  " + "  ".join(f"{c:>11}" for c in cells))
+        return f"  {name:<18} {m['early']:.2f}->{m['late']:.2f}  " + "  ".join(f"{c:>11}" for c in cells)
+
+    lines = [f"from a prompt ({r['frames']} frames, no controls held, {r['streams']} streams per theme): "
+             f"colour-histogram distance to the theme, first / last {r['span']} frames (references: {refs})", cols]
+    lines += [row(name, m) for name, m in r["models"].items()]
+    lines += ["token grid (log power at the token period over its neighbours; 0 = none), first / last "
+              f"{r['span']} frames", cols]
+    for name, m in r["models"].items():
+        g = m["grid"]
+        lines.append(row(name, g) + f"   (period {g['period']} px; world {g['world']:+.2f}, codec {g['codec']:+.2f})")
     return "\n".join(lines)
 
 
