@@ -228,6 +228,8 @@ def step_sessions(sessions: list[StreamingSession], controls: list[Controls | No
     if len({s.batch_key(c) for s, c in zip(sessions, controls)}) > 1:
         raise ValueError("sessions stepped together must share model, chunk size, latent shape, text length, "
                          "sampler and control sources")
+    if any(s._pending is not None for s in sessions):
+        write_deferred(sessions)  # all in one forward, each under the prompt it was made with, before any switch
     for s in sessions:
         s._apply_pending_prompt()
     n, model, schedule = first.chunk_frames, first.model, first.schedule
