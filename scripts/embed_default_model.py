@@ -41,7 +41,7 @@ def evaluation_summary(results: dict, model: str | None = None) -> dict:
     or of every model of the run."""
     cfg = results["config"]
     out = {"config": {k: cfg[k] for k in ("episodes", "chunks", "seed", "window_frames", "held_frames",
-                                          "prompt_frames", "control_guidance") if k in cfg}}
+                                          "prompt_frames", "control_guidance", "text_guidance") if k in cfg}}
     models = results["models"]
     if model is not None:
         if model not in models:
@@ -68,6 +68,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--name", required=True, help="the name welcome and the start-up log give the model")
     p.add_argument("--steps", type=int, help="serve with this many evenly spaced denoising steps")
     p.add_argument("--control-guidance", type=float, help="serve with this control guidance (sampling/session.py)")
+    p.add_argument("--text-guidance", type=float, help="serve with this text guidance (sampling/session.py)")
     p.add_argument("--eval", type=Path, help="toy_eval results.json to record in the provenance")
     p.add_argument("--eval-model", metavar="NAME", help="record only this model of --eval (default: all of them)")
     p.add_argument("--out", type=Path, default=DEFAULT_PACKAGE, help=f"(default {DEFAULT_PACKAGE})")
@@ -98,8 +99,9 @@ def main(argv: list[str] | None = None) -> int:
         manifest["codec"]["path"] = Path(manifest["codec"]["path"]).name
     if args.steps:
         manifest["sampler"]["denoising_steps"] = list(evenly_spaced_steps(args.steps))
-    if args.control_guidance is not None:
-        manifest["sampler"]["control_guidance"] = args.control_guidance
+    for key in ("control_guidance", "text_guidance"):
+        if getattr(args, key) is not None:
+            manifest["sampler"][key] = getattr(args, key)
     prov = portable(manifest["provenance"])
     prov["name"] = args.name
     if evaluation is not None:

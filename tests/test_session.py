@@ -249,12 +249,52 @@ def test_control_guidance_extrapolates_from_the_controls_absent_branch():
 
 
 @torch.no_grad()
-@pytest.mark.parametrize("sink, window, guidance", [(0, 6, 1.0), (2, 6, 1.0), (0, 3, 1.0), (1, 9, 2.0)])
-def test_a_deferred_cache_write_streams_the_same_chunks(sink, window, guidance):
+def test_text_guidance_extrapolates_from_the_empty_prompt_and_adds_to_control_guidance():
+    """text_guidance s: each step's flow is uncond + s (cond - uncond), uncond the same chunk under the empty prompt
+    (controls kept); with control guidance too, each adds its own direction. One denoising step: x0 is linear in the
+    flow, so the guided chunk is exactly that mix."""
+    import dataclasses
+
+    from conftest import CONTROL
+    from worldsim.model.control import Controls
+    from worldsim.sampling.schedule import SamplerConfig
+
+    model = make_model(control=CONTROL)
+    g = torch.Generator().manual_seed(2)
+    for p in model.control_embedding.parameters():
+        p.copy_(torch.randn(p.shape, generator=g) * 0.1)
+    keys = torch.rand(1, 3, 4, 4, generator=torch.Generator().manual_seed(1)).round()
+    empty = text(seed=7)
+    one_step = SamplerConfig(denoising_steps=(1000,))
+
+    def first_chunk(controls, prompt=None, **guidance):
+        sampler = dataclasses.replace(one_step, **guidance)
+        return session(model, prompt, seed=5, sampler=sampler, uncond_prompt=empty).step(controls)
+
+    absent = Controls(keys=keys, present=torch.zeros(1, 3, dtype=torch.bool))
+    cond, no_text, no_controls = first_chunk(Controls(keys=keys)), first_chunk(Controls(keys=keys), empty), \
+        first_chunk(absent)
+    assert not torch.allclose(cond, no_text)
+    assert torch.allclose(first_chunk(Controls(keys=keys), text_guidance=2.5), no_text + 2.5 * (cond - no_text),
+                          atol=1e-4)
+    both = first_chunk(Controls(keys=keys), text_guidance=2.5, control_guidance=1.5)
+    assert torch.allclose(both, cond + 1.5 * (cond - no_text) + 0.5 * (cond - no_controls), atol=1e-4)
+    assert torch.allclose(first_chunk(None, text_guidance=2.5),  # no controls: the text is still guided
+                          first_chunk(None, empty) + 2.5 * (first_chunk(None) - first_chunk(None, empty)), atol=1e-4)
+    with pytest.raises(ValueError, match="uncond_prompt"):
+        session(model, sampler=dataclasses.replace(one_step, text_guidance=2.0))
+    with pytest.raises(ValueError, match="text_guidance"):
+        SamplerConfig(text_guidance=-1)
+
+
+@torch.no_grad()
+@pytest.mark.parametrize("sink, window, guidance, text_guidance",
+                         [(0, 6, 1.0, 1.0), (2, 6, 1.0, 1.0), (0, 3, 1.0, 1.0), (1, 9, 2.0, 1.0), (0, 6, 1.0, 2.0)])
+def test_a_deferred_cache_write_streams_the_same_chunks(sink, window, guidance, text_guidance):
     """defer_cache_write runs each finished chunk's cache write in one forward with the next chunk's first step:
     the chunks match the immediate write up to float rounding while the window rolls (a window of one chunk
-    included), through soft, recache and cut switches, pushed context, controls that come and go, control guidance
-    (which writes the deferred chunk first), and two streams stepped as one batch."""
+    included), through soft, recache and cut switches, pushed context, controls that come and go, control or text
+    guidance (which write the deferred chunk first), and two streams stepped as one batch."""
     import dataclasses
 
     from conftest import CONTROL
@@ -266,7 +306,7 @@ def test_a_deferred_cache_write_streams_the_same_chunks(sink, window, guidance):
     g = torch.Generator().manual_seed(2)
     for p in [*model.control_embedding.parameters(), *model.reference_embedding.parameters()]:
         p.copy_(torch.randn(p.shape, generator=g) * 0.1)
-    sampler = SamplerConfig(control_guidance=guidance)
+    sampler = SamplerConfig(control_guidance=guidance, text_guidance=text_guidance)
 
     def controls(i: int) -> Controls | None:
         if i % 3 == 2:
@@ -275,8 +315,8 @@ def test_a_deferred_cache_write_streams_the_same_chunks(sink, window, guidance):
         return Controls(keys=keys)
 
     def stream(defer: bool) -> torch.Tensor:
-        pair = [session(model, seed=s, sink=sink, window=window, sampler=sampler, defer_cache_write=defer)
-                for s in (1, 2)]
+        pair = [session(model, seed=s, sink=sink, window=window, sampler=sampler, defer_cache_write=defer,
+                        uncond_prompt=text(seed=6)) for s in (1, 2)]
         out = []
         for i in range(9):
             if i == 3:
@@ -301,4 +341,5 @@ def test_a_deferred_cache_write_streams_the_same_chunks(sink, window, guidance):
     assert (deferred - immediate).abs().max() < 1e-4 * immediate.abs().max()
     # one forward fewer per step (single or batched) but after a switch or pushed context; none under control
     # guidance, which writes the deferred chunk on its own first
-    assert n_deferred < n_immediate - 5 if guidance == 1 else n_deferred <= n_immediate
+    guided = guidance != 1 or text_guidance != 1
+    assert n_deferred <= n_immediate if guided else n_deferred < n_immediate - 5

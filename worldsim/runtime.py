@@ -77,6 +77,7 @@ class RuntimeOptions:
     chunk_latents: int | None = None  # latent frames per chunk (default: the model's training chunk size)
     seed: int = 0  # random weights of a preset
     control_guidance: float | None = None  # the sampler's guidance on the controls (None: the source's, else 1)
+    text_guidance: float | None = None  # the sampler's guidance on the prompt (None: the source's, else 1)
     # a Wan2.1 folder (model=DIR) only:
     checkpoint: str | None = None  # Self-Forcing .pt whose weights replace the folder's DiT
     use_ema: bool = True  # the .pt's generator_ema (else generator)
@@ -109,6 +110,7 @@ class Runtime:
     source: dict = field(default_factory=dict)  # where the weights came from (folder, layout, checkpoint)
     target_device: torch.device | None = None  # where to_device() moves the weights (stage_on_cpu)
     modules: list[nn.Module] = field(default_factory=list)  # decoder/encoder modules moved with the DiT
+    _empty_prompt: torch.Tensor | None = None  # the empty prompt's embedding, for text guidance (kept once made)
 
     @property
     def device(self) -> torch.device:
@@ -134,8 +136,21 @@ class Runtime:
             raise RuntimeError("the text encoder was released; encode every prompt before release_text_encoder()")
         return {p: self.embed_prompt(p) for p in dict.fromkeys(prompts)}
 
+    def empty_prompt(self) -> torch.Tensor:
+        """The empty prompt's embedding [1, L, D]: text guidance's unconditional branch (what text dropout trained)."""
+        if self._empty_prompt is None:
+            self._empty_prompt = self.encode_prompts([""])[""]
+        return self._empty_prompt
+
+    @property
+    def text_guided(self) -> bool:
+        return self.sampler is not None and self.sampler.text_guidance != 1
+
     def release_text_encoder(self) -> None:
-        """Free the text encoder (a fixed prompt list is encoded; UMT5-XXL is ~11 GiB in bf16)."""
+        """Free the text encoder (a fixed prompt list is encoded; UMT5-XXL is ~11 GiB in bf16); the empty prompt is
+        encoded first when the sampler guides on text."""
+        if self.text_guided:
+            self.empty_prompt()
         self.embed_prompt = None
         gc.collect()
         if self.device.type == "cuda":
@@ -154,7 +169,8 @@ class Runtime:
         return StreamingSession(self.model, prompt_embeds, latent_shape=self.latent_shape, seed=seed,
                                 sink_frames=self.sink_frames, window_frames=self.window_frames,
                                 chunk_frames=self.chunk_latents, sampler=self.sampler, context_latents=context_latents,
-                                context_controls=context_controls, defer_cache_write=self.device.type == "cpu")
+                                context_controls=context_controls, defer_cache_write=self.device.type == "cpu",
+                                uncond_prompt=self.empty_prompt() if self.text_guided else None)
 
 
 # ---- loaders for the published files ---------------------------------------------------------------------------
@@ -281,8 +297,9 @@ def build_runtime(opts: RuntimeOptions) -> Runtime:
             rt = _folder_runtime(opts, device, load_device, dtype)
         else:
             rt = _file_runtime(opts, load_device, dtype)
-    if opts.control_guidance is not None:
-        rt.sampler = dataclasses.replace(rt.sampler or SamplerConfig(), control_guidance=opts.control_guidance)
+    guidance = {k: v for k in ("control_guidance", "text_guidance") if (v := getattr(opts, k)) is not None}
+    if guidance:
+        rt.sampler = dataclasses.replace(rt.sampler or SamplerConfig(), **guidance)
     if opts.stage_on_cpu:
         rt.target_device = device
     if opts.compile:

@@ -23,6 +23,7 @@ class SamplerConfig:
     context_noise: float = 0.0  # timestep label of the clean re-run that writes a finished chunk into the cache
     num_train_timesteps: int = 1000
     control_guidance: float = 1.0  # classifier-free guidance on the controls alone; 1 = off (sampling/session.py)
+    text_guidance: float = 1.0  # classifier-free guidance on the prompt alone; 1 = off (sampling/session.py)
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "denoising_steps", tuple(int(s) for s in self.denoising_steps))
@@ -32,8 +33,9 @@ class SamplerConfig:
             raise ValueError(f"denoising_steps must lie in (0, {self.num_train_timesteps}], got {self.denoising_steps}")
         if list(self.denoising_steps) != sorted(self.denoising_steps, reverse=True):
             raise ValueError(f"denoising_steps must decrease, got {self.denoising_steps}")
-        if not self.control_guidance >= 0:
-            raise ValueError(f"control_guidance must be >= 0 (1: off), got {self.control_guidance}")
+        for name in ("control_guidance", "text_guidance"):
+            if not getattr(self, name) >= 0:
+                raise ValueError(f"{name} must be >= 0 (1: off), got {getattr(self, name)}")
 
 
 def evenly_spaced_steps(count: int, num_train_timesteps: int = 1000) -> tuple[int, ...]:

@@ -13,9 +13,12 @@ pushed context, control guidance) writes the deferred chunk first.
 Control guidance (``SamplerConfig.control_guidance`` = s != 1): each denoising step also runs the chunk with its
 controls marked absent (the presence gate closed: the model trained with control dropout predicts the controls'
 average effect), prompt, history and reference frame unchanged, and takes ``uncond + s * (cond - uncond)``:
-classifier-free guidance on the controls alone, which strengthens how far the frames follow them. Both branches run
-as one batch that reads the cache without writing it (the re-run, conditional, writes), so on a CPU with few tokens
-per frame guidance costs far less than a second forward.
+classifier-free guidance on the controls alone, which strengthens how far the frames follow them. Text guidance
+(``text_guidance``, the session's ``uncond_prompt``: the empty prompt's embedding, what a model trained with text
+dropout sees in its place) does the same with the prompt alone, controls kept: the frames hold the prompt's look.
+With both, each adds its own direction: ``cond + (s_c - 1)(cond - no_controls) + (s_t - 1)(cond - no_text)``. All
+branches run as one batch that reads the cache without writing it (the re-run, conditional, writes), so on a CPU with
+few tokens per frame guidance costs far less than a second forward.
 
     session = StreamingSession(model, prompt_embeds, latent_shape=(16, 60, 104), seed=0, window_frames=21)
     latents = session.step()                         # [B, C, N, H, W]
@@ -69,12 +72,14 @@ class StreamingSession:
     (see :class:`~worldsim.model.kv_cache.KVCache`). context_latents: optional clean prefix [B, C, F0, H, W]
     (an image or video from the engine) pushed through the cache before the first step. chunk_frames: latent
     frames per step (default: the model's training chunk size; smaller chunks trade quality for latency).
+    uncond_prompt: [1 or B, L, text_dim] the empty prompt's embedding, needed by text guidance.
     """
 
     def __init__(self, model: CausalWanDiT, prompt_embeds: torch.Tensor, *, latent_shape: tuple[int, int, int],
                  seed: int = 0, sink_frames: int = 0, window_frames: int = 21, sampler: SamplerConfig | None = None,
                  context_latents: torch.Tensor | None = None, context_controls: Controls | None = None,
-                 chunk_frames: int | None = None, defer_cache_write: bool = False):
+                 chunk_frames: int | None = None, defer_cache_write: bool = False,
+                 uncond_prompt: torch.Tensor | None = None):
         self.model = model
         self.sampler = sampler or SamplerConfig()
         self.schedule = FlowMatchSchedule.from_config(self.sampler)
@@ -90,6 +95,14 @@ class StreamingSession:
         self.device, self.dtype = param.device, param.dtype
         self.prompt = self._check_prompt(prompt_embeds)
         self.batch = self.prompt.shape[0]
+        self.uncond_prompt = None
+        if self.sampler.text_guidance != 1:
+            if uncond_prompt is None:
+                raise ValueError("text_guidance needs the empty prompt's embedding (uncond_prompt)")
+            self.uncond_prompt = self._check_prompt(uncond_prompt.expand(self.batch, -1, -1))
+            if self.uncond_prompt.shape[1] != self.prompt.shape[1]:
+                raise ValueError(f"uncond_prompt has {self.uncond_prompt.shape[1]} text tokens, the prompt "
+                                 f"{self.prompt.shape[1]}")
         self.cache = model.new_cache(batch=self.batch, height=h, width=w, sink_frames=sink_frames,
                                      window_frames=window_frames)
         self.generator = torch.Generator(self.device).manual_seed(seed)
@@ -179,7 +192,7 @@ class StreamingSession:
         """Sessions whose keys are equal can take their next step together in :func:`step_sessions`."""
         return (id(self.model), self.chunk_frames, self.latent_shape, self.prompt.shape[1], self.batch,
                 tuple(self.timesteps), self.sampler.context_noise, None if controls is None else controls.signature(),
-                self.defer_cache_write)
+                self.defer_cache_write, self.sampler.control_guidance, self.sampler.text_guidance)
 
     @torch.no_grad()
     def push_context(self, latents: torch.Tensor, controls: Controls | None = None) -> None:
@@ -237,10 +250,9 @@ def step_sessions(sessions: list[StreamingSession], controls: list[Controls | No
     prompt = torch.cat([s.prompt for s in sessions]) if len(sessions) > 1 else first.prompt
     ctrl = Controls.cat(controls)
 
-    scale, absent = first.sampler.control_guidance, without_controls(ctrl)
-    both = None if absent is None or scale == 1 else Controls.cat([ctrl, absent])
+    guided = unconditional_branches(sessions, prompt, ctrl)
     deferred = [s._unwritten for s in sessions]
-    merge = both is None and all(d is not None for d in deferred)
+    merge = not guided and all(d is not None for d in deferred)
     if merge:
         try:
             joined = _join_frames(Controls.cat([d.controls for d in deferred]), ctrl)
@@ -258,13 +270,15 @@ def step_sessions(sessions: list[StreamingSession], controls: list[Controls | No
             out = model.forward_chunks(torch.cat([prev, x], dim=2), tt, prompt, caches, [d.start for d in deferred],
                                        joined, history=n)
             return out[:, :, n:]
-        if both is None:
+        if not guided:
             return model.forward_chunks(x, _timesteps(x, t), prompt, caches, starts, ctrl)
-        # control guidance: both branches in one batch, reading the caches without writing (the re-run writes)
-        xx = torch.cat([x, x])
-        cond, uncond = model.forward_chunks(xx, _timesteps(xx, t), torch.cat([prompt, prompt]), caches + caches,
-                                            starts + starts, both, write=False).chunk(2)
-        return uncond + scale * (cond - uncond)
+        # guidance: every branch in one batch, reading the caches without writing (the re-run writes)
+        k = 1 + len(guided)
+        xx = torch.cat([x] * k)
+        cond, *uncond = model.forward_chunks(
+            xx, _timesteps(xx, t), torch.cat([prompt] + [p for _, p, _ in guided]), caches * k, starts * k,
+            Controls.cat([ctrl] + [c for _, _, c in guided]), write=False).chunk(k)
+        return cond + sum((scale - 1) * (cond - u) for (scale, _, _), u in zip(guided, uncond))
 
     def noise() -> torch.Tensor:
         parts = [s._noise(n) for s in sessions]
@@ -287,6 +301,20 @@ def step_sessions(sessions: list[StreamingSession], controls: list[Controls | No
         s._last = latents[:, :, -1:]
         s.frame += n
         s._prune_history()
+    return out
+
+
+def unconditional_branches(sessions: list[StreamingSession], prompt: torch.Tensor, controls: Controls | None
+                           ) -> list[tuple[float, torch.Tensor, Controls | None]]:
+    """The guidance branches of a step, as (scale, prompt, controls): the controls marked absent (control guidance,
+    when there are controls to guide), the empty prompt (text guidance). Empty without guidance."""
+    sampler, out = sessions[0].sampler, []
+    absent = without_controls(controls)
+    if sampler.control_guidance != 1 and absent is not None:
+        out.append((sampler.control_guidance, prompt, absent))
+    if sampler.text_guidance != 1:
+        uncond = [s.uncond_prompt for s in sessions]
+        out.append((sampler.text_guidance, torch.cat(uncond) if len(uncond) > 1 else uncond[0], controls))
     return out
 
 

@@ -128,6 +128,7 @@ class EvalConfig:
     prompt_frames: int = 0  # > 0: also the from-a-prompt probe over this many frames (module docstring)
     prompt_streams: int = 3  # the probe's streams per theme (noise seeds), averaged (one stream moved by up to 0.5)
     control_guidance: float | None = None  # the samplers' (sampling/session.py); None: a package's own, else 1
+    text_guidance: float | None = None  # likewise, on the prompt
     device: str = "cpu"
 
 
@@ -244,9 +245,10 @@ class Generator:
             self.sampler = runtime.sampler
         else:
             self.sampler = SamplerConfig(shift=cfg.shift, denoising_steps=evenly_spaced_steps(spec.steps))
-        if cfg.control_guidance is not None:
-            self.sampler = replace(self.sampler, control_guidance=cfg.control_guidance)
+        guidance = {k: v for k in ("control_guidance", "text_guidance") if (v := getattr(cfg, k)) is not None}
+        self.sampler = replace(self.sampler, **guidance)
         self.model, self.text = runtime.model, runtime.embed_prompt
+        self.empty_prompt = runtime.empty_prompt() if self.sampler.text_guidance != 1 else None
         check_compatible(self.model, codec, spec.name)
         self.n = self.model.cfg.chunk_frames
 
@@ -259,7 +261,7 @@ class Generator:
         """A stream of this model from ``prompt`` with the evaluation's cache and the model's sampler."""
         return StreamingSession(self.model, self.text(prompt).to(self.cfg.device), latent_shape=latent_shape, seed=seed,
                                 sink_frames=self.cfg.sink_frames, window_frames=self.cfg.window_frames,
-                                sampler=self.sampler)
+                                sampler=self.sampler, uncond_prompt=self.empty_prompt)
 
     @torch.no_grad()
     def rollout(self, ep: HeldOutEpisode, seed: int, tick=lambda: None, chunks: int | None = None
