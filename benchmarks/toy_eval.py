@@ -32,6 +32,7 @@ import sys
 
 import torch
 
+from worldsim.pipeline.options import parse_step_indices
 from worldsim.train.evaluate import EvalConfig, ModelSpec, evaluate, format_held, format_prompted, format_table
 
 
@@ -66,6 +67,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--text-guidance", type=float, metavar="S",
                    help="classifier-free guidance on the prompt for every model (1: off; default: a package's own "
                         "sampler, else 1)")
+    p.add_argument("--guided-steps", type=parse_step_indices, metavar="I,J,..",
+                   help="the denoising steps guidance applies to, 0 = the first (default: a package's own, else all)")
     p.add_argument("--device", default=d.device, help="cpu, cuda, ...")
     p.add_argument("--threads", type=int, default=1, help="torch threads (default 1: fastest on a shared CPU)")
     p.add_argument("--out", default="runs/eval", help="results.json and PNG strips (default runs/eval)")
@@ -87,7 +90,8 @@ def main(argv: list[str] | None = None) -> int:
     cfg = EvalConfig(episodes=args.episodes, chunks=args.chunks, seed=args.seed, window_frames=args.window,
                      sink_frames=args.sink, strip_episodes=args.strip_episodes, strip_every=args.strip_every,
                      held_frames=args.held_frames, prompt_frames=args.prompt_frames, prompt_streams=args.prompt_streams,
-                     control_guidance=args.control_guidance, text_guidance=args.text_guidance, device=args.device)
+                     control_guidance=args.control_guidance, text_guidance=args.text_guidance,
+                     guided_steps=args.guided_steps, device=args.device)
     results = evaluate(specs, args.codec, cfg, out=args.out)
     print(format_table(results))
     if "held_commands" in results:

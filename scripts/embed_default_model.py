@@ -5,7 +5,8 @@ and served by ``worldsim serve`` / ``worldsim play --spawn-daemon`` without ``--
         --control-guidance 2 --eval runs/eval/results.json
 
 Copies the package's DiT and codec, keeps its manifest, serves it with ``--steps`` evenly spaced denoising steps
-and ``--control-guidance`` (speed / quality choices: the package's own sampler otherwise), and rewrites the
+and ``--control-guidance`` / ``--text-guidance`` / ``--guided-steps`` (speed / quality choices: the package's own
+sampler otherwise), and rewrites the
 provenance so that it names no path of the machine it was trained on (file names stay). Refuses a result over the
 size budget.
 """
@@ -20,6 +21,8 @@ from pathlib import Path
 
 from worldsim.atomic_files import atomic_write
 from worldsim.model_package import DEFAULT_PACKAGE, MANIFEST, read_package
+from worldsim.pipeline.options import parse_step_indices
+from worldsim.runtime import GUIDANCE_FIELDS
 from worldsim.sampling.schedule import evenly_spaced_steps
 
 SIZE_BUDGET = 30 * 2**20  # bytes: the default model ships inside the wheel
@@ -41,7 +44,7 @@ def evaluation_summary(results: dict, model: str | None = None) -> dict:
     or of every model of the run."""
     cfg = results["config"]
     out = {"config": {k: cfg[k] for k in ("episodes", "chunks", "seed", "window_frames", "held_frames",
-                                          "prompt_frames", "control_guidance", "text_guidance") if k in cfg}}
+                                          "prompt_frames", *GUIDANCE_FIELDS) if k in cfg}}
     models = results["models"]
     if model is not None:
         if model not in models:
@@ -69,6 +72,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--steps", type=int, help="serve with this many evenly spaced denoising steps")
     p.add_argument("--control-guidance", type=float, help="serve with this control guidance (sampling/session.py)")
     p.add_argument("--text-guidance", type=float, help="serve with this text guidance (sampling/session.py)")
+    p.add_argument("--guided-steps", type=parse_step_indices, metavar="I,J,..",
+                   help="guide only these denoising steps, 0 = the first (sampling/session.py)")
     p.add_argument("--eval", type=Path, help="toy_eval results.json to record in the provenance")
     p.add_argument("--eval-model", metavar="NAME", help="record only this model of --eval (default: all of them)")
     p.add_argument("--out", type=Path, default=DEFAULT_PACKAGE, help=f"(default {DEFAULT_PACKAGE})")
@@ -99,9 +104,9 @@ def main(argv: list[str] | None = None) -> int:
         manifest["codec"]["path"] = Path(manifest["codec"]["path"]).name
     if args.steps:
         manifest["sampler"]["denoising_steps"] = list(evenly_spaced_steps(args.steps))
-    for key in ("control_guidance", "text_guidance"):
+    for key in GUIDANCE_FIELDS:
         if getattr(args, key) is not None:
-            manifest["sampler"][key] = getattr(args, key)
+            manifest["sampler"][key] = list(v) if isinstance(v := getattr(args, key), tuple) else v
     prov = portable(manifest["provenance"])
     prov["name"] = args.name
     if evaluation is not None:

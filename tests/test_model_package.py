@@ -10,6 +10,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 from train_helpers import write_dataset
 
 from worldsim.checkpoints import load_model
@@ -122,6 +123,21 @@ def test_generate_makes_a_video_from_the_package(package, tmp_path, capsys):
     assert 10 * np.log10(255 ** 2 / max(mse, 1e-10)) > 30  # yuv420p chroma subsampling is the only loss at crf 0
 
 
+def test_the_manifest_sampler_guides_on_text_and_options_override_it(package, tmp_path):
+    """A manifest's text guidance reaches every session with the empty prompt's embedding as the unconditional
+    branch; a runtime option overrides one field and keeps the others."""
+    guided = broken(package, tmp_path, lambda m, d: m["sampler"].update(text_guidance=1.5, guided_steps=[0]))
+    rt = build_runtime(RuntimeOptions(model=str(guided)))
+    assert rt.sampler.text_guidance == 1.5 and rt.sampler.guided_steps == (0,)
+    s = rt.new_session(rt.embed_prompt(PROMPT), seed=0)
+    assert torch.equal(s.uncond_prompt, rt.embed_prompt(""))
+    assert s.step().isfinite().all()
+    rt.release_text_encoder()  # the empty prompt was encoded before: sessions still open
+    assert rt.new_session(s.prompt, seed=1).uncond_prompt is not None
+    off = build_runtime(RuntimeOptions(model=str(guided), text_guidance=1.0))
+    assert off.sampler.text_guidance == 1 and off.sampler.guided_steps == (0,)
+
+
 def broken(package: Path, tmp_path: Path, edit) -> Path:
     copy = tmp_path / "pkg"
     shutil.copytree(package, copy)
@@ -143,6 +159,7 @@ BAD = [
                                        width=m["geometry"]["width"] // 2), r"the toy codec has .* spatial stride 4"),
     (lambda m, d: m.update(sampler={"shift": 5, "steps": 3}), r"'sampler' is not a sampler config"),
     (lambda m, d: m.pop("text_encoder"), r"'text_encoder' is missing"),
+    (lambda m, d: m["sampler"].update(guided_steps=[9]), r"'sampler' is not a sampler config: guided_steps must index"),
 ]
 
 

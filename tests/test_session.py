@@ -288,6 +288,39 @@ def test_text_guidance_extrapolates_from_the_empty_prompt_and_adds_to_control_gu
 
 
 @torch.no_grad()
+def test_guided_steps_limit_guidance_to_some_denoising_steps():
+    """guided_steps: only those denoising steps run the guidance branches. None of them is the plain sampler, all of
+    them is full guidance; a deferred cache write still rides along with an unguided first step."""
+    import dataclasses
+
+    from worldsim.sampling.schedule import SamplerConfig
+
+    model = make_model()
+    empty = text(seed=7)
+    plain = SamplerConfig(denoising_steps=(1000, 500))
+
+    def chunks(sampler, defer=False):
+        s = session(model, seed=5, sampler=sampler, uncond_prompt=empty, defer_cache_write=defer)
+        return torch.cat([s.step() for _ in range(3)], dim=2)
+
+    guided = dataclasses.replace(plain, text_guidance=2.0)
+    assert torch.equal(chunks(dataclasses.replace(guided, guided_steps=())), chunks(plain))
+    assert torch.equal(chunks(dataclasses.replace(guided, guided_steps=(0, 1))), chunks(guided))
+    last_only = dataclasses.replace(guided, guided_steps=(1,))
+    assert not torch.allclose(chunks(last_only), chunks(plain))
+    calls, forward = [], model.forward_chunks
+    model.forward_chunks = lambda *a, **kw: calls.append(kw.get("history", 0)) or forward(*a, **kw)
+    try:
+        chunks(last_only, defer=True)
+    finally:
+        del model.forward_chunks
+    n = model.cfg.chunk_frames  # 2 forwards per chunk, the 2nd and 3rd chunks' first with the write merged
+    assert calls == [0, 0, n, 0, n, 0]
+    with pytest.raises(ValueError, match="guided_steps"):
+        dataclasses.replace(plain, guided_steps=(2,))
+
+
+@torch.no_grad()
 @pytest.mark.parametrize("sink, window, guidance, text_guidance",
                          [(0, 6, 1.0, 1.0), (2, 6, 1.0, 1.0), (0, 3, 1.0, 1.0), (1, 9, 2.0, 1.0), (0, 6, 1.0, 2.0)])
 def test_a_deferred_cache_write_streams_the_same_chunks(sink, window, guidance, text_guidance):

@@ -6,9 +6,13 @@
                                "geometry": {"height": 64, "width": 64, "fps": 16, "latent_shape": [4, 8, 8],
                                             "spatial_stride": 8, "temporal_stride": 1},
                                "control": {"keys": [...], "axes": [...], "embedding_dim": 0, "frames_per_latent": 1},
-                               "sampler": {"shift": 5.0, "denoising_steps": [...], "warp": true, "context_noise": 0},
+                               "sampler": {"shift": 5.0, "denoising_steps": [...], "warp": true, "context_noise": 0,
+                                           "text_guidance": 1.5, "guided_steps": [3]},
                                "cache": {"sink_frames": 0, "window_frames": 6},
                                "provenance": {"stage": "self-forcing", "recipe": "...", "steps": 4000, ...}}
+
+``sampler`` holds fields of :class:`~worldsim.sampling.schedule.SamplerConfig`; those left out take its defaults
+(the guidance fields came later and are optional: packages without them read as before).
 
 Codecs: ``toy`` (worldsim's per-frame codec, a file in the package), ``wan_vae`` (the Wan2.1 VAE, a path) and
 ``preview`` (weight-free). Text encoders: ``hashing`` (its two sizes) or ``umt5`` (``path`` and ``tokenizer``).

@@ -59,6 +59,8 @@ def default_video(dim: int) -> tuple[int, int]:
     return (480, 832) if dim >= 1536 else (128, 128)
 
 
+GUIDANCE_FIELDS = ("control_guidance", "text_guidance", "guided_steps")  # sampler fields an option may override
+
 @dataclass
 class RuntimeOptions:
     preset: str = "small"
@@ -78,6 +80,7 @@ class RuntimeOptions:
     seed: int = 0  # random weights of a preset
     control_guidance: float | None = None  # the sampler's guidance on the controls (None: the source's, else 1)
     text_guidance: float | None = None  # the sampler's guidance on the prompt (None: the source's, else 1)
+    guided_steps: tuple[int, ...] | None = None  # denoising steps guidance applies to (None: the source's, else all)
     # a Wan2.1 folder (model=DIR) only:
     checkpoint: str | None = None  # Self-Forcing .pt whose weights replace the folder's DiT
     use_ema: bool = True  # the .pt's generator_ema (else generator)
@@ -297,7 +300,7 @@ def build_runtime(opts: RuntimeOptions) -> Runtime:
             rt = _folder_runtime(opts, device, load_device, dtype)
         else:
             rt = _file_runtime(opts, load_device, dtype)
-    guidance = {k: v for k in ("control_guidance", "text_guidance") if (v := getattr(opts, k)) is not None}
+    guidance = {k: v for k in GUIDANCE_FIELDS if (v := getattr(opts, k)) is not None}
     if guidance:
         rt.sampler = dataclasses.replace(rt.sampler or SamplerConfig(), **guidance)
     if opts.stage_on_cpu:

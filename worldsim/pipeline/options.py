@@ -29,3 +29,11 @@ def add_model_folder_arguments(p: argparse._ActionsContainer, decoder_default: s
     p.add_argument("--compile", action="store_true", help="torch.compile the DiT blocks")
     p.add_argument("--offload-text-encoder", action="store_true",
                    help="keep UMT5 in CPU RAM; it visits the GPU only to encode prompts")
+
+
+def parse_step_indices(text: str) -> tuple[int, ...]:
+    """A command line's step list "0,3" -> (0, 3) (``guided_steps``); argparse reports the ValueError."""
+    try:
+        return tuple(int(i) for i in text.split(",") if i.strip())
+    except ValueError:
+        raise ValueError(f"expected comma-separated step indices such as 3 or 2,3, got {text!r}") from None

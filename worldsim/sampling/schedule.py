@@ -24,6 +24,7 @@ class SamplerConfig:
     num_train_timesteps: int = 1000
     control_guidance: float = 1.0  # classifier-free guidance on the controls alone; 1 = off (sampling/session.py)
     text_guidance: float = 1.0  # classifier-free guidance on the prompt alone; 1 = off (sampling/session.py)
+    guided_steps: tuple[int, ...] | None = None  # denoising steps (0 = the first) guidance applies to; None: all
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "denoising_steps", tuple(int(s) for s in self.denoising_steps))
@@ -33,6 +34,11 @@ class SamplerConfig:
             raise ValueError(f"denoising_steps must lie in (0, {self.num_train_timesteps}], got {self.denoising_steps}")
         if list(self.denoising_steps) != sorted(self.denoising_steps, reverse=True):
             raise ValueError(f"denoising_steps must decrease, got {self.denoising_steps}")
+        if self.guided_steps is not None:
+            object.__setattr__(self, "guided_steps", tuple(int(i) for i in self.guided_steps))
+            if any(not 0 <= i < len(self.denoising_steps) for i in self.guided_steps):
+                raise ValueError(f"guided_steps must index denoising_steps (0..{len(self.denoising_steps) - 1}), "
+                                 f"got {self.guided_steps}")
         for name in ("control_guidance", "text_guidance"):
             if not getattr(self, name) >= 0:
                 raise ValueError(f"{name} must be >= 0 (1: off), got {getattr(self, name)}")

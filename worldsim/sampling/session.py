@@ -18,7 +18,8 @@ classifier-free guidance on the controls alone, which strengthens how far the fr
 dropout sees in its place) does the same with the prompt alone, controls kept: the frames hold the prompt's look.
 With both, each adds its own direction: ``cond + (s_c - 1)(cond - no_controls) + (s_t - 1)(cond - no_text)``. All
 branches run as one batch that reads the cache without writing it (the re-run, conditional, writes), so on a CPU with
-few tokens per frame guidance costs far less than a second forward.
+few tokens per frame guidance costs far less than a second forward. ``guided_steps`` limits guidance to some
+denoising steps; an unguided first step keeps the deferred cache write in its forward.
 
     session = StreamingSession(model, prompt_embeds, latent_shape=(16, 60, 104), seed=0, window_frames=21)
     latents = session.step()                         # [B, C, N, H, W]
@@ -251,8 +252,9 @@ def step_sessions(sessions: list[StreamingSession], controls: list[Controls | No
     ctrl = Controls.cat(controls)
 
     guided = unconditional_branches(sessions, prompt, ctrl)
+    guided_steps = range(len(first.timesteps)) if first.sampler.guided_steps is None else first.sampler.guided_steps
     deferred = [s._unwritten for s in sessions]
-    merge = not guided and all(d is not None for d in deferred)
+    merge = not (guided and 0 in guided_steps) and all(d is not None for d in deferred)
     if merge:
         try:
             joined = _join_frames(Controls.cat([d.controls for d in deferred]), ctrl)
@@ -260,17 +262,17 @@ def step_sessions(sessions: list[StreamingSession], controls: list[Controls | No
             merge = False
     if not merge:
         write_deferred(sessions)
-    first_step = [merge]
+    step = [-1]
 
     def forward(x: torch.Tensor, t: float) -> torch.Tensor:
-        if first_step[0]:  # the deferred chunks' cache write rides along with this first step
-            first_step[0] = False
+        step[0] += 1
+        if merge and step[0] == 0:  # the deferred chunks' cache write rides along with this first step
             prev = torch.cat([d.latents for d in deferred])
             tt = torch.cat([_timesteps(prev, cn), _timesteps(x, t)], dim=1)
             out = model.forward_chunks(torch.cat([prev, x], dim=2), tt, prompt, caches, [d.start for d in deferred],
                                        joined, history=n)
             return out[:, :, n:]
-        if not guided:
+        if not guided or step[0] not in guided_steps:
             return model.forward_chunks(x, _timesteps(x, t), prompt, caches, starts, ctrl)
         # guidance: every branch in one batch, reading the caches without writing (the re-run writes)
         k = 1 + len(guided)

@@ -9,7 +9,7 @@ import argparse
 import signal
 import sys
 
-from ..pipeline.options import add_model_folder_arguments, default_threads
+from ..pipeline.options import add_model_folder_arguments, default_threads, parse_step_indices
 from .protocol import PROTOCOL_VERSION, Limits
 
 DEFAULT_BIND = "tcp://127.0.0.1:5555"
@@ -50,6 +50,10 @@ def add_serve_arguments(p: argparse.ArgumentParser) -> None:
                    help="classifier-free guidance on the prompt: each denoising step also runs with the empty "
                         "prompt and extrapolates, S times as far (1: off; >1 holds the prompt's look more strongly, "
                         "one more branch in each step's batch; default: the model package's, else 1)")
+    m.add_argument("--guided-steps", type=parse_step_indices, metavar="I,J,..",
+                   help="the denoising steps guidance applies to, 0 = the first (default: the model package's, else "
+                        "all); the toy model holds its theme as well with the last step alone, at a fraction of "
+                        "the cost")
     m.add_argument("--control-keys", type=_names, default=("W", "A", "S", "D", "Space", "Shift"), metavar="K1,K2,..",
                    help="control keys of a preset's control module (default W,A,S,D,Space,Shift)")
     m.add_argument("--control-axes", type=_names, default=("mouse_dx", "mouse_dy"), metavar="A1,A2,..",
@@ -148,7 +152,8 @@ def run_serve(args: argparse.Namespace) -> int:
             chunk_latents=args.chunk_latents, checkpoint=args.checkpoint and str(args.checkpoint),
             use_ema=args.use_ema, decoder=args.decoder or "auto", taehv=args.taehv and str(args.taehv),
             attn=args.attn, compile=args.compile, offload_text_encoder=args.offload_text_encoder,
-            control_guidance=args.control_guidance, text_guidance=args.text_guidance))
+            control_guidance=args.control_guidance, text_guidance=args.text_guidance,
+            guided_steps=args.guided_steps))
         lim = dataclasses.replace(Limits(), max_sessions=args.max_sessions, max_clients=args.max_clients,
                                   max_sessions_per_client=args.max_sessions_per_client, queue_frames=args.queue_frames,
                                   idle_timeout_s=args.idle_timeout, heartbeat_s=min(2.0, args.idle_timeout / 4),

@@ -74,7 +74,7 @@ from ..codecs.toy_codec import ToyCodec
 from ..model.control import Controls
 from ..model.dit import CausalWanDiT
 from ..model_package import is_package, read_package
-from ..runtime import RuntimeOptions, build_runtime
+from ..runtime import GUIDANCE_FIELDS, RuntimeOptions, build_runtime
 from ..sampling.schedule import FlowMatchSchedule, SamplerConfig, evenly_spaced_steps
 from ..sampling.session import StreamingSession
 from ..world import AXES, KEYS, World
@@ -129,6 +129,7 @@ class EvalConfig:
     prompt_streams: int = 3  # the probe's streams per theme (noise seeds), averaged (one stream moved by up to 0.5)
     control_guidance: float | None = None  # the samplers' (sampling/session.py); None: a package's own, else 1
     text_guidance: float | None = None  # likewise, on the prompt
+    guided_steps: tuple[int, ...] | None = None  # steps guidance applies to; None: a package's own, else all
     device: str = "cpu"
 
 
@@ -245,7 +246,7 @@ class Generator:
             self.sampler = runtime.sampler
         else:
             self.sampler = SamplerConfig(shift=cfg.shift, denoising_steps=evenly_spaced_steps(spec.steps))
-        guidance = {k: v for k in ("control_guidance", "text_guidance") if (v := getattr(cfg, k)) is not None}
+        guidance = {k: v for k in GUIDANCE_FIELDS if (v := getattr(cfg, k)) is not None}
         self.sampler = replace(self.sampler, **guidance)
         self.model, self.text = runtime.model, runtime.embed_prompt
         self.empty_prompt = runtime.empty_prompt() if self.sampler.text_guidance != 1 else None
