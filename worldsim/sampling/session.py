@@ -8,7 +8,7 @@ enter the cache. Prompt switches and controls apply at chunk boundaries only.
 denoising step (block-causal between the two chunks). Same numbers up to float rounding, one forward fewer per
 chunk: on a CPU with few tokens per frame a forward costs mostly its fixed overhead, so 2N frames cost little more
 than N (the toy model: 5 forwards per frame -> about 4.2). Anything else that touches the cache (a prompt switch,
-pushed context, control guidance) writes the deferred chunk first.
+pushed context, guidance on the first denoising step) writes the deferred chunk first.
 
 Control guidance (``SamplerConfig.control_guidance`` = s != 1): each denoising step also runs the chunk with its
 controls marked absent (the presence gate closed: the model trained with control dropout predicts the controls'
@@ -193,7 +193,8 @@ class StreamingSession:
         """Sessions whose keys are equal can take their next step together in :func:`step_sessions`."""
         return (id(self.model), self.chunk_frames, self.latent_shape, self.prompt.shape[1], self.batch,
                 tuple(self.timesteps), self.sampler.context_noise, None if controls is None else controls.signature(),
-                self.defer_cache_write, self.sampler.control_guidance, self.sampler.text_guidance)
+                self.defer_cache_write, self.sampler.control_guidance, self.sampler.text_guidance,
+                self.sampler.guided_steps)
 
     @torch.no_grad()
     def push_context(self, latents: torch.Tensor, controls: Controls | None = None) -> None:
