@@ -61,6 +61,7 @@ def default_video(dim: int) -> tuple[int, int]:
 
 GUIDANCE_FIELDS = ("control_guidance", "text_guidance", "guided_steps")  # sampler fields an option may override
 
+
 @dataclass
 class RuntimeOptions:
     preset: str = "small"
