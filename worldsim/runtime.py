@@ -304,6 +304,8 @@ def build_runtime(opts: RuntimeOptions) -> Runtime:
     guidance = {k: v for k in GUIDANCE_FIELDS if (v := getattr(opts, k)) is not None}
     if guidance:
         rt.sampler = dataclasses.replace(rt.sampler or SamplerConfig(), **guidance)
+    if rt.text_guided:  # encoded now, so that sessions opened on other threads only read it
+        rt.empty_prompt()
     if opts.stage_on_cpu:
         rt.target_device = device
     if opts.compile:
