@@ -191,10 +191,8 @@ class StreamingSession:
 
     def batch_key(self, controls: Controls | None) -> tuple:
         """Sessions whose keys are equal can take their next step together in :func:`step_sessions`."""
-        return (id(self.model), self.chunk_frames, self.latent_shape, self.prompt.shape[1], self.batch,
-                tuple(self.timesteps), self.sampler.context_noise, None if controls is None else controls.signature(),
-                self.defer_cache_write, self.sampler.control_guidance, self.sampler.text_guidance,
-                self.sampler.guided_steps)
+        return (id(self.model), self.chunk_frames, self.latent_shape, self.prompt.shape[1], self.batch, self.sampler,
+                None if controls is None else controls.signature(), self.defer_cache_write)
 
     @torch.no_grad()
     def push_context(self, latents: torch.Tensor, controls: Controls | None = None) -> None:
@@ -263,6 +261,10 @@ def step_sessions(sessions: list[StreamingSession], controls: list[Controls | No
             merge = False
     if not merge:
         write_deferred(sessions)
+    if guided:  # every branch in one batch: the conditional rows, then each unconditional branch's
+        k = 1 + len(guided)
+        branch_prompt = torch.cat([prompt] + [p for _, p, _ in guided])
+        branch_controls = Controls.cat([ctrl] + [c for _, _, c in guided])
     step = [-1]
 
     def forward(x: torch.Tensor, t: float) -> torch.Tensor:
@@ -275,12 +277,10 @@ def step_sessions(sessions: list[StreamingSession], controls: list[Controls | No
             return out[:, :, n:]
         if not guided or step[0] not in guided_steps:
             return model.forward_chunks(x, _timesteps(x, t), prompt, caches, starts, ctrl)
-        # guidance: every branch in one batch, reading the caches without writing (the re-run writes)
-        k = 1 + len(guided)
+        # guidance: the branches read the caches without writing (the re-run writes)
         xx = torch.cat([x] * k)
-        cond, *uncond = model.forward_chunks(
-            xx, _timesteps(xx, t), torch.cat([prompt] + [p for _, p, _ in guided]), caches * k, starts * k,
-            Controls.cat([ctrl] + [c for _, _, c in guided]), write=False).chunk(k)
+        cond, *uncond = model.forward_chunks(xx, _timesteps(xx, t), branch_prompt, caches * k, starts * k,
+                                             branch_controls, write=False).chunk(k)
         return cond + sum((scale - 1) * (cond - u) for (scale, _, _), u in zip(guided, uncond))
 
     def noise() -> torch.Tensor:
