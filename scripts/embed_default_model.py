@@ -106,7 +106,7 @@ def main(argv: list[str] | None = None) -> int:
         manifest["sampler"]["denoising_steps"] = list(evenly_spaced_steps(args.steps))
     for key in GUIDANCE_FIELDS:
         if getattr(args, key) is not None:
-            manifest["sampler"][key] = list(v) if isinstance(v := getattr(args, key), tuple) else v
+            manifest["sampler"][key] = getattr(args, key)  # a tuple of guided steps is written as a JSON list
     prov = portable(manifest["provenance"])
     prov["name"] = args.name
     if evaluation is not None:

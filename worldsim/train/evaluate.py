@@ -502,6 +502,12 @@ def from_prompt(generators: list[Generator], codec: ToyCodec, cfg: EvalConfig
     def distance(video: np.ndarray, theme: str) -> np.ndarray:  # [frames] histogram distance to the theme's look
         return stat_drift(video, looks[theme]).histogram
 
+    def spans(curve: np.ndarray) -> dict[str, float]:  # a per-frame score's early and late means
+        return {"early": float(curve[:span].mean()), "late": float(curve[-span:].mean())}
+
+    def over_themes(per_theme: dict[str, dict[str, float]]) -> dict[str, float]:
+        return {k: float(np.mean([v[k] for v in per_theme.values()])) for k in ("early", "late")}
+
     coded = {t: decoded_frames(codec.decode(codec.encode(to_tensor(v, cfg.device)))) for t, v in elsewhere.items()}
     refs = {"world": [distance(elsewhere[t], t).mean() for t in THEMES],
             "codec": [distance(coded[t], t).mean() for t in THEMES],
@@ -522,15 +528,10 @@ def from_prompt(generators: list[Generator], codec: ToyCodec, cfg: EvalConfig
                     strips.setdefault(g.spec.name, []).append((video,))
             d, grid = np.mean(d, axis=0), np.mean(grid, axis=0)  # [frames], over the streams
             curves.append(d.reshape(-1, n).mean(1))
-            per_theme[theme] = {"early": float(d[:span].mean()), "late": float(d[-span:].mean())}
-            grids[theme] = {"early": float(grid[:span].mean()), "late": float(grid[-span:].mean())}
+            per_theme[theme], grids[theme] = spans(d), spans(grid)
         results["models"][g.spec.name] = {
-            "early": float(np.mean([v["early"] for v in per_theme.values()])),
-            "late": float(np.mean([v["late"] for v in per_theme.values()])),
-            "per_theme": per_theme, "per_chunk": np.mean(curves, axis=0).tolist(),
-            "grid": {"period": period,
-                     "early": float(np.mean([v["early"] for v in grids.values()])),
-                     "late": float(np.mean([v["late"] for v in grids.values()])),
+            **over_themes(per_theme), "per_theme": per_theme, "per_chunk": np.mean(curves, axis=0).tolist(),
+            "grid": {"period": period, **over_themes(grids),
                      "world": float(np.mean([token_grid(elsewhere[t], period).mean() for t in THEMES])),
                      "codec": float(np.mean([token_grid(coded[t], period).mean() for t in THEMES])),
                      "per_theme": grids}}
