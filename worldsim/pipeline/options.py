@@ -32,8 +32,9 @@ def add_model_folder_arguments(p: argparse._ActionsContainer, decoder_default: s
 
 
 def parse_step_indices(text: str) -> tuple[int, ...]:
-    """A command line's step list "0,3" -> (0, 3) (``guided_steps``); argparse reports the ValueError."""
+    """A command line's step list "0,3" -> (0, 3) (``guided_steps``), as an argparse ``type``."""
     try:
         return tuple(int(i) for i in text.split(",") if i.strip())
     except ValueError:
-        raise ValueError(f"expected comma-separated step indices such as 3 or 2,3, got {text!r}") from None
+        raise argparse.ArgumentTypeError(f"expected comma-separated step indices such as 3 or 2,3, got {text!r}") \
+            from None
