@@ -39,7 +39,7 @@ from .model.config import ControlConfig, DiTConfig, load_preset
 from .model.control import Controls
 from .model.dit import CausalWanDiT
 from .model_package import PackageError, is_package, read_package
-from .pipeline.devices import compile_blocks, resolve_device, resolve_dtype, text_encoder_dtype
+from .pipeline.devices import column_major_linears, compile_blocks, resolve_device, resolve_dtype, text_encoder_dtype
 from .sampling.schedule import SamplerConfig
 from .sampling.session import StreamingSession
 from .serve.protocol import ControlSchema
@@ -308,6 +308,8 @@ def build_runtime(opts: RuntimeOptions) -> Runtime:
         rt.empty_prompt()
     if opts.stage_on_cpu:
         rt.target_device = device
+    if device.type == "cpu":
+        column_major_linears(rt.model)
     if opts.compile:
         compile_blocks(rt.model)
     return rt

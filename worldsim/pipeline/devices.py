@@ -42,6 +42,17 @@ def compile_blocks(model: torch.nn.Module) -> None:
         block.forward = torch.compile(block.forward)
 
 
+def column_major_linears(model: torch.nn.Module) -> None:
+    """Store every ``nn.Linear`` weight [out, in] column-major: the same values, shape and names, strides (1, out).
+
+    For the CPU at inference: ``F.linear`` multiplies by ``weight.t()``, which is then a contiguous [in, out]
+    matrix, and MKL runs that 1.3-1.6x faster than the transposed one at the few tokens a streamed chunk has
+    (16 x 192 @ 192 x 512: 57 -> 42 us; results equal). Training keeps the default layout."""
+    for m in model.modules():
+        if isinstance(m, torch.nn.Linear):
+            m.weight.data = m.weight.data.t().contiguous().t()
+
+
 def synchronize(device: torch.device) -> None:
     if device.type == "cuda":
         torch.cuda.synchronize(device)
