@@ -102,7 +102,8 @@ def in_process(args: argparse.Namespace) -> dict:
         if measuring_since is not None and now - measuring_since >= args.seconds:
             break
         newest_input = t_start + int((now - t_start) * CONTROL_HZ) / CONTROL_HZ  # a 16 Hz control stream
-        out = to_uint8(decoder.decode(session.step(controls=Controls(keys=keys))))[0].numpy()
+        with torch.inference_mode():  # as the daemon steps and decodes
+            out = to_uint8(decoder.decode(session.step(controls=Controls(keys=keys))))[0].numpy()
         latencies.append(time.perf_counter() - newest_input)
         frames += len(out)
     elapsed = time.perf_counter() - measuring_since

@@ -149,7 +149,8 @@ def stream_video(runtime: Runtime, embeds: dict[str, torch.Tensor], schedule: Pr
     decoder.reset()
     first_frame_s, switched = 0.0, []
     with Mp4Writer(cfg.out, width, height, fps=fps, crf=cfg.crf) as writer, \
-            tqdm(total=chunks, unit="chunk", desc="generating", disable=not cfg.progress) as bar:
+            tqdm(total=chunks, unit="chunk", desc="generating", disable=not cfg.progress) as bar, \
+            torch.inference_mode():  # frames are only written out: no autograd bookkeeping per op
         for k in range(chunks):
             switch = schedule.switch_at(k)
             if switch is not None and k > 0:
