@@ -3,6 +3,7 @@ memory constant and matches a fresh forward over the retained frames, and stream
 
 from __future__ import annotations
 
+import pytest
 import torch
 
 from conftest import make_model, text
@@ -70,6 +71,37 @@ def test_rolling_keeps_memory_constant_and_matches_fresh_forward_over_retained_f
     kept = torch.cat([torch.arange(sink), torch.arange(end - window, end)])
     fresh = model(x[:, :, kept], t[:, kept], ctx, frame_positions=kept, chunk_frames=len(kept))
     assert (fresh[:, :, -3:] - last).abs().max() < 1e-5
+
+
+@torch.no_grad()
+def test_a_cache_listed_twice_gives_its_branch_the_first_listings_keys_and_writes_only_the_first():
+    """Guidance runs a chunk's branches in one forward over one cache listed per branch: the first listing writes as
+    forward_chunk does, a later one attends to the same keys with its own chunk's K/V (what write=False gives) and
+    stores nothing; the branch's text K/V are computed once for repeated contexts."""
+    import copy
+
+    model, ctx = make_model(), text()
+    empty = torch.zeros_like(ctx)
+    x, t = clip(18)  # 5 chunks of history, in a ring that has rolled over (window 9), then the branched chunk
+    _, cache = stream(model, x[:, :, :15], t[:, :15], ctx, sink=2, window=9)
+    writer, reader = copy.deepcopy(cache), copy.deepcopy(cache)
+    chunk, tc = x[:, :, 15:], t[:, 15:]
+    cond = model.forward_chunk(chunk, tc, ctx, writer, 15)
+    uncond = model.forward_chunk(chunk, tc, empty, reader, 15, write=False)
+    calls = []
+    text_kv = model._text_kv
+    model._text_kv = lambda c: calls.append(c.shape[0]) or text_kv(c)
+    for _ in range(2):
+        both = model.forward_chunks(torch.cat([chunk, chunk]), torch.cat([tc, tc]), torch.cat([ctx, empty]),
+                                    [cache, cache], [15, 15])
+        assert torch.allclose(both[:1], cond, atol=1e-5) and torch.allclose(both[1:], uncond, atol=1e-5)
+        # the cache holds the first listing's K/V (the branch's differ from layer 1 on, where the text has acted)
+        assert torch.allclose(cache.k, writer.k, atol=1e-5) and torch.allclose(cache.v, writer.v, atol=1e-5)
+        assert cache.end == writer.end
+    assert calls == [1]  # the empty prompt's K/V, once; the prompt's were already in the cache
+    with pytest.raises(ValueError, match="listed twice"):
+        model.forward_chunks(torch.cat([x[:, :, 12:18]] * 2), torch.cat([t[:, 12:18]] * 2), torch.cat([ctx, empty]),
+                             [cache, cache], [12, 12], history=3)
 
 
 @torch.no_grad()

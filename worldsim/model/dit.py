@@ -274,6 +274,9 @@ class CausalWanDiT(nn.Module):
         The batch rows are split over ``caches`` in order (cache j holds its own batch of rows), each stream at its
         own ``starts[j]``. Every layer's projections and MLPs run once over the whole batch; self-attention runs per
         cache, over that cache's resident frames. With one cache this is exactly :meth:`forward_chunk`.
+        A cache listed again (a guidance branch of the same stream: other text or controls) attends to what the
+        first listing's rows attend to, with its own chunk's K/V in place of theirs, and writes nothing; its text
+        K/V are kept in the cache by context (:meth:`KVCache.branch_text_kv`).
         history: the first ``history`` frames of x are a finished chunk whose K/V are stored, the rest the next
         chunk's first denoising step, attended to but not stored; each part sees what it would in a forward of its
         own (:meth:`KVCache.begin_with_next`).
@@ -291,8 +294,15 @@ class CausalWanDiT(nn.Module):
         if history and not write:
             raise ValueError("a forward with history frames writes them: write=False does not apply")
         if write:
-            reads, texts = [], []
+            reads, texts, listed = [], [], set()
             for j, (c, start, (lo, hi)) in enumerate(zip(caches, starts, bounds)):
+                if id(c) in listed:
+                    if history:
+                        raise ValueError("a cache listed twice (a guidance branch) cannot take history frames")
+                    reads.append(c.overlay(start, f))
+                    texts.append(c.branch_text_kv(context[lo:hi], self._text_kv))
+                    continue
+                listed.add(id(c))
                 if history:
                     read, masks[j] = c.begin_with_next(start, history, f - history)
                 else:

@@ -39,6 +39,8 @@ class KVCache:
         self.cross_k: torch.Tensor | None = None  # [num_layers, B, L_text, H, D]
         self.cross_v: torch.Tensor | None = None
         self.cross_valid = False
+        # Text K/V of guidance branches (the empty prompt; the prompt itself for control guidance), by context
+        self._branch_texts: list[tuple[torch.Tensor, list[tuple[torch.Tensor, torch.Tensor]]]] = []
         self.end = 0  # exclusive end of the frames written so far (absolute frame index)
         self.origin = sink_frames  # first frame of the current ring epoch (>= sink)
         self._runs: list[tuple[int, int, int]] = []  # (first frame offset in chunk, first slot, length) of the pending write
@@ -62,6 +64,7 @@ class KVCache:
 
     def nbytes(self) -> int:
         extra = 0 if self.cross_k is None else self.cross_k.nbytes + self.cross_v.nbytes
+        extra += sum(k.nbytes + v.nbytes for _, kv in self._branch_texts for k, v in kv)
         return self.k.nbytes + self.v.nbytes + extra
 
     def is_resident(self, frame: int) -> bool:
@@ -181,3 +184,14 @@ class KVCache:
 
     def text_kv(self) -> list[tuple[torch.Tensor, torch.Tensor]]:
         return list(zip(self.cross_k, self.cross_v))
+
+    def branch_text_kv(self, context: torch.Tensor, compute) -> list[tuple[torch.Tensor, torch.Tensor]]:
+        """The per-layer text K/V of a guidance branch's context [B, L, text_dim], ``compute(context)`` on a miss.
+        The two contexts last used are kept and matched by value: a branch's prompt (the empty one) rarely
+        changes, so its K/V are computed once per session instead of in every guided forward."""
+        for ctx, kv in self._branch_texts:
+            if ctx.shape == context.shape and torch.equal(ctx, context):
+                return kv
+        kv = compute(context)
+        self._branch_texts = [(context.clone(), kv)] + self._branch_texts[:1]
+        return kv

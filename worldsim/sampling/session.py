@@ -17,8 +17,9 @@ classifier-free guidance on the controls alone, which strengthens how far the fr
 (``text_guidance``, the session's ``uncond_prompt``: the empty prompt's embedding, what a model trained with text
 dropout sees in its place) does the same with the prompt alone, controls kept: the frames hold the prompt's look.
 With both, each adds its own direction: ``cond + (s_c - 1)(cond - no_controls) + (s_t - 1)(cond - no_text)``. All
-branches run as one batch that reads the cache without writing it (the re-run, conditional, writes), so on a CPU with
-few tokens per frame guidance costs far less than a second forward. ``guided_steps`` limits guidance to some
+branches run as one batch: the conditional rows write the cache as an unguided step does, the branches attend to it
+with their own chunk in its place (their text K/V kept per session), so on a CPU with few tokens per frame guidance
+costs far less than a second forward. ``guided_steps`` limits guidance to some
 denoising steps; an unguided first step keeps the deferred cache write in its forward.
 
     session = StreamingSession(model, prompt_embeds, latent_shape=(16, 60, 104), seed=0, window_frames=21)
@@ -277,10 +278,11 @@ def step_sessions(sessions: list[StreamingSession], controls: list[Controls | No
             return out[:, :, n:]
         if not guided or step[0] not in guided_steps:
             return model.forward_chunks(x, _timesteps(x, t), prompt, caches, starts, ctrl)
-        # guidance: the branches read the caches without writing (the re-run writes)
+        # guidance: the conditional rows write as any step does (later steps and the re-run overwrite it); each
+        # branch attends to the same cache with its own chunk in their place
         xx = torch.cat([x] * k)
         cond, *uncond = model.forward_chunks(xx, _timesteps(xx, t), branch_prompt, caches * k, starts * k,
-                                             branch_controls, write=False).chunk(k)
+                                             branch_controls).chunk(k)
         return cond + sum((scale - 1) * (cond - u) for (scale, _, _), u in zip(guided, uncond))
 
     def noise() -> torch.Tensor:
