@@ -9,6 +9,8 @@ sees position differences, so a rolling window at frame 10^6 behaves as one at f
 
 from __future__ import annotations
 
+import functools
+
 import torch
 
 THETA = 10000.0
@@ -29,19 +31,30 @@ def rope_table(head_dim: int, frame_positions: torch.Tensor, height: int, width:
     """The unit rotations e^(i angle) for every token of a [F, height, width] grid, flattened frame-major:
     complex64 [F*h*w, D/2] (angles in float64, rounded once to float32 parts).
 
-    frame_positions: [F] absolute latent-frame indices (any integers >= 0, no upper bound).
+    frame_positions: [F] absolute latent-frame indices (any integers >= 0, no upper bound). Only the time part
+    depends on them; the height/width part is computed once per grid (a stream asks for new positions every chunk).
     """
-    device = frame_positions.device
-    dt, dh, dw = axis_split(head_dim)
-    f = frame_positions.to(torch.float64)[:, None] * _inv_freq(dt, device)  # [F, dt/2]
+    dt, _, _ = axis_split(head_dim)
+    f = frame_positions.to(torch.float64)[:, None] * _inv_freq(dt, frame_positions.device)  # [F, dt/2]
+    time = _unit(f)
+    space = _space_table(head_dim, height, width, frame_positions.device)  # [h*w, (dh+dw)/2]
+    n_f, n_s = time.shape[0], space.shape[0]
+    return torch.cat([time[:, None].expand(n_f, n_s, -1), space[None].expand(n_f, n_s, -1)],
+                     dim=-1).reshape(n_f * n_s, head_dim // 2)
+
+
+@functools.lru_cache(maxsize=8)
+def _space_table(head_dim: int, height: int, width: int, device: torch.device) -> torch.Tensor:
+    """The height and width rotations of every token of one frame: complex64 [h*w, (dh+dw)/2]."""
+    _, dh, dw = axis_split(head_dim)
     h = torch.arange(height, dtype=torch.float64, device=device)[:, None] * _inv_freq(dh, device)  # [h, dh/2]
     w = torch.arange(width, dtype=torch.float64, device=device)[:, None] * _inv_freq(dw, device)  # [w, dw/2]
-    n_f, n_h, n_w = f.shape[0], height, width
-    angles = torch.cat([
-        f[:, None, None, :].expand(n_f, n_h, n_w, -1),
-        h[None, :, None, :].expand(n_f, n_h, n_w, -1),
-        w[None, None, :, :].expand(n_f, n_h, n_w, -1),
-    ], dim=-1).reshape(n_f * n_h * n_w, head_dim // 2)
+    angles = torch.cat([h[:, None, :].expand(height, width, -1), w[None, :, :].expand(height, width, -1)], dim=-1)
+    return _unit(angles.reshape(height * width, -1))
+
+
+def _unit(angles: torch.Tensor) -> torch.Tensor:
+    """float64 angles -> complex64 e^(i angle), each part rounded once to float32."""
     return torch.complex(angles.cos().float(), angles.sin().float())
 
 
