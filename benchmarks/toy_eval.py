@@ -69,13 +69,17 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                         "sampler, else 1)")
     p.add_argument("--guided-steps", type=parse_step_indices, metavar="I,J,..",
                    help="the denoising steps guidance applies to, 0 = the first (default: a package's own, else all)")
+    p.add_argument("--chunk-latents", type=int, metavar="N",
+                   help="latent frames per generated chunk (default: each model's training chunk; as serve's "
+                        "--chunk-latents)")
     p.add_argument("--device", default=d.device, help="cpu, cuda, ...")
     p.add_argument("--threads", type=int, default=1, help="torch threads (default 1: fastest on a shared CPU)")
     p.add_argument("--out", default="runs/eval", help="results.json and PNG strips (default runs/eval)")
     args = p.parse_args(argv)
-    if args.episodes < 1 or args.chunks < 2 or args.strip_every < 1 or args.prompt_streams < 1:
-        p.error("--episodes must be >= 1, --chunks >= 2 (early and late spans), --strip-every and --prompt-streams "
-                ">= 1")
+    if args.episodes < 1 or args.chunks < 2 or args.strip_every < 1 or args.prompt_streams < 1 or \
+            (args.chunk_latents is not None and args.chunk_latents < 1):
+        p.error("--episodes must be >= 1, --chunks >= 2 (early and late spans), --strip-every, --prompt-streams "
+                "and --chunk-latents >= 1")
     return args
 
 
@@ -91,7 +95,7 @@ def main(argv: list[str] | None = None) -> int:
                      sink_frames=args.sink, strip_episodes=args.strip_episodes, strip_every=args.strip_every,
                      held_frames=args.held_frames, prompt_frames=args.prompt_frames, prompt_streams=args.prompt_streams,
                      control_guidance=args.control_guidance, text_guidance=args.text_guidance,
-                     guided_steps=args.guided_steps, device=args.device)
+                     guided_steps=args.guided_steps, chunk_frames=args.chunk_latents, device=args.device)
     results = evaluate(specs, args.codec, cfg, out=args.out)
     print(format_table(results))
     if "held_commands" in results:

@@ -102,6 +102,16 @@ def test_a_model_that_ignores_controls_scores_chance(tmp_path):
         assert c["correct"] == c["reversed"] == 0 and c["score"] in (None, 0.5)
 
 
+def test_chunks_of_another_size_than_trained(tmp_path):
+    """chunk_frames (toy_eval --chunk-latents, as the daemon's): the model generates chunks of that many latent
+    frames, and the episodes' context and scored spans follow (2 chunks of 1: 3 scored frames, one strip column)."""
+    dit, codec = tiny_files(tmp_path)
+    cfg = EvalConfig(episodes=1, chunks=2, seed=1, chunk_frames=1)
+    results = evaluate([ModelSpec.parse(f"tiny={dit}:2")], codec, cfg, out=tmp_path / "eval", progress=False)
+    assert results["config"]["chunk_frames"] == 1 and len(results["models"]["tiny"]["mse"]["per_chunk"]) == 2
+    assert Image.open(tmp_path / "eval" / "strip_tiny.png").size == (64, 4 * 64)  # trained chunks of 3: 3 columns
+
+
 def test_the_from_a_prompt_probe_scores_every_theme_against_its_look(tmp_path):
     """Streams from each theme's prompt alone; the references bracket the metric (the world elsewhere is far closer
     to a theme's look than the other themes are), and a random model's frames are farther than the world's."""

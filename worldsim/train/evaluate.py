@@ -130,6 +130,7 @@ class EvalConfig:
     control_guidance: float | None = None  # the samplers' (sampling/session.py); None: a package's own, else 1
     text_guidance: float | None = None  # likewise, on the prompt
     guided_steps: tuple[int, ...] | None = None  # steps guidance applies to; None: a package's own, else all
+    chunk_frames: int | None = None  # latent frames per generated chunk; None: the model's own (serve --chunk-latents)
     device: str = "cpu"
 
 
@@ -251,7 +252,7 @@ class Generator:
         self.model, self.text = runtime.model, runtime.embed_prompt
         self.empty_prompt = runtime.empty_prompt() if self.sampler.text_guidance != 1 else None
         check_compatible(self.model, codec, spec.name)
-        self.n = self.model.cfg.chunk_frames
+        self.n = cfg.chunk_frames or self.model.cfg.chunk_frames
 
     @property
     def timesteps(self) -> list[float]:
@@ -262,7 +263,7 @@ class Generator:
         """A stream of this model from ``prompt`` with the evaluation's cache and the model's sampler."""
         return StreamingSession(self.model, self.text(prompt).to(self.cfg.device), latent_shape=latent_shape, seed=seed,
                                 sink_frames=self.cfg.sink_frames, window_frames=self.cfg.window_frames,
-                                sampler=self.sampler, uncond_prompt=self.empty_prompt)
+                                sampler=self.sampler, uncond_prompt=self.empty_prompt, chunk_frames=self.n)
 
     @torch.no_grad()
     def rollout(self, ep: HeldOutEpisode, seed: int, tick=lambda: None, chunks: int | None = None
