@@ -53,6 +53,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                    help="run only these parts (repeatable; default: all but soak)")
     p.add_argument("--sessions", default="1,2,4,8", help="session counts for throughput (default 1,2,4,8)")
     p.add_argument("--chunks", default="1,2,3", help="chunk sizes in latent frames for latency (default 1,2,3)")
+    p.add_argument("--chunk-latents", type=int,
+                   help="chunk size in latent frames for throughput and in-process (default: the model's)")
     p.add_argument("--transport-sizes", default="128x128,832x480", help="WxH list for the transport part")
     p.add_argument("--transport-clients", default="1,4", help="client counts for the transport part (default 1,4)")
     p.add_argument("--fps", type=float, default=16.0, help="paced rate for latency, transport and soak (default 16)")
@@ -87,8 +89,9 @@ def in_process(args: argparse.Namespace) -> dict:
     from worldsim.runtime import RuntimeOptions, build_runtime
 
     torch.set_num_threads(args.threads)
-    b = build_runtime(RuntimeOptions(preset=args.preset, model=args.model, height=args.height, width=args.width))
-    k, n = b.schema.frames_per_latent, b.model.cfg.chunk_frames
+    b = build_runtime(RuntimeOptions(preset=args.preset, model=args.model, height=args.height, width=args.width,
+                                     chunk_latents=args.chunk_latents))
+    k, n = b.schema.frames_per_latent, b.chunk_latents
     keys = torch.zeros(1, n, k, len(b.schema.keys))
     keys[..., 0] = 1
     session = b.new_session(b.embed_prompt("a quiet forest"))
@@ -428,7 +431,8 @@ def main(argv: list[str] | None = None) -> int:
     cond = {"model": args.model or f"{args.preset} preset", "video": f"{args.width}x{args.height}"
             if args.width and args.height else "the model's", "decoder": "the model's" if args.model else "preview",
             "format": args.format, "device": f"{cpu}, {os.cpu_count()} cores", "threads": args.threads,
-            "seconds": args.seconds, "fps": args.fps, "daemon_src": str(args.daemon_src or "this checkout")}
+            "seconds": args.seconds, "fps": args.fps, "daemon_src": str(args.daemon_src or "this checkout"),
+            "chunk_latents": args.chunk_latents or "the model's"}
     print("conditions: " + ", ".join(f"{k}={v}" for k, v in cond.items()), flush=True)
     results: dict = {"conditions": cond}
     if "in-process" in parts:
@@ -437,7 +441,7 @@ def main(argv: list[str] | None = None) -> int:
     if "throughput" in parts:
         results["throughput"] = []
         for batch in (1, 8):
-            with Daemon(args, max_batch=batch) as d:
+            with Daemon(args, args.chunk_latents, max_batch=batch) as d:
                 for n in [int(x) for x in args.sessions.split(",") if x.strip()]:
                     r = throughput(args, d.endpoint, n) | {"max_batch": batch}
                     results["throughput"].append(r)
