@@ -88,9 +88,13 @@ def test_a_cache_listed_twice_gives_its_branch_the_first_listings_keys_and_write
     chunk, tc = x[:, :, 15:], t[:, 15:]
     cond = model.forward_chunk(chunk, tc, ctx, writer, 15)
     uncond = model.forward_chunk(chunk, tc, empty, reader, 15, write=False)
-    calls = []
-    text_kv = model._text_kv
-    model._text_kv = lambda c: calls.append(c.shape[0]) or text_kv(c)
+    calls, text_kv = [], model._text_kv
+
+    def counted(c):
+        calls.append(c.shape[0])
+        return text_kv(c)
+
+    model._text_kv = counted
     for _ in range(2):
         both = model.forward_chunks(torch.cat([chunk, chunk]), torch.cat([tc, tc]), torch.cat([ctx, empty]),
                                     [cache, cache], [15, 15])

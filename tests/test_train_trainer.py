@@ -203,6 +203,20 @@ def test_init_from_a_text_to_video_checkpoint_adds_zero_controls(workdir):
     assert tr.stage.unwrap("teacher").control_embedding.mlp[2].weight.any()  # controls are being learned
 
 
+def test_init_header_overriding_the_recipes_model_is_named(workdir, caplog):
+    """A worldsim --init file brings its architecture; settings where the recipe's preset says otherwise (here a
+    chunk size, which changes no weight shape) are named in a warning instead of being dropped silently."""
+    import dataclasses
+
+    torch.manual_seed(0)
+    other = CausalWanDiT(dataclasses.replace(load_preset("tiny"), chunk_frames=1))
+    path = save_worldsim(other, workdir / "chunk1.safetensors")
+    with caplog.at_level("WARNING", logger="worldsim.train.trainer"):
+        tr = Trainer("teacher", recipe("teacher", workdir, "init_header"), init=path)
+    assert tr.stage.unwrap("teacher").cfg.chunk_frames == 1
+    assert "chunk_frames 1 (recipe 3)" in caplog.text
+
+
 def test_bf16_gradient_checkpointing_and_accumulation_run(workdir):
     cfg = recipe("teacher", workdir, "options", "mixed_precision=bf16", "gradient_checkpointing=true", "grad_accum=2",
                  "optim.warmup_steps=2", "max_steps=2")

@@ -50,8 +50,29 @@ def model_config(cfg: TrainConfig, init: Path | None):
     if init is not None:
         fmt, where = resolve(init)
         if fmt == "worldsim":
-            return read_worldsim_config(where)
+            header = read_worldsim_config(where)
+            warn_header_over_recipe(header, cfg.model, init)
+            return header
     return load_preset(cfg.model)
+
+
+def warn_header_over_recipe(header, recipe_model: str, init: Path) -> None:
+    """Say so when ``--init``'s header overrides settings the recipe's model preset gives otherwise (the control
+    module aside: a missing one is added): e.g. a recipe's ``chunk_frames: 2`` does nothing with a chunk-1 init."""
+    import dataclasses
+
+    from ..model.config import load_preset
+
+    try:
+        preset = load_preset(recipe_model)
+    except (OSError, ValueError):
+        return
+    differ = [f"{f.name} {getattr(header, f.name)} (recipe {getattr(preset, f.name)})"
+              for f in dataclasses.fields(header)
+              if f.name != "control" and getattr(header, f.name) != getattr(preset, f.name)]
+    if differ:
+        log.warning("--init %s: training keeps its header's %s; to train with the recipe's, save the weights with that "
+                    "config first (worldsim.checkpoints.save_worldsim)", init, ", ".join(differ))
 
 
 def open_text_encoder(data: DataConfig, text_len: int, text_dim: int):
