@@ -108,6 +108,21 @@ def test_a_cache_listed_twice_gives_its_branch_the_first_listings_keys_and_write
                              [cache, cache], [12, 12], history=3)
 
 
+def test_rope_tables_first_made_while_serving_also_serve_training():
+    """The daemon steps under inference mode; the RoPE tables it caches must not be inference tensors, which
+    autograd refuses to save (a grid size no other test uses, so the tables are made here first)."""
+    model, ctx = make_model(), text()
+    x = torch.randn(1, 4, 3, 6, 10)
+    t = torch.full((1, 3), 500.0)
+    with torch.inference_mode():
+        cache = model.new_cache(batch=1, height=6, width=10, sink_frames=0, window_frames=3)
+        model.forward_chunk(x, t, ctx, cache, 0)
+    model(x, t, ctx).square().mean().backward()  # the clip path: rope_table's height/width part
+    cache = model.new_cache(batch=1, height=6, width=10, sink_frames=0, window_frames=3)
+    model.forward_chunk(x, t, ctx, cache, 0, write=False).square().mean().backward()  # the cached chunk table
+    assert all(p.grad is not None for p in model.blocks[0].self_attn.q.parameters())
+
+
 @torch.no_grad()
 def test_session_runs_past_1024_latent_frames():
     model = make_model(num_layers=1)

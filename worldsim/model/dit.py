@@ -342,6 +342,7 @@ class CausalWanDiT(nn.Module):
 
 
 @functools.lru_cache(maxsize=16)
+@torch.inference_mode(False)  # kept across calls: a normal tensor, also when first asked for while serving
 def chunk_rope_table(head_dim: int, start: int, frames: int, height: int, width: int, device) -> torch.Tensor:
     """:func:`rope_table` of frames [start, start + frames), kept for the next calls: every denoising step of a
     chunk and its cache re-run sit at the same positions (a few streams' worth are kept)."""

@@ -44,6 +44,7 @@ def rope_table(head_dim: int, frame_positions: torch.Tensor, height: int, width:
 
 
 @functools.lru_cache(maxsize=8)
+@torch.inference_mode(False)  # kept across calls: a normal tensor, also when first asked for while serving
 def _space_table(head_dim: int, height: int, width: int, device: torch.device) -> torch.Tensor:
     """The height and width rotations of every token of one frame: complex64 [h*w, (dh+dw)/2]."""
     _, dh, dw = axis_split(head_dim)
