@@ -21,7 +21,7 @@ import os
 import queue
 import threading
 import time
-from collections import OrderedDict, deque
+from collections import Counter, OrderedDict, deque
 from dataclasses import dataclass, field
 
 import zmq
@@ -132,6 +132,8 @@ class Daemon:
         os.set_blocking(self._wake_r, False)
         os.set_blocking(self._wake_w, False)
         self._events: queue.SimpleQueue = queue.SimpleQueue()
+        self._in_transit: Counter[int] = Counter()  # frames emitted per session, not yet in its queue here
+        self._transit_lock = threading.Lock()
         self.clients: dict[bytes, ClientState] = {}
         self.sessions: dict[int, SessionSlot] = {}
         self._handshakes: OrderedDict[bytes, TokenBucket] = OrderedDict()  # per-peer buckets before hello
@@ -170,6 +172,11 @@ class Daemon:
 
     # ---- engine side (called on the engine thread) -----------------------------------------------------------
     def _emit(self, events: list[Event]) -> None:
+        frames = [ev for ev in events if isinstance(ev, Frames)]
+        if frames:  # counted before they leave, so the engine never sees a queue emptier than it is
+            with self._transit_lock:
+                for ev in frames:
+                    self._in_transit[ev.sid] += len(ev.frames)
         self._events.put(events)
         try:
             os.write(self._wake_w, b"\0")
@@ -177,9 +184,12 @@ class Daemon:
             pass  # the pipe is full of wake-ups already
 
     def _backlog(self, sid: int) -> int:
-        """Frames queued for a session (read on the engine thread: dict.get and len(deque) are atomic)."""
+        """Frames queued for a session, counting those emitted but not yet taken from the event queue (read on the
+        engine thread: dict.get and len(deque) are atomic)."""
         slot = self.sessions.get(sid)
-        return len(slot.frames) if slot is not None else 0
+        with self._transit_lock:
+            in_transit = self._in_transit[sid]
+        return in_transit + (len(slot.frames) if slot is not None else 0)
 
     # ---- running ---------------------------------------------------------------------------------------------
     def start(self) -> "Daemon":
@@ -404,6 +414,11 @@ class Daemon:
                 return
             for ev in events:
                 self._on_event(ev)
+                if isinstance(ev, Frames):  # now queued (or discarded): no longer in transit
+                    with self._transit_lock:
+                        self._in_transit[ev.sid] -= len(ev.frames)
+                        if self._in_transit[ev.sid] <= 0:
+                            del self._in_transit[ev.sid]
 
     def _on_event(self, ev: Event) -> None:
         slot = self.sessions.get(ev.sid)
