@@ -308,10 +308,12 @@ def paced_stream(c: Client, session: int, fps: float, seconds: float) -> tuple[f
 
 
 def test_client_that_never_reads(make_daemon):
-    """A paced fps-240 session whose client never reads costs model time only until its queue is full; the
+    """A paced fps-240 session whose client never reads costs model time only while its transport takes frames: a
+    queue's worth, then only the few frames the OS socket buffers take now and then. Once its queue is full, the
     reading client keeps its frame rate and control-to-photon latency."""
     big = tiny_backend(size=128)  # 48 KiB frames fill socket buffers quickly
-    d = make_daemon(big, queue_frames=24)
+    queue_frames = 24
+    d = make_daemon(big, queue_frames=queue_frames)
     with Client(d.endpoint, name="reader") as c:
         s = c.open("keeps up", fps=16)
         frames_for(c, s, 24)  # warm up
@@ -319,22 +321,50 @@ def test_client_that_never_reads(make_daemon):
         sink = RawPeer(d.endpoint, rcvhwm=1)
         try:
             sink.hello()
-            stuck = sink.reply(sink.request("open", prompt="never read", fps=240))["session"]
-            fps_next, latency_next = paced_stream(c, s, 16, 6)
-            made = d.sessions[stuck].generation.published["frames_generated"]
-            sink.request("ping")  # the non-reader stays connected, it just never reads
-            t1 = time.monotonic()
-            while time.monotonic() - t1 < 2:
+            stuck = d.sessions[sink.reply(sink.request("open", prompt="never read", fps=240))["session"]]
+            chunk = d.engine.sessions[stuck.sid].next_chunk_frames()
+            deadline = time.monotonic() + 10
+            while len(stuck.frames) + chunk <= queue_frames:  # its queue fills; the reader keeps reading meanwhile
+                assert time.monotonic() < deadline, "the non-reader's queue never filled"
                 c.frame(0.05)
-            assert d.sessions[stuck].generation.published["frames_generated"] == made, "the non-reader still costs"
-            assert len(d.sessions[stuck].frames) <= 24
+            made = stuck.generation.published["frames_generated"]
+            fps_next, latency_next = paced_stream(c, s, 16, 6)
+            sink.request("ping")  # the non-reader stays connected, it just never reads
+            more = stuck.generation.published["frames_generated"] - made
+            # reading, it would have been given ~6 s of the model (hundreds of frames); not reading, its socket
+            # buffers take a few frames every several seconds, so at most a queue's worth more are made
+            assert more <= queue_frames, f"the non-reader still costs: {more} frames made after its queue filled"
+            assert len(stuck.frames) <= queue_frames and stuck.delivery.frames_dropped == 0
         finally:
             sink.close()
     print(f"alone {fps_alone:.2f} fps {1e3 * latency_alone:.0f} ms; next to a non-reader {fps_next:.2f} fps "
-          f"{1e3 * latency_next:.0f} ms")
+          f"{1e3 * latency_next:.0f} ms; it made {more} frames meanwhile")
     assert fps_next >= 0.95 * fps_alone, f"{fps_next:.2f} fps next to a non-reader, {fps_alone:.2f} alone"
-    assert latency_next <= 1.10 * latency_alone, f"control-to-photon {1e3 * latency_next:.0f} ms next to a " \
+    # a paced chunk starts its planned duration (a 0.9 quantile of the reader's last 32 chunk times) before its
+    # deadline; on a shared 2-core machine that estimate alone moves by +-30 ms (~7% here) between phases
+    assert latency_next <= 1.25 * latency_alone, f"control-to-photon {1e3 * latency_next:.0f} ms next to a " \
                                                  f"non-reader, {1e3 * latency_alone:.0f} ms alone"
+
+
+def test_frames_on_their_way_to_the_queue_count_as_queued(backend):
+    """The engine sees a session's frames as queued from the moment they are emitted, not only once the socket loop
+    has moved them into the session's queue: otherwise it can make another chunk for a full queue, which then drops
+    frames."""
+    from worldsim.serve.daemon import Daemon, DaemonConfig
+    from worldsim.serve.engine import Frames
+    from worldsim.serve.sessions import FrameOut
+
+    d = Daemon(backend, DaemonConfig(bind="tcp://127.0.0.1:*", limits=TEST_LIMITS))  # not started: events wait
+    try:
+        frames = [FrameOut(7, 0, {}, b"") for _ in range(5)]
+        d._emit([Frames(7, 0, frames)])
+        d._emit([Frames(7, 0, frames[:2])])
+        assert d._backlog(7) == 7
+        assert d._backlog(8) == 0
+        d._take_events()  # session 7 is unknown here: its frames are discarded, and no longer in transit
+        assert d._backlog(7) == 0
+    finally:
+        d.close()
 
 
 def sink_ident(d, name: str) -> bytes:
