@@ -10,6 +10,7 @@ objective. Everything a run writes lands in ``cfg.out``::
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import time
@@ -22,6 +23,7 @@ import yaml
 
 from ..checkpoints.worldsim_format import worldsim_metadata
 from ..codecs.base import to_uint8
+from ..model.config import load_preset
 from ..model.dit import CausalWanDiT
 from . import checkpoint as ckpt
 from .config import DataConfig, TrainConfig
@@ -45,7 +47,6 @@ def model_config(cfg: TrainConfig, init: Path | None):
     (name the published model's preset, e.g. ``model=wan2.1-t2v-1.3b``; loading checks that the weights fit)."""
     from ..checkpoints.detect import resolve
     from ..checkpoints.worldsim_format import read_worldsim_config
-    from ..model.config import load_preset
 
     if init is not None:
         fmt, where = resolve(init)
@@ -59,10 +60,6 @@ def model_config(cfg: TrainConfig, init: Path | None):
 def warn_header_over_recipe(header, recipe_model: str, init: Path) -> None:
     """Say so when ``--init``'s header overrides settings the recipe's model preset gives otherwise (the control
     module aside: a missing one is added): e.g. a recipe's ``chunk_frames: 2`` does nothing with a chunk-1 init."""
-    import dataclasses
-
-    from ..model.config import load_preset
-
     try:
         preset = load_preset(recipe_model)
     except (OSError, ValueError):
@@ -337,8 +334,6 @@ class Trainer:
     def write_package(self, dit: Path, metrics: dict[str, float]) -> Path:
         """``OUT/final/worldsim-model.json`` (worldsim/model_package.py): the student with the data's codec and
         text encoder, the stage's sampler, and cache defaults spanning what a training clip attended to."""
-        import dataclasses as dc
-
         from ..codecs.toy_codec import ToyCodec
         from ..model_package import write_package
 
@@ -358,10 +353,10 @@ class Trainer:
         c, h, w = info.latent_shape
         geometry = {"height": info.height, "width": info.width, "fps": info.fps, "latent_shape": [c, h, w],
                     "spatial_stride": info.height // h, "temporal_stride": codec.temporal_stride}
-        sampler = {k: list(v) if isinstance(v, tuple) else v for k, v in dc.asdict(st.sampler).items()}
+        sampler = {k: list(v) if isinstance(v, tuple) else v for k, v in dataclasses.asdict(st.sampler).items()}
         cache = {"sink_frames": 0, "window_frames": cfg.data.clip_chunks * model_cfg.chunk_frames}
         provenance = {"name": f"{self.stage_name} ({self.out.name})", "stage": self.stage_name, "steps": self.step,
-                      "data": str(Path(cfg.data.path).resolve()), "recipe": dc.asdict(cfg), "metrics": metrics,
+                      "data": str(Path(cfg.data.path).resolve()), "recipe": dataclasses.asdict(cfg), "metrics": metrics,
                       "untrained": False}
         return write_package(self.out / "final", dit=dit, codec=codec_entry, text_encoder=text, geometry=geometry,
                              sampler=sampler, cache=cache, provenance=provenance)
