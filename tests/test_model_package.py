@@ -138,6 +138,18 @@ def test_the_manifest_sampler_guides_on_text_and_options_override_it(package, tm
     assert off.sampler.text_guidance == 1 and off.sampler.guided_steps == (0,)
 
 
+def test_a_step_count_option_spaces_the_steps_and_names_guided_steps_it_drops(package, tmp_path):
+    """`serve --steps N`: N evenly spaced denoising steps instead of the manifest's; guided steps the new count
+    does not have are refused with what to pass, not silently unguided."""
+    guided = broken(package, tmp_path, lambda m, d: m["sampler"].update(text_guidance=1.5, guided_steps=[3]))
+    rt = build_runtime(RuntimeOptions(model=str(guided), denoising_steps=3, guided_steps=(2,)))
+    assert rt.sampler.denoising_steps == (1000, 667, 333) and rt.sampler.guided_steps == (2,)
+    assert rt.sampler.text_guidance == 1.5  # the manifest's other fields stay
+    assert rt.new_session(rt.embed_prompt(PROMPT), seed=0).step().isfinite().all()
+    with pytest.raises(ValueError, match=r"guides steps 3, .*--guided-steps 1"):
+        build_runtime(RuntimeOptions(model=str(guided), denoising_steps=2))
+
+
 def broken(package: Path, tmp_path: Path, edit) -> Path:
     copy = tmp_path / "pkg"
     shutil.copytree(package, copy)

@@ -42,6 +42,10 @@ def add_serve_arguments(p: argparse.ArgumentParser) -> None:
     m.add_argument("--chunk-latents", type=int, metavar="N",
                    help="latent frames per chunk (default: the model's, 3 for Wan2.1 Self-Forcing); 1 or 2 cut "
                         "control-to-photon latency at some cost in quality")
+    m.add_argument("--steps", type=int, metavar="N",
+                   help="denoising steps per chunk, evenly spaced (default: the model package's, 4 for the default "
+                        "model and Self-Forcing); fewer run faster at some cost in quality (README: the toy model at "
+                        "2, 3 and 4)")
     m.add_argument("--control-guidance", type=float, metavar="S",
                    help="classifier-free guidance on the controls: each denoising step also runs without them and "
                         "extrapolates, S times as far (1: off; >1 follows the controls more strongly, each step "
@@ -153,7 +157,7 @@ def run_serve(args: argparse.Namespace) -> int:
             use_ema=args.use_ema, decoder=args.decoder or "auto", taehv=args.taehv and str(args.taehv),
             attn=args.attn, compile=args.compile, offload_text_encoder=args.offload_text_encoder,
             control_guidance=args.control_guidance, text_guidance=args.text_guidance,
-            guided_steps=args.guided_steps))
+            guided_steps=args.guided_steps, denoising_steps=args.steps))
         lim = dataclasses.replace(Limits(), max_sessions=args.max_sessions, max_clients=args.max_clients,
                                   max_sessions_per_client=args.max_sessions_per_client, queue_frames=args.queue_frames,
                                   idle_timeout_s=args.idle_timeout, heartbeat_s=min(2.0, args.idle_timeout / 4),
