@@ -55,6 +55,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--chunks", default="1,2,3", help="chunk sizes in latent frames for latency (default 1,2,3)")
     p.add_argument("--chunk-latents", type=int,
                    help="chunk size in latent frames for throughput and in-process (default: the model's)")
+    p.add_argument("--steps", type=int, help="denoising steps per chunk (serve --steps; default: the model's)")
+    p.add_argument("--guided-steps", help="the steps guidance applies to (serve --guided-steps; default: the model's)")
     p.add_argument("--transport-sizes", default="128x128,832x480", help="WxH list for the transport part")
     p.add_argument("--transport-clients", default="1,4", help="client counts for the transport part (default 1,4)")
     p.add_argument("--fps", type=float, default=16.0, help="paced rate for latency, transport and soak (default 16)")
@@ -86,11 +88,13 @@ def in_process(args: argparse.Namespace) -> dict:
 
     from worldsim.codecs.base import to_uint8
     from worldsim.model.control import Controls
+    from worldsim.pipeline.options import parse_step_indices
     from worldsim.runtime import RuntimeOptions, build_runtime
 
     torch.set_num_threads(args.threads)
     b = build_runtime(RuntimeOptions(preset=args.preset, model=args.model, height=args.height, width=args.width,
-                                     chunk_latents=args.chunk_latents))
+                                     chunk_latents=args.chunk_latents, denoising_steps=args.steps,
+                                     guided_steps=args.guided_steps and parse_step_indices(args.guided_steps)))
     k, n = b.schema.frames_per_latent, b.chunk_latents
     keys = torch.zeros(1, n, k, len(b.schema.keys))
     keys[..., 0] = 1
@@ -136,6 +140,10 @@ class Daemon:
                "--max-sessions-per-client", "16"]
         if chunk_latents is not None:
             cmd += ["--chunk-latents", str(chunk_latents)]
+        if args.steps is not None:
+            cmd += ["--steps", str(args.steps)]
+        if args.guided_steps is not None:
+            cmd += ["--guided-steps", args.guided_steps]
         if max_batch is not None:
             cmd += ["--max-batch", str(max_batch)]
         self.ws_url = None
@@ -432,7 +440,8 @@ def main(argv: list[str] | None = None) -> int:
             if args.width and args.height else "the model's", "decoder": "the model's" if args.model else "preview",
             "format": args.format, "device": f"{cpu}, {os.cpu_count()} cores", "threads": args.threads,
             "seconds": args.seconds, "fps": args.fps, "daemon_src": str(args.daemon_src or "this checkout"),
-            "chunk_latents": args.chunk_latents or "the model's"}
+            "chunk_latents": args.chunk_latents or "the model's", "steps": args.steps or "the model's",
+            "guided_steps": args.guided_steps or "the model's"}
     print("conditions: " + ", ".join(f"{k}={v}" for k, v in cond.items()), flush=True)
     results: dict = {"conditions": cond}
     if "in-process" in parts:
