@@ -55,7 +55,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--chunks", default="1,2,3", help="chunk sizes in latent frames for latency (default 1,2,3)")
     p.add_argument("--chunk-latents", type=int,
                    help="chunk size in latent frames for throughput and in-process (default: the model's)")
-    p.add_argument("--steps", type=int, help="denoising steps per chunk (serve --steps; default: the model's)")
+    p.add_argument("--steps", help="denoising steps per chunk, a count or timesteps (serve --steps; default: the "
+                                   "model's)")
     p.add_argument("--guided-steps", help="the steps guidance applies to (serve --guided-steps; default: the model's)")
     p.add_argument("--transport-sizes", default="128x128,832x480", help="WxH list for the transport part")
     p.add_argument("--transport-clients", default="1,4", help="client counts for the transport part (default 1,4)")
@@ -88,12 +89,13 @@ def in_process(args: argparse.Namespace) -> dict:
 
     from worldsim.codecs.base import to_uint8
     from worldsim.model.control import Controls
-    from worldsim.pipeline.options import parse_step_indices
+    from worldsim.pipeline.options import parse_denoising_steps, parse_step_indices
     from worldsim.runtime import RuntimeOptions, build_runtime
 
     torch.set_num_threads(args.threads)
     b = build_runtime(RuntimeOptions(preset=args.preset, model=args.model, height=args.height, width=args.width,
-                                     chunk_latents=args.chunk_latents, denoising_steps=args.steps,
+                                     chunk_latents=args.chunk_latents,
+                                     denoising_steps=args.steps and parse_denoising_steps(args.steps),
                                      guided_steps=args.guided_steps and parse_step_indices(args.guided_steps)))
     k, n = b.schema.frames_per_latent, b.chunk_latents
     keys = torch.zeros(1, n, k, len(b.schema.keys))
@@ -141,7 +143,7 @@ class Daemon:
         if chunk_latents is not None:
             cmd += ["--chunk-latents", str(chunk_latents)]
         if args.steps is not None:
-            cmd += ["--steps", str(args.steps)]
+            cmd += ["--steps", args.steps]
         if args.guided_steps is not None:
             cmd += ["--guided-steps", args.guided_steps]
         if max_batch is not None:

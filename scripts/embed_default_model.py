@@ -21,9 +21,8 @@ from pathlib import Path
 
 from worldsim.atomic_files import atomic_write
 from worldsim.model_package import DEFAULT_PACKAGE, MANIFEST, read_package
-from worldsim.pipeline.options import parse_step_indices
+from worldsim.pipeline.options import parse_denoising_steps, parse_step_indices
 from worldsim.runtime import GUIDANCE_FIELDS
-from worldsim.sampling.schedule import evenly_spaced_steps
 
 SIZE_BUDGET = 30 * 2**20  # bytes: the default model ships inside the wheel
 
@@ -69,7 +68,8 @@ def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("package", type=Path, help="a trained model package (OUT/final of worldsim train ... package=true)")
     p.add_argument("--name", required=True, help="the name welcome and the start-up log give the model")
-    p.add_argument("--steps", type=int, help="serve with this many evenly spaced denoising steps")
+    p.add_argument("--steps", type=parse_denoising_steps, metavar="N|T1,T2,..",
+                   help="serve with these denoising steps: a count, evenly spaced, or the timesteps (e.g. 1000,250)")
     p.add_argument("--control-guidance", type=float, help="serve with this control guidance (sampling/session.py)")
     p.add_argument("--text-guidance", type=float, help="serve with this text guidance (sampling/session.py)")
     p.add_argument("--guided-steps", type=parse_step_indices, metavar="I,J,..",
@@ -103,7 +103,7 @@ def main(argv: list[str] | None = None) -> int:
     if "path" in manifest["codec"]:
         manifest["codec"]["path"] = Path(manifest["codec"]["path"]).name
     if args.steps:
-        manifest["sampler"]["denoising_steps"] = list(evenly_spaced_steps(args.steps))
+        manifest["sampler"]["denoising_steps"] = list(args.steps)
     for key in GUIDANCE_FIELDS:
         if getattr(args, key) is not None:
             manifest["sampler"][key] = getattr(args, key)  # a tuple of guided steps is written as a JSON list

@@ -3,6 +3,7 @@ serves it with the manifest's codec, text encoder, sampler and cache, and bad ma
 
 from __future__ import annotations
 
+import argparse
 import json
 import shutil
 import time
@@ -138,16 +139,23 @@ def test_the_manifest_sampler_guides_on_text_and_options_override_it(package, tm
     assert off.sampler.text_guidance == 1 and off.sampler.guided_steps == (0,)
 
 
-def test_a_step_count_option_spaces_the_steps_and_names_guided_steps_it_drops(package, tmp_path):
-    """`serve --steps N`: N evenly spaced denoising steps instead of the manifest's; guided steps the new count
-    does not have are refused with what to pass, not silently unguided."""
+def test_a_denoising_steps_option_replaces_the_manifests_and_names_guided_steps_it_drops(package, tmp_path):
+    """`serve --steps N` (N evenly spaced) or `--steps T1,T2,..` instead of the manifest's denoising steps; guided
+    steps the new list does not have are refused with what to pass, not silently unguided."""
+    from worldsim.pipeline.options import parse_denoising_steps
+
+    assert parse_denoising_steps("3") == (1000, 667, 333) and parse_denoising_steps("1000,250") == (1000, 250)
+    with pytest.raises(argparse.ArgumentTypeError, match="1000,250"):
+        parse_denoising_steps("many")
     guided = broken(package, tmp_path, lambda m, d: m["sampler"].update(text_guidance=1.5, guided_steps=[3]))
-    rt = build_runtime(RuntimeOptions(model=str(guided), denoising_steps=3, guided_steps=(2,)))
+    rt = build_runtime(RuntimeOptions(model=str(guided), denoising_steps=(1000, 667, 333), guided_steps=(2,)))
     assert rt.sampler.denoising_steps == (1000, 667, 333) and rt.sampler.guided_steps == (2,)
     assert rt.sampler.text_guidance == 1.5  # the manifest's other fields stay
     assert rt.new_session(rt.embed_prompt(PROMPT), seed=0).step().isfinite().all()
     with pytest.raises(ValueError, match=r"guides steps 3, .*--guided-steps 1"):
-        build_runtime(RuntimeOptions(model=str(guided), denoising_steps=2))
+        build_runtime(RuntimeOptions(model=str(guided), denoising_steps=(1000, 250)))
+    with pytest.raises(ValueError, match="must decrease"):
+        build_runtime(RuntimeOptions(model=str(guided), denoising_steps=(250, 1000), guided_steps=(1,)))
 
 
 def broken(package: Path, tmp_path: Path, edit) -> Path:

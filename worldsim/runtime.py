@@ -40,7 +40,7 @@ from .model.control import Controls
 from .model.dit import CausalWanDiT
 from .model_package import PackageError, is_package, read_package
 from .pipeline.devices import column_major_linears, compile_blocks, resolve_device, resolve_dtype, text_encoder_dtype
-from .sampling.schedule import SamplerConfig, evenly_spaced_steps
+from .sampling.schedule import SamplerConfig
 from .sampling.session import StreamingSession
 from .serve.protocol import ControlSchema
 from .text.hashing import HashingPromptEmbedder, PromptEmbedder
@@ -79,7 +79,7 @@ class RuntimeOptions:
     window_frames: int | None = None  # default: the package's, else 12
     chunk_latents: int | None = None  # latent frames per chunk (default: the model's training chunk size)
     seed: int = 0  # random weights of a preset
-    denoising_steps: int | None = None  # evenly spaced steps per chunk (None: the source's sampler, else 4)
+    denoising_steps: tuple[int, ...] | None = None  # timesteps per chunk (None: the source's, else 1000,750,500,250)
     control_guidance: float | None = None  # the sampler's guidance on the controls (None: the source's, else 1)
     text_guidance: float | None = None  # the sampler's guidance on the prompt (None: the source's, else 1)
     guided_steps: tuple[int, ...] | None = None  # denoising steps guidance applies to (None: the source's, else all)
@@ -304,12 +304,12 @@ def build_runtime(opts: RuntimeOptions) -> Runtime:
             rt = _file_runtime(opts, load_device, dtype)
     overrides = {k: v for k in GUIDANCE_FIELDS if (v := getattr(opts, k)) is not None}
     if opts.denoising_steps is not None:
-        overrides["denoising_steps"] = evenly_spaced_steps(opts.denoising_steps)
+        overrides["denoising_steps"] = steps = tuple(opts.denoising_steps)
         guided = (rt.sampler or SamplerConfig()).guided_steps
-        if opts.guided_steps is None and guided is not None and max(guided) >= opts.denoising_steps:
-            raise ValueError(f"{opts.denoising_steps} denoising steps: the model's sampler guides steps "
+        if opts.guided_steps is None and guided is not None and max(guided) >= len(steps):
+            raise ValueError(f"{len(steps)} denoising steps: the model's sampler guides steps "
                              f"{','.join(map(str, guided))}, which do not exist then; also give the guided steps "
-                             f"(serve --guided-steps {opts.denoising_steps - 1}: the last one)")
+                             f"(serve --guided-steps {len(steps) - 1}: the last one)")
     if overrides:
         rt.sampler = dataclasses.replace(rt.sampler or SamplerConfig(), **overrides)
     if rt.text_guided:  # encoded now, so that sessions opened on other threads only read it

@@ -38,3 +38,16 @@ def parse_step_indices(text: str) -> tuple[int, ...]:
     except ValueError:
         raise argparse.ArgumentTypeError(f"expected comma-separated step indices such as 3 or 2,3, got {text!r}") \
             from None
+
+
+def parse_denoising_steps(text: str) -> tuple[int, ...]:
+    """A command line's denoising steps: "N" -> N evenly spaced ones from 1000 (4: 1000,750,500,250), or the
+    timesteps themselves "1000,250", as an argparse ``type``."""
+    from ..sampling.schedule import evenly_spaced_steps
+
+    try:
+        values = [int(v) for v in text.split(",") if v.strip()]
+        return evenly_spaced_steps(values[0]) if len(values) == 1 else tuple(values)
+    except (ValueError, IndexError):
+        raise argparse.ArgumentTypeError(f"expected a step count such as 4 or timesteps such as 1000,250, got "
+                                         f"{text!r}") from None

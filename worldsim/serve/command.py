@@ -9,7 +9,8 @@ import argparse
 import signal
 import sys
 
-from ..pipeline.options import add_model_folder_arguments, default_threads, parse_step_indices
+from ..pipeline.options import (add_model_folder_arguments, default_threads, parse_denoising_steps,
+                                parse_step_indices)
 from .protocol import PROTOCOL_VERSION, Limits
 
 DEFAULT_BIND = "tcp://127.0.0.1:5555"
@@ -42,10 +43,10 @@ def add_serve_arguments(p: argparse.ArgumentParser) -> None:
     m.add_argument("--chunk-latents", type=int, metavar="N",
                    help="latent frames per chunk (default: the model's, 3 for Wan2.1 Self-Forcing); 1 or 2 cut "
                         "control-to-photon latency at some cost in quality")
-    m.add_argument("--steps", type=int, metavar="N",
-                   help="denoising steps per chunk, evenly spaced (default: the model package's, 4 for the default "
-                        "model and Self-Forcing); fewer run faster at some cost in quality (README: the toy model at "
-                        "2, 3 and 4)")
+    m.add_argument("--steps", type=parse_denoising_steps, metavar="N|T1,T2,..",
+                   help="denoising steps per chunk: a count, evenly spaced from 1000 (4: 1000,750,500,250, Self "
+                        "Forcing's), or the timesteps themselves (default: the model package's; the default model's "
+                        "1000,250); fewer run faster, at some cost in quality (README: the toy model at 2, 3 and 4)")
     m.add_argument("--control-guidance", type=float, metavar="S",
                    help="classifier-free guidance on the controls: each denoising step also runs without them and "
                         "extrapolates, S times as far (1: off; >1 follows the controls more strongly, each step "
