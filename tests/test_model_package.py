@@ -141,7 +141,7 @@ def test_the_manifest_sampler_guides_on_text_and_options_override_it(package, tm
 
 def test_a_denoising_steps_option_replaces_the_manifests_and_names_guided_steps_it_drops(package, tmp_path):
     """`serve --steps N` (N evenly spaced) or `--steps T1,T2,..` instead of the manifest's denoising steps; guided
-    steps the new list does not have are refused with what to pass, not silently unguided."""
+    steps are indices into the manifest's list, so a new list without them is refused with what to pass."""
     from worldsim.pipeline.options import parse_denoising_steps
 
     assert parse_denoising_steps("3") == (1000, 667, 333) and parse_denoising_steps("1000,250") == (1000, 250)
@@ -152,8 +152,10 @@ def test_a_denoising_steps_option_replaces_the_manifests_and_names_guided_steps_
     assert rt.sampler.denoising_steps == (1000, 667, 333) and rt.sampler.guided_steps == (2,)
     assert rt.sampler.text_guidance == 1.5  # the manifest's other fields stay
     assert rt.new_session(rt.embed_prompt(PROMPT), seed=0).step().isfinite().all()
-    with pytest.raises(ValueError, match=r"guides steps 3, .*--guided-steps 1"):
+    with pytest.raises(ValueError, match=r"guides its steps 3 of 4; .*--guided-steps 1"):
         build_runtime(RuntimeOptions(model=str(guided), denoising_steps=(1000, 250)))
+    unguided = build_runtime(RuntimeOptions(model=str(package), denoising_steps=(1000, 250)))  # nothing to name
+    assert unguided.sampler.denoising_steps == (1000, 250)
     with pytest.raises(ValueError, match="must decrease"):
         build_runtime(RuntimeOptions(model=str(guided), denoising_steps=(250, 1000), guided_steps=(1,)))
 

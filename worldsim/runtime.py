@@ -305,11 +305,12 @@ def build_runtime(opts: RuntimeOptions) -> Runtime:
     overrides = {k: v for k in GUIDANCE_FIELDS if (v := getattr(opts, k)) is not None}
     if opts.denoising_steps is not None:
         overrides["denoising_steps"] = steps = tuple(opts.denoising_steps)
-        guided = (rt.sampler or SamplerConfig()).guided_steps
-        if opts.guided_steps is None and guided is not None and max(guided) >= len(steps):
-            raise ValueError(f"{len(steps)} denoising steps: the model's sampler guides steps "
-                             f"{','.join(map(str, guided))}, which do not exist then; also give the guided steps "
-                             f"(serve --guided-steps {len(steps) - 1}: the last one)")
+        own = rt.sampler or SamplerConfig()
+        guiding = own.text_guidance != 1 or own.control_guidance != 1
+        if opts.guided_steps is None and guiding and own.guided_steps is not None:  # indices into the old list
+            raise ValueError(f"{len(steps)} denoising steps: the model's sampler guides its steps "
+                             f"{','.join(map(str, own.guided_steps))} of {len(own.denoising_steps)}; name the guided "
+                             f"steps of the new list too (serve --guided-steps {len(steps) - 1}: the last one)")
     if overrides:
         rt.sampler = dataclasses.replace(rt.sampler or SamplerConfig(), **overrides)
     if rt.text_guided:  # encoded now, so that sessions opened on other threads only read it
