@@ -424,7 +424,7 @@ def evaluate(specs: list[ModelSpec], codec_path: str | Path, cfg: EvalConfig = E
     results = {"config": {**asdict(cfg), "chunk_frames": n, "codec": str(codec_path)},
                "episodes": [{"seed": ep.seed, "prompts": ep.prompts} for ep in episodes],
                "references": {name: t.summary() for name, t in refs.items()},
-               "models": {g.spec.name: {"path": str(g.spec.path), "steps": g.spec.steps,
+               "models": {g.spec.name: {"path": str(g.spec.path), "steps": len(g.sampler.denoising_steps),
                                         "timesteps": g.timesteps, **tallies[g.spec.name].summary()}
                           for g in generators}}
     if held is not None:
