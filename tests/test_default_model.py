@@ -90,11 +90,14 @@ def test_mirrored_turns_move_the_view_in_opposite_directions():
     pkg = read_package(default_package())
     codec_path = pkg.file(pkg.codec["path"])
     cfg = EvalConfig(episodes=2, chunks=8, held_frames=8)
-    generator = Generator(ModelSpec("default", DEFAULT_PACKAGE), ToyCodec.load(codec_path), codec_path, cfg)
-    held, strips = held_commands([generator], held_out_episodes(cfg, 1)[:2], cfg, 1, kinds=("turn",))
+    codec = ToyCodec.load(codec_path)
+    generator = Generator(ModelSpec("default", DEFAULT_PACKAGE), codec, codec_path, cfg)
+    held, strips = held_commands([generator], held_out_episodes(cfg, 1)[:2], cfg, 1, codec, kinds=("turn",))
     assert len(strips["default"]) == 1 and strips["default"][0][1].shape == (9, 64, 64, 3)  # context + 8 frames
     truth, model = held["ground_truth"]["turn"], held["default"]["turn"]
     assert truth["reversed"] == 2 and truth["px_per_frame"][0] > 4  # the probe itself: the world turns ~6 px/frame
+    coded = held["codec"]["turn"]  # the world through the codec keeps the turn
+    assert coded["reversed"] == 2 and coded["px_per_frame"][0] > 4, coded
     assert model["reversed"] == 2, model
     command, mirror = model["px_per_frame"]
     assert command > 1 and mirror < -1, model  # measured +3.4 / -2.9 px/frame (the world +7.0 / -7.0)

@@ -38,8 +38,9 @@ cue's observed motion is summed over each video and signed so that the ground tr
 positively: a model following the controls gives a positive sum under the command and a negative one under its
 mirror ("reversed"), in pixels per frame comparable to the world's. Cheap and direct where the counterfactual pairs
 of a random episode rarely show confident motion; no chance level is needed for the sign test (a model ignoring
-the controls gives the same video twice, never reversed). ``held_<model>.png`` shows the first episode: per kind,
-the world and the model under the command, then under its mirror.
+the controls gives the same video twice, never reversed). The codec's reconstruction of the world's videos is scored
+too: how much of each motion the latent space the models work in keeps. ``held_<model>.png`` shows the first
+episode: per kind, the world and the model under the command, then under its mirror.
 
 From a prompt (``prompt_frames`` > 0): what ``worldsim play`` shows when it opens. Per theme, ``prompt_streams``
 streams (noise seeds) start from the theme's first dataset prompt alone (no context frames) and run
@@ -420,7 +421,7 @@ def evaluate(specs: list[ModelSpec], codec_path: str | Path, cfg: EvalConfig = E
             if i < cfg.strip_episodes:
                 strips[g.spec.name].append((span, video, mirrored, video_mirrored))
     bar.close()
-    held, held_strips = held_commands(generators, episodes, cfg, n) if cfg.held_frames > 0 else (None, {})
+    held, held_strips = held_commands(generators, episodes, cfg, n, codec) if cfg.held_frames > 0 else (None, {})
     results = {"config": {**asdict(cfg), "chunk_frames": n, "codec": str(codec_path)},
                "episodes": [{"seed": ep.seed, "prompts": ep.prompts} for ep in episodes],
                "references": {name: t.summary() for name, t in refs.items()},
@@ -446,14 +447,15 @@ def evaluate(specs: list[ModelSpec], codec_path: str | Path, cfg: EvalConfig = E
 
 
 def held_commands(generators: list[Generator], episodes: list[HeldOutEpisode], cfg: EvalConfig, n: int,
-                  kinds: tuple[str, ...] = KINDS) -> tuple[dict, dict[str, list[tuple[np.ndarray, ...]]]]:
-    """The held-command probe (module docstring) of the ground truth and each model: {source: {kind: summary}},
-    and per model the first episode's videos for a strip, one row tuple per kind: (world under the command, model
-    under it, world under the mirror, model under the mirror)."""
+                  codec: ToyCodec, kinds: tuple[str, ...] = KINDS
+                  ) -> tuple[dict, dict[str, list[tuple[np.ndarray, ...]]]]:
+    """The held-command probe (module docstring) of the ground truth, its reconstruction by ``codec`` and each
+    model: {source: {kind: summary}}, and per model the first episode's videos for a strip, one row tuple per kind:
+    (world under the command, model under it, world under the mirror, model under the mirror)."""
     frames = cfg.held_frames - cfg.held_frames % n or n  # whole chunks
     world = World(EpisodeConfig().world)
-    sums: dict[str, dict[str, np.ndarray]] = {name: {k: np.zeros((len(episodes), 2)) for k in kinds}
-                                              for name in ["ground_truth", *(g.spec.name for g in generators)]}
+    sums: dict[str, dict[str, np.ndarray]] = {name: {k: np.zeros((len(episodes), 2)) for k in kinds} for name in
+                                              ["ground_truth", "codec", *(g.spec.name for g in generators)]}
     strips: dict[str, list[tuple[np.ndarray, ...]]] = {g.spec.name: [] for g in generators}
     for i, ep in enumerate(episodes):
         context = ep.frames[n - 1:n]
@@ -463,6 +465,8 @@ def held_commands(generators: list[Generator], episodes: list[HeldOutEpisode], c
                 keys, axes = held_controls(kind, mirrored, frames)
                 truth = world.rollout(ep.state, keys[1:], axes[1:]).frames
                 sums["ground_truth"][kind][i, j] = held_motion(truth, kind, axes, ep.pitch)
+                recon = decoded_frames(codec.decode(codec.encode(to_tensor(truth, cfg.device))))
+                sums["codec"][kind][i, j] = held_motion(recon, kind, axes, ep.pitch)
                 held = replace(ep, keys=np.concatenate([ep.keys[:n - 1], keys]),
                                axes=np.concatenate([ep.axes[:n - 1], axes]), prompts=[ep.prompts[0]] * (frames + 1))
                 for g in generators:
