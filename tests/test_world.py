@@ -154,6 +154,21 @@ def test_cli_dataset_and_headless_play(tmp_path):
     assert main(["world", "play", "--headless", "--frames", "5", "--fps", "0", "--scale", "2"]) == 0
 
 
+def test_cli_dataset_control_mix(tmp_path, capsys):
+    """--turn 0 --idle 0: keys are never held while turning (only unstuck turns and key-less segments turn)."""
+    from worldsim.cli import main
+
+    out = tmp_path / "walks"
+    assert main(["world", "dataset", "--episodes", "3", "--out", str(out), "--frames-per-episode", "48", "--size", "32",
+                 "--turn", "0", "--idle", "0", "--quiet"]) == 0
+    keys = np.concatenate([ep.keys for ep in load_dataset(out)])
+    axes = np.concatenate([ep.axes for ep in load_dataset(out)])
+    moving = keys[:, :4].max(axis=1) > 0.5
+    assert moving.mean() > 0.5 and not np.any(moving & (np.abs(axes[:, 0]) > 0))
+    assert main(["world", "dataset", "--episodes", "1", "--out", str(tmp_path / "bad"), "--turn", "1.5"]) == 2
+    assert "--turn is a probability in [0, 1], got 1.5" in capsys.readouterr().err
+
+
 def test_motion_agreement_high_on_truth_low_on_shuffled_or_still(episode):
     frames, keys, axes = episode.frames, episode.keys, episode.axes
     counts = motion_breakdown(frames, keys, axes)

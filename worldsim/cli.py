@@ -308,6 +308,10 @@ def _world_arguments(p: argparse.ArgumentParser) -> None:
     data.add_argument("--chunk-frames", type=int, default=3, help="video frames per chunk (default 3)")
     data.add_argument("--switches", type=int, default=2,
                       help="at most this many theme switches per episode, drawn uniformly from 0 (default 2)")
+    data.add_argument("--turn", type=float, metavar="P",
+                      help="chance a segment turns while its keys are held (default 0.5; lower gives more walking "
+                           "and strafing without turning)")
+    data.add_argument("--idle", type=float, metavar="P", help="chance a segment holds nothing (default 0.15)")
     data.add_argument("--workers", type=int, default=1, help="generating processes (default 1)")
     data.add_argument("--quiet", action="store_true", help="no progress bar")
 
@@ -326,7 +330,12 @@ def _world_run(args: argparse.Namespace) -> int:
     if args.switches < 0:
         print(f"error: --switches must be >= 0, got {args.switches}", file=sys.stderr)
         return 2
-    cfg = EpisodeConfig(frames=args.frames_per_episode, chunk_frames=args.chunk_frames, switches=args.switches,
+    mix = {name: p for name, p in (("turn", args.turn), ("idle", args.idle)) if p is not None}
+    for name, p in mix.items():
+        if not 0 <= p <= 1:
+            print(f"error: --{name} is a probability in [0, 1], got {p}", file=sys.stderr)
+            return 2
+    cfg = EpisodeConfig(frames=args.frames_per_episode, chunk_frames=args.chunk_frames, switches=args.switches, **mix,
                         world=WorldConfig(camera=Camera(height=args.size, width=args.size)))
     try:
         dirs = write_dataset(args.out, args.episodes, cfg, seed=args.seed, workers=args.workers,
