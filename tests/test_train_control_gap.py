@@ -171,3 +171,38 @@ def test_context_noise_relabels_and_renoises_the_history_the_model_sees(tmp_path
     mask = clean[:, None, :, None, None].expand_as(x)
     assert torch.equal(x[mask], x0[mask])  # and the context frames are the data, labelled 0
 
+
+
+def test_motion_weights_weigh_the_latents_that_change_and_leave_validation_unweighted(tmp_path):
+    """stage.motion_weight: each latent's training loss is weighed by 1 + w x its change from the frame's reference
+    (over the batch mean), 1 where a frame has no reference yet; validation stays the plain flow loss."""
+    frames = write_squares(tmp_path / "data", moving=True, episodes=8, frames=12)
+    codec = random_codec(frames, tmp_path / "codec.safetensors")
+    preset = yaml.safe_load((Path(__file__).resolve().parents[1] / "configs" / "model" / "tiny.yaml").read_text())
+    preset.update(chunk_frames=1, frame_reference=True)
+    (tmp_path / "model.yaml").write_text(yaml.safe_dump(preset))
+
+    def trainer(weight: float, run: str) -> Trainer:
+        return Trainer("teacher", load_recipe(RECIPES / "teacher_micro.yaml", [
+            f"model={tmp_path / 'model.yaml'}", f"data.path={tmp_path / 'data'}", f"data.codec={codec}",
+            f"out={tmp_path / run}", "data.clip_chunks=6", "data.batch_size=8", "stage.clean_context_prob=1.0",
+            f"stage.motion_weight={weight}", "data.val_episodes=2", "val_batches=2"]))
+
+    weighted, plain = trainer(4.0, "weighted"), trainer(0.0, "plain")
+    stage, batch = weighted.stage, weighted.data.batch(0)
+    x0 = batch.latents  # [B, C, F, H, W]
+    reference = stage.referenced(batch, x0).controls.reference
+    w = stage._motion_weights(x0, reference)  # [B, 1, F, H, W]
+    assert w.shape == (x0.shape[0], 1, *x0.shape[2:])
+    assert torch.all(w[:, :, 0] == 1)  # the clip's first frame has no reference
+    moved = w[:, :, 1:]
+    assert moved.mean().item() == pytest.approx(5.0, rel=1e-4)  # 1 + 4 x (change / its mean)
+    change = (x0 - reference).abs().mean(dim=1, keepdim=True)[:, :, 1:]
+    assert torch.equal(moved > 5.0, change > change.mean())  # the latents that changed most weigh most
+    assert weighted.validate() == plain.validate()  # same weights, same noise: validation ignores the weighting
+
+    def train_loss(t: Trainer) -> float:
+        g = torch.Generator().manual_seed(0)
+        return t.stage._flow_loss(*t.stage._inputs(batch, dropout=False, generator=g), weighted=True).item()
+
+    assert train_loss(weighted) > 1.5 * train_loss(plain)  # the weighting is on in training

@@ -50,6 +50,7 @@ class TeacherOptions:
     timestep_sampling: str = "uniform"  # or "logit_normal"
     clean_context_prob: float = 0.5
     context_noise_max: float = 0.0  # timestep; > 0: clean history and reference frames re-noised up to it
+    motion_weight: float = 0.0  # > 0: the training loss weighs each latent by how much it differs from its reference
     text_dropout: float = 0.1
     control_dropout: float = 0.1
     sample_steps: int = 16  # denoising steps per chunk of the sample strips (autoregressive, KV cache)
@@ -127,14 +128,28 @@ class TeacherStage(Stage):
         return dataclasses.replace(c, keys=keys, axes=axes)
 
     def _flow_loss(self, x0: torch.Tensor, history: torch.Tensor, t: torch.Tensor, clean: torch.Tensor,
-                   noise: torch.Tensor, text: torch.Tensor, controls: Controls | None) -> torch.Tensor:
+                   noise: torch.Tensor, text: torch.Tensor, controls: Controls | None, weighted: bool = False
+                   ) -> torch.Tensor:
         """Flow-matching loss of latents x0 [B, C, F, H, W] noised with noise at per-frame timesteps t [B, F]; the
-        clean-context frames (mask [B, F]) come from ``history`` and carry no loss."""
+        clean-context frames (mask [B, F]) come from ``history`` and carry no loss. ``weighted``: with the motion
+        weights (training; validation stays unweighted, comparable across recipes)."""
         xt = torch.where(clean[:, None, :, None, None], history, add_noise(self.schedule, x0, noise, t))
         flow = clip_flow(self.models["teacher"], xt, t, text, controls)
-        err = (flow.float() - (noise - x0).float()).pow(2).mean(dim=(1, 3, 4))  # [B, F]
+        err = (flow.float() - (noise - x0).float()).pow(2)  # [B, C, F, H, W]
+        if weighted and self.opts.motion_weight > 0 and controls is not None and controls.reference is not None:
+            err = err * self._motion_weights(x0, controls.reference)
         weight = (~clean).float()
-        return (err * weight).sum() / weight.sum()
+        return (err.mean(dim=(1, 3, 4)) * weight).sum() / weight.sum()
+
+    def _motion_weights(self, x0: torch.Tensor, reference: torch.Tensor) -> torch.Tensor:
+        """Per-latent loss weights [B, 1, F, H, W]: 1 + motion_weight x the latent's change from its reference frame
+        (the channel-mean absolute difference over its batch mean), 1 where a frame has no reference yet. Motion
+        the controls cause (walking shifts the near ground by a fifth of a latent pixel per frame) is a tiny part
+        of the flow loss; weighing the latents that change spends the training on it."""
+        change = (x0 - reference).abs().float().mean(dim=1, keepdim=True)  # [B, 1, F, H, W]
+        has_ref = reference.flatten(3).abs().amax(dim=(1, 3)).gt(0)[:, None, :, None, None]  # [B, 1, F, 1, 1]
+        scale = change[has_ref.expand_as(change)].mean().clamp_min(1e-6)
+        return torch.where(has_ref, 1 + self.opts.motion_weight * change / scale, torch.ones_like(change))
 
     def _inputs(self, batch: LatentBatch, dropout: bool, generator: torch.Generator | None = None):
         """(x0, history, t, clean, noise, text, controls) of one loss evaluation."""
@@ -145,11 +160,11 @@ class TeacherStage(Stage):
         text, controls = self._conditions(batch, history, dropout)
         return x0, history, t, clean, noise, text, controls
 
-    def loss(self, batch: LatentBatch, dropout: bool) -> torch.Tensor:
-        return self._flow_loss(*self._inputs(batch, dropout))
+    def loss(self, batch: LatentBatch, dropout: bool, weighted: bool = False) -> torch.Tensor:
+        return self._flow_loss(*self._inputs(batch, dropout), weighted=weighted)
 
     def step(self, batch: LatentBatch, step: int) -> dict[str, float]:
-        loss = self.loss(batch, dropout=True)
+        loss = self.loss(batch, dropout=True, weighted=True)
         self.update(loss, "teacher")
         return {"loss": loss.item()}
 
