@@ -13,6 +13,13 @@ reference frames a ``frame_reference`` DiT sees are re-noised to a timestep draw
 the history is its own output, not the data, and an exactly-clean-history teacher lets small errors compound into
 blur over a long rollout (GameNGen's noise augmentation). 0 (the default) keeps the history exactly clean.
 
+Motion weighting (``motion_weight`` > 0, for ``frame_reference`` models): each latent's training loss is weighed
+by 1 + motion_weight x its change from its frame's reference (the channel-mean absolute difference, over its mean in
+the batch; weight 1 where a frame has no reference yet). What the controls decide is how the next frame differs
+from the last, a small part of the flow loss (walking moves the near ground by a fifth of a latent pixel per
+frame, turning the whole view by most of one); weighing the latents that change spends the training there.
+Validation stays unweighted, so its loss and control gap compare across recipes.
+
 Condition dropout for classifier-free guidance: per sample, the text becomes the empty prompt's embedding with
 probability ``text_dropout`` and the controls are marked absent (presence gate 0, exactly the no-control model)
 with probability ``control_dropout``, independently.
