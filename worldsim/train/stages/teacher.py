@@ -13,11 +13,14 @@ reference frames a ``frame_reference`` DiT sees are re-noised to a timestep draw
 the history is its own output, not the data, and an exactly-clean-history teacher lets small errors compound into
 blur over a long rollout (GameNGen's noise augmentation). 0 (the default) keeps the history exactly clean.
 
-Motion weighting (``motion_weight`` > 0, for ``frame_reference`` models): each latent's training loss is weighed
-by 1 + motion_weight x its change from its frame's reference (the channel-mean absolute difference, over its mean in
-the batch; weight 1 where a frame has no reference yet). What the controls decide is how the next frame differs
-from the last, a small part of the flow loss (walking moves the near ground by a fifth of a latent pixel per
-frame, turning the whole view by most of one); weighing the latents that change spends the training there.
+Motion weighting (``motion_weight`` > 0, for ``frame_reference`` models): within each frame, the training loss is
+moved towards the latents that change from the frame's reference (weight proportional to 1 + motion_weight x the
+latent's change over the frame's mean change); every frame keeps its total weight, so idle frames, moving ones and
+frames without a reference yet (the first, made from the prompt alone) count as much as without it. What the
+controls decide is how the next frame differs from the last, a small part of the flow loss (walking moves the near
+ground by a fifth of a latent pixel per frame, turning the whole view by most of one). Weighing changing latents
+across the batch instead (a fixed 1 + 4 x change over the batch's mean) sped the turns up but broke streams started
+from a prompt alone into token-size checkerboards: idle and prompt-only frames had lost most of their weight.
 Validation stays unweighted, so its loss and control gap compare across recipes.
 
 Condition dropout for classifier-free guidance: per sample, the text becomes the empty prompt's embedding with
@@ -149,14 +152,15 @@ class TeacherStage(Stage):
         return (err.mean(dim=(1, 3, 4)) * weight).sum() / weight.sum()
 
     def _motion_weights(self, x0: torch.Tensor, reference: torch.Tensor) -> torch.Tensor:
-        """Per-latent loss weights [B, 1, F, H, W]: 1 + motion_weight x the latent's change from its reference frame
-        (the channel-mean absolute difference over its batch mean), 1 where a frame has no reference yet. Motion
-        the controls cause (walking shifts the near ground by a fifth of a latent pixel per frame) is a tiny part
-        of the flow loss; weighing the latents that change spends the training on it."""
+        """Per-latent loss weights [B, 1, F, H, W]: within each frame that has a reference, 1 + motion_weight x the
+        latent's change from it (the channel-mean absolute difference over the frame's mean change), divided by
+        1 + motion_weight, so every frame keeps a total weight of one latent each and only its distribution moves
+        to what changes; 1 where a frame has no reference yet (the module docstring says why)."""
         change = (x0 - reference).abs().float().mean(dim=1, keepdim=True)  # [B, 1, F, H, W]
+        scale = change.mean(dim=(3, 4), keepdim=True).clamp_min(1e-6)  # [B, 1, F, 1, 1]
+        w = (1 + self.opts.motion_weight * change / scale) / (1 + self.opts.motion_weight)
         has_ref = reference.flatten(3).abs().amax(dim=(1, 3)).gt(0)[:, None, :, None, None]  # [B, 1, F, 1, 1]
-        scale = change[has_ref.expand_as(change)].mean().clamp_min(1e-6)
-        return torch.where(has_ref, 1 + self.opts.motion_weight * change / scale, torch.ones_like(change))
+        return torch.where(has_ref, w, torch.ones_like(w))
 
     def _inputs(self, batch: LatentBatch, dropout: bool, generator: torch.Generator | None = None):
         """(x0, history, t, clean, noise, text, controls) of one loss evaluation."""
