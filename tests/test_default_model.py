@@ -11,7 +11,6 @@ import time
 import zipfile
 from pathlib import Path
 
-import numpy as np
 import pytest
 
 from worldsim.client import Client
