@@ -189,6 +189,12 @@ def test_motion_weights_weigh_the_latents_that_change_and_leave_validation_unwei
             f"out={tmp_path / run}", "data.clip_chunks=6", "data.batch_size=8", "stage.clean_context_prob=1.0",
             f"stage.motion_weight={weight}", "data.val_episodes=2", "val_batches=2"]))
 
+    with pytest.raises(ValueError, match="stage.motion_weight must be >= 0"):
+        trainer(-1.0, "negative")
+    with pytest.raises(ValueError, match="needs a model with frame_reference"):  # the micro recipe's tiny preset
+        Trainer("teacher", load_recipe(RECIPES / "teacher_micro.yaml", [
+            f"data.path={tmp_path / 'data'}", f"data.codec={codec}", f"out={tmp_path / 'plain_dit'}",
+            "stage.motion_weight=1", "data.val_episodes=2"]))
     weighted, plain = trainer(4.0, "weighted"), trainer(0.0, "plain")
     stage, batch = weighted.stage, weighted.data.batch(0)
     x0 = batch.latents  # [B, C, F, H, W]

@@ -60,7 +60,7 @@ class TeacherOptions:
     timestep_sampling: str = "uniform"  # or "logit_normal"
     clean_context_prob: float = 0.5
     context_noise_max: float = 0.0  # timestep; > 0: clean history and reference frames re-noised up to it
-    motion_weight: float = 0.0  # > 0: the training loss weighs each latent by how much it differs from its reference
+    motion_weight: float = 0.0  # > 0: within each frame, the loss moves towards latents that change from the reference
     text_dropout: float = 0.1
     control_dropout: float = 0.1
     sample_steps: int = 16  # denoising steps per chunk of the sample strips (autoregressive, KV cache)
@@ -76,6 +76,11 @@ class TeacherStage(Stage):
     def build(self) -> None:
         self.schedule = FlowMatchSchedule(self.opts.shift)
         self.models["teacher"] = self.build_dit(self.ctx.init)
+        if self.opts.motion_weight < 0:
+            raise ValueError(f"stage.motion_weight must be >= 0, got {self.opts.motion_weight}")
+        if self.opts.motion_weight > 0 and not self.unwrap("teacher").cfg.frame_reference:
+            raise ValueError("stage.motion_weight weighs latents by their change from the frame's reference: it needs "
+                             "a model with frame_reference (the toy preset has it)")
         self.optimizers["teacher"] = self.adamw(self.models["teacher"])
         self.empty_text = self.ctx.data.text_encoder("")[0]  # [L, D]: the unconditional prompt
         self.sampler = SamplerConfig(shift=self.opts.shift, denoising_steps=evenly_spaced_steps(self.opts.sample_steps))
