@@ -19,6 +19,7 @@ from worldsim.codecs.base import to_uint8
 from worldsim.model.config import load_preset
 from worldsim.model.dit import CausalWanDiT
 from worldsim import runtime as rt
+from worldsim.pipeline.devices import column_major_linears
 from worldsim.pipeline.folders import ModelFolderError, find_model_folder
 from worldsim.sampling.session import StreamingSession
 from worldsim.runtime import RuntimeOptions, build_runtime
@@ -37,12 +38,13 @@ def official(tmp_path_factory):
 
 
 def in_process(root, checkpoint, decoder: str, chunks: int, seed: int = 5) -> np.ndarray:
-    """The same files wired by hand from the published-format loaders, with the daemon's cache settings and deferred
-    cache writes:
-    [T, H, W, 3] uint8."""
+    """The same files wired by hand from the published-format loaders, with the daemon's cache settings, deferred
+    cache writes and CPU weight layout (column-major linears: the same values, but on some CPUs MKL rounds the other
+    layout differently): [T, H, W, 3] uint8."""
     folder = find_model_folder(root, checkpoint=checkpoint)
     cpu = torch.device("cpu")
     model = rt.load_dit(folder, use_ema=True, dtype=torch.float32, device=cpu)
+    column_major_linears(model)
     text = rt.load_text_encoder(folder["text_encoder"].path, folder["tokenizer"].path, model.cfg, cpu, offload=False)
     dec = rt.load_decoder(folder, decoder, dtype=torch.float32, device=cpu)
     shape = (model.cfg.in_dim, SIZE["height"] // dec.spatial_stride, SIZE["width"] // dec.spatial_stride)

@@ -47,7 +47,9 @@ def column_major_linears(model: torch.nn.Module) -> None:
 
     For the CPU at inference: ``F.linear`` multiplies by ``weight.t()``, which is then a contiguous [in, out]
     matrix, and MKL runs that 1.3-1.6x faster than the transposed one at the few tokens a streamed chunk has
-    (16 x 192 @ 192 x 512: 57 -> 42 us; results equal). Training keeps the default layout."""
+    (16 x 192 @ 192 x 512: 57 -> 42 us). Results agree to rounding: bit-equal on the CPU this was measured on, but
+    MKL may pick another kernel per layout elsewhere (seen on a 2-core AMD EPYC VM: a pixel off by 1), so compare
+    outputs against a model with the same layout. Training keeps the default layout."""
     for m in model.modules():
         if isinstance(m, torch.nn.Linear):
             m.weight.data = m.weight.data.t().contiguous().t()
