@@ -230,6 +230,11 @@ def decoded_frames(frames: torch.Tensor) -> np.ndarray:
     return to_uint8(frames[0]).numpy()
 
 
+def reconstructed(codec: ToyCodec, frames: np.ndarray, device) -> np.ndarray:
+    """World frames [T, H, W, 3] uint8 through the codec (encoded, decoded): what its latent space keeps of them."""
+    return decoded_frames(codec.decode(codec.encode(to_tensor(frames, device))))
+
+
 class Generator:
     """One model, its sampler and the shared codec and text encoder: rolls out a held-out episode."""
 
@@ -399,8 +404,7 @@ def evaluate(specs: list[ModelSpec], codec_path: str | Path, cfg: EvalConfig = E
     bar = tqdm(total=2 * len(generators) * len(episodes) * cfg.chunks, unit="chunk", disable=not progress)
     for i, ep in enumerate(episodes):
         span, mirrored = ep.frames[n - 1:], ep.mirror.frames[n - 1:]
-        recon, recon_mirrored = (decoded_frames(codec.decode(codec.encode(to_tensor(v, cfg.device))))
-                                 for v in (span, mirrored))
+        recon, recon_mirrored = (reconstructed(codec, v, cfg.device) for v in (span, mirrored))
         frozen = np.repeat(span[:1], len(span), axis=0)
         refs["ground_truth"].add(span, mirrored, ep)
         refs["codec"].add(recon, recon_mirrored, ep)
@@ -465,8 +469,7 @@ def held_commands(generators: list[Generator], episodes: list[HeldOutEpisode], c
                 keys, axes = held_controls(kind, mirrored, frames)
                 truth = world.rollout(ep.state, keys[1:], axes[1:]).frames
                 sums["ground_truth"][kind][i, j] = held_motion(truth, kind, axes, ep.pitch)
-                recon = decoded_frames(codec.decode(codec.encode(to_tensor(truth, cfg.device))))
-                sums["codec"][kind][i, j] = held_motion(recon, kind, axes, ep.pitch)
+                sums["codec"][kind][i, j] = held_motion(reconstructed(codec, truth, cfg.device), kind, axes, ep.pitch)
                 held = replace(ep, keys=np.concatenate([ep.keys[:n - 1], keys]),
                                axes=np.concatenate([ep.axes[:n - 1], axes]), prompts=[ep.prompts[0]] * (frames + 1))
                 for g in generators:
@@ -513,7 +516,7 @@ def from_prompt(generators: list[Generator], codec: ToyCodec, cfg: EvalConfig
     def over_themes(per_theme: dict[str, dict[str, float]]) -> dict[str, float]:
         return {k: float(np.mean([v[k] for v in per_theme.values()])) for k in ("early", "late")}
 
-    coded = {t: decoded_frames(codec.decode(codec.encode(to_tensor(v, cfg.device)))) for t, v in elsewhere.items()}
+    coded = {t: reconstructed(codec, v, cfg.device) for t, v in elsewhere.items()}
     refs = {"world": [distance(elsewhere[t], t).mean() for t in THEMES],
             "codec": [distance(coded[t], t).mean() for t in THEMES],
             "other_themes": [distance(elsewhere[u], t).mean() for t in THEMES for u in THEMES if u != t]}
