@@ -176,11 +176,12 @@ class TeacherStage(Stage):
         text, controls = self._conditions(batch, history, dropout)
         return x0, history, t, clean, noise, text, controls
 
-    def loss(self, batch: LatentBatch, dropout: bool, weighted: bool = False) -> torch.Tensor:
-        return self._flow_loss(*self._inputs(batch, dropout), weighted=weighted)
+    def loss(self, batch: LatentBatch, dropout: bool) -> torch.Tensor:
+        """The training loss (motion-weighted when ``motion_weight`` > 0)."""
+        return self._flow_loss(*self._inputs(batch, dropout), weighted=True)
 
     def step(self, batch: LatentBatch, step: int) -> dict[str, float]:
-        loss = self.loss(batch, dropout=True, weighted=True)
+        loss = self.loss(batch, dropout=True)
         self.update(loss, "teacher")
         return {"loss": loss.item()}
 
