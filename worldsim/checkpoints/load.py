@@ -20,6 +20,7 @@ import torch
 from ..model.config import DiTConfig, load_preset
 from ..model.control import ControlEmbedding
 from ..model.dit import CausalWanDiT
+from ..model.reference_warp import ReferenceWarp
 from .base import Checkpoint, CheckpointError, key_list
 from .detect import resolve
 from .diffusers_format import config_from_diffusers, read_diffusers_folder
@@ -30,8 +31,8 @@ from .worldsim_format import read_worldsim, read_worldsim_config
 
 ConfigLike = DiTConfig | str | os.PathLike
 # Fields a caller may choose freely: they do not change which weights the model has or how they are used (control
-# and frame_reference add zero-initialised modules that start as no-ops).
-RUNTIME_FIELDS = ("control", "chunk_frames", "text_len", "frame_reference")
+# frame_reference and reference_warp add zero-initialised modules that start as no-ops).
+RUNTIME_FIELDS = ("control", "chunk_frames", "text_len", "frame_reference", "reference_warp")
 SHOWN = 5  # keys listed per problem in an error message
 
 
@@ -80,6 +81,10 @@ def load_model(path: str | os.PathLike, *, config: ConfigLike | None = None, use
                                                      conv.stride, device=device, dtype=dtype)
         torch.nn.init.zeros_(model.reference_embedding.weight)
         torch.nn.init.zeros_(model.reference_embedding.bias)
+    if "reference_warp." in fresh:
+        warp = model.reference_warp
+        model.reference_warp = ReferenceWarp(cfg.in_dim, warp.film[0].in_features, warp.conv_in.out_channels
+                                             ).to(device=device, dtype=dtype)
     on_meta = [n for n, t in chain(model.named_parameters(), model.named_buffers()) if t.is_meta]
     if on_meta:  # state that is neither in a checkpoint nor restored here: CausalWanDiT grew something new
         raise RuntimeError(f"load_model left {key_list(on_meta)} uninitialised; teach it how to build them")

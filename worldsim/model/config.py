@@ -67,6 +67,7 @@ class DiTConfig:
     chunk_frames: int = 3  # latent frames generated per step of a streaming session (num_frame_per_block)
     control: ControlConfig | None = None
     frame_reference: bool = False  # each frame also sees the clean latent before its chunk (model/control.py)
+    reference_warp: int = 0  # > 0: hidden channels of the control-conditioned warp of that frame (reference_warp.py)
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "patch_size", tuple(self.patch_size))
@@ -80,6 +81,8 @@ class DiTConfig:
             raise ValueError(f"temporal patch size must be 1 for frame-wise causality, got {self.patch_size}")
         if self.chunk_frames < 1:
             raise ValueError(f"chunk_frames must be >= 1, got {self.chunk_frames}")
+        if self.reference_warp < 0 or (self.reference_warp and not self.frame_reference):
+            raise ValueError(f"reference_warp must be 0 or, with frame_reference, > 0; got {self.reference_warp}")
 
     @property
     def head_dim(self) -> int:

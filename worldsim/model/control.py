@@ -84,7 +84,9 @@ class Controls:
 
 
 class ControlEmbedding(nn.Module):
-    """MLP from grouped per-frame controls [B, F, k * frame_dim] to a time-embedding offset [B, F, dim]."""
+    """MLP from grouped per-frame controls [B, F, k * frame_dim] to a time-embedding offset [B, F, dim].
+
+    :meth:`features` checks and flattens a :class:`Controls` into the MLP's input (shared with the reference warp)."""
 
     def __init__(self, cfg: ControlConfig, dim: int):
         super().__init__()
@@ -101,7 +103,12 @@ class ControlEmbedding(nn.Module):
             raise ValueError(f"controls.{name} must have shape [B, F, frames_per_latent, {name}_dim] = {list(want)}, "
                              f"got {list(t.shape)}")
 
-    def forward(self, c: Controls, batch: int, frames: int) -> torch.Tensor:
+    def forward(self, u: torch.Tensor, gate: torch.Tensor) -> torch.Tensor:
+        """The time-embedding offset [B, F, dim] from :meth:`features`' input and gate."""
+        return gate * self.mlp(u)
+
+    def features(self, c: Controls, batch: int, frames: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """The MLP's input [B, F, k * frame_dim] and the presence gate [B, F, 1] (1: the frame carries controls)."""
         cfg, k = self.cfg, self.cfg.frames_per_latent
         self._check("keys", c.keys, len(cfg.keys), batch, frames)
         self._check("axes", c.axes, len(cfg.axes), batch, frames)
@@ -121,9 +128,10 @@ class ControlEmbedding(nn.Module):
         gate = torch.ones(batch, frames, 1, dtype=dtype, device=ref.device)
         if c.present is not None:
             if tuple(c.present.shape) != (batch, frames):
-                raise ValueError(f"controls.present must have shape [B, F] = {[batch, frames]}, got {list(c.present.shape)}")
+                raise ValueError(f"controls.present must have shape [B, F] = {[batch, frames]}, "
+                                 f"got {list(c.present.shape)}")
             gate = c.present.to(dtype)[..., None]
-        return gate * self.mlp(u.flatten(2))  # [B, F, dim]
+        return u.flatten(2), gate
 
 
 def reference_frames(latents: torch.Tensor, chunk_frames: int) -> torch.Tensor:

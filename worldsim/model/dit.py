@@ -23,6 +23,7 @@ from .attention import FrameMask, attention
 from .config import DiTConfig
 from .control import ControlEmbedding, Controls
 from .kv_cache import KVCache
+from .reference_warp import ReferenceWarp
 from .rope import apply_rope, rope_table
 
 
@@ -137,6 +138,12 @@ class CausalWanDiT(nn.Module):
         # the reference frame in its own patch embedding, zero-initialised: added to the tokens, it starts as a no-op
         self.reference_embedding = nn.Conv3d(cfg.in_dim, d, kernel_size=cfg.patch_size, stride=cfg.patch_size) \
             if cfg.frame_reference else None
+        self.reference_warp = None
+        if cfg.reference_warp:
+            if cfg.control is None:
+                raise ValueError("reference_warp moves the reference by the controls: the model needs a control module")
+            self.reference_warp = ReferenceWarp(cfg.in_dim, cfg.control.frames_per_latent * cfg.control.frame_dim,
+                                                cfg.reference_warp)
         self.attn_backend = "auto"
         self.gradient_checkpointing = False
         self.init_weights()
@@ -157,6 +164,8 @@ class CausalWanDiT(nn.Module):
         if self.reference_embedding is not None:
             nn.init.zeros_(self.reference_embedding.weight)
             nn.init.zeros_(self.reference_embedding.bias)
+        if self.reference_warp is not None:
+            self.reference_warp.zero_output()
 
     def tokens_per_frame(self, height: int, width: int) -> int:
         _, ph, pw = self.cfg.patch_size
@@ -186,19 +195,25 @@ class CausalWanDiT(nn.Module):
         """Patchify and build per-frame modulation. Returns tokens [B, F*T, dim], e [B, F, dim], e0 [B, F, 6, dim]."""
         b, _, f, _, _ = x.shape
         patches = self.patch_embedding(x)  # [B, dim, F, H/2, W/2]
+        features = None  # the control MLP's input [B, F, D] and presence gate [B, F, 1]
+        if controls is not None and not controls.is_empty():
+            if self.control_embedding is None:
+                raise ValueError("controls were given but this model has no control module (config.control is None)")
+            features = self.control_embedding.features(controls, b, f)
         reference = None if controls is None else controls.reference
         if self.reference_embedding is not None and reference is not None:
             if reference.shape != x.shape:
                 raise ValueError(f"controls.reference must have the latents' shape {list(x.shape)}, "
                                  f"got {list(reference.shape)}")
-            patches = patches + self.reference_embedding(reference.to(x.dtype))
+            reference = reference.to(x.dtype)
+            if self.reference_warp is not None and features is not None:
+                reference = self.reference_warp(reference, *features)
+            patches = patches + self.reference_embedding(reference)
         tokens = patches.flatten(2).transpose(1, 2)  # [B, F*T, dim], frame-major then h, w
         w = self.time_embedding[0].weight
         e = self.time_embedding(sinusoidal_embedding(t.flatten(), self.cfg.freq_dim).to(w.dtype)).float().view(b, f, -1)
-        if controls is not None and not controls.is_empty():
-            if self.control_embedding is None:
-                raise ValueError("controls were given but this model has no control module (config.control is None)")
-            e = e + self.control_embedding(controls, b, f).float()
+        if features is not None:
+            e = e + self.control_embedding(*features).float()
         e0 = self.time_projection(e.to(w.dtype)).float().unflatten(-1, (6, -1))  # [B, F, 6, dim]
         return tokens, e, e0
 
