@@ -215,3 +215,35 @@ def test_motion_weights_weigh_the_latents_that_change_and_leave_validation_unwei
 
     stage._motion_weights = lambda x0, reference: torch.full_like(x0[:, :1], 2.0)
     assert loss(True) == pytest.approx(2 * loss(False), rel=1e-5)  # the training loss takes the weights
+
+
+def test_the_warp_learns_to_move_the_reference_as_the_keys_say(tmp_path):
+    """stage.warp_weight: the warp is also trained to predict each frame from its reference and controls. Where a
+    key rolls the last frame by one latent pixel (half a token), it soon predicts the next frame far better than the
+    reference itself does (val/warp_loss against val/copy_loss); without it the option is refused."""
+    frames = write_squares(tmp_path / "data", moving=True, episodes=32, frames=12)
+    codec = random_codec(frames, tmp_path / "codec.safetensors")
+    preset = yaml.safe_load((Path(__file__).resolve().parents[1] / "configs" / "model" / "tiny.yaml").read_text())
+    preset.update(chunk_frames=1, frame_reference=True, reference_warp=16)
+    (tmp_path / "model.yaml").write_text(yaml.safe_dump(preset))
+    steps = 300
+
+    def recipe(run: str, *extra: str):
+        return load_recipe(RECIPES / "teacher_micro.yaml", [
+            f"model={tmp_path / 'model.yaml'}", f"data.path={tmp_path / 'data'}", f"data.codec={codec}",
+            f"out={tmp_path / run}", "data.clip_chunks=6", "data.batch_size=8", "stage.clean_context_prob=1.0",
+            "data.val_episodes=2", "val_batches=2", *extra])
+
+    with pytest.raises(ValueError, match="stage.warp_weight must be 0, or > 0 for a model with reference_warp"):
+        Trainer("teacher", load_recipe(RECIPES / "teacher_micro.yaml", [
+            f"data.path={tmp_path / 'data'}", f"data.codec={codec}", f"out={tmp_path / 'no_warp'}",
+            "stage.warp_weight=1", "data.val_episodes=2"]))
+    trainer = Trainer("teacher", recipe("warp", "stage.warp_weight=1", f"max_steps={steps}", "val_every=300",
+                                        "log_every=100", f"ckpt_every={steps}", "optim.lr=0.002"))
+    before = trainer.validate()
+    assert before["val/warp_loss"] == before["val/copy_loss"] > 0  # a fresh warp leaves the reference as it is
+    trainer.run()
+    rows = [json.loads(line) for line in (tmp_path / "warp" / "metrics.jsonl").read_text().splitlines()]
+    assert all({"flow_loss", "warp_loss"} <= r.keys() for r in rows if "loss" in r)
+    final = next(r for r in rows if r["step"] == steps and "val/warp_loss" in r)
+    assert final["val/warp_loss"] < 0.5 * final["val/copy_loss"], final

@@ -42,9 +42,14 @@ class RunResult:
     last_metrics: dict[str, float]
 
 
+# zero-initialised modules a recipe's preset adds to an --init (with frame_reference) that lacks them
+ADDED_BY_RECIPE = ("reference_warp",)
+
+
 def model_config(cfg: TrainConfig, init: Path | None):
     """The DiT architecture: the one in ``--init``'s header for a worldsim file, else the recipe's ``model`` preset
-    (name the published model's preset, e.g. ``model=wan2.1-t2v-1.3b``; loading checks that the weights fit)."""
+    (name the published model's preset, e.g. ``model=wan2.1-t2v-1.3b``; loading checks that the weights fit).
+    A module of ``ADDED_BY_RECIPE`` that the preset has and the header lacks is added (it starts as a no-op)."""
     from ..checkpoints.detect import resolve
     from ..checkpoints.worldsim_format import read_worldsim_config
 
@@ -52,18 +57,21 @@ def model_config(cfg: TrainConfig, init: Path | None):
         fmt, where = resolve(init)
         if fmt == "worldsim":
             header = read_worldsim_config(where)
-            warn_header_over_recipe(header, cfg.model, init)
+            try:
+                preset = load_preset(cfg.model)
+            except (OSError, ValueError):
+                return header
+            added = {name: getattr(preset, name) for name in ADDED_BY_RECIPE
+                     if getattr(preset, name) and not getattr(header, name) and header.frame_reference}
+            header = dataclasses.replace(header, **added)
+            warn_header_over_recipe(header, preset, init)
             return header
     return load_preset(cfg.model)
 
 
-def warn_header_over_recipe(header, recipe_model: str, init: Path) -> None:
+def warn_header_over_recipe(header, preset, init: Path) -> None:
     """Say so when ``--init``'s header overrides settings the recipe's model preset gives otherwise (the control
     module aside: a missing one is added): e.g. a recipe's ``chunk_frames: 2`` does nothing with a chunk-1 init."""
-    try:
-        preset = load_preset(recipe_model)
-    except (OSError, ValueError):
-        return
     differ = [f"{f.name} {getattr(header, f.name)} (recipe {getattr(preset, f.name)})"
               for f in dataclasses.fields(header)
               if f.name != "control" and getattr(header, f.name) != getattr(preset, f.name)]

@@ -61,6 +61,7 @@ class TeacherOptions:
     clean_context_prob: float = 0.5
     context_noise_max: float = 0.0  # timestep; > 0: clean history and reference frames re-noised up to it
     motion_weight: float = 0.0  # > 0: within each frame, the loss moves towards latents that change from the reference
+    warp_weight: float = 0.0  # > 0: the reference warp also learns to predict each frame (latent MSE), so weighted
     text_dropout: float = 0.1
     control_dropout: float = 0.1
     sample_steps: int = 16  # denoising steps per chunk of the sample strips (autoregressive, KV cache)
@@ -81,6 +82,9 @@ class TeacherStage(Stage):
         if self.opts.motion_weight > 0 and not self.unwrap("teacher").cfg.frame_reference:
             raise ValueError("stage.motion_weight weighs latents by their change from the frame's reference: it needs "
                              "a model with frame_reference (the toy preset has it)")
+        if self.opts.warp_weight < 0 or (self.opts.warp_weight and not self.unwrap("teacher").cfg.reference_warp):
+            raise ValueError(f"stage.warp_weight must be 0, or > 0 for a model with reference_warp; got "
+                             f"{self.opts.warp_weight}")
         self.optimizers["teacher"] = self.adamw(self.models["teacher"])
         self.empty_text = self.ctx.data.text_encoder("")[0]  # [L, D]: the unconditional prompt
         self.sampler = SamplerConfig(shift=self.opts.shift, denoising_steps=evenly_spaced_steps(self.opts.sample_steps))
@@ -176,25 +180,55 @@ class TeacherStage(Stage):
         text, controls = self._conditions(batch, history, dropout)
         return x0, history, t, clean, noise, text, controls
 
-    def loss(self, batch: LatentBatch, dropout: bool) -> torch.Tensor:
-        """The training loss (motion-weighted when ``motion_weight`` > 0)."""
-        return self._flow_loss(*self._inputs(batch, dropout), weighted=True)
+    def _warp_losses(self, x0: torch.Tensor, controls: Controls | None) -> tuple[torch.Tensor, torch.Tensor] | None:
+        """Mean squared error of the warped reference, and of the reference itself, against each frame x0
+        [B, C, F, H, W], over the frames the warp acts on (controls present, a reference); None without any."""
+        model = self.unwrap("teacher")
+        if not model.cfg.reference_warp or controls is None or controls.is_empty() or controls.reference is None:
+            return None
+        b, _, f = x0.shape[:3]
+        u, gate = model.control_embedding.features(controls, b, f)  # gate [B, F, 1]
+        reference = controls.reference
+        warped = model.reference_warp(reference, u, gate)
+        acts = gate[..., 0] * reference.flatten(3).abs().amax(dim=(1, 3)).gt(0)  # [B, F]
+        if not bool(acts.any()):
+            return None
+
+        def mse(pred: torch.Tensor) -> torch.Tensor:
+            return ((pred.float() - x0.float()).pow(2).mean(dim=(1, 3, 4)) * acts).sum() / acts.sum()
+
+        return mse(warped), mse(reference)
+
+    def loss(self, batch: LatentBatch, dropout: bool) -> tuple[torch.Tensor, dict[str, float]]:
+        """The training loss (motion-weighted when ``motion_weight`` > 0, plus ``warp_weight`` x the warp's own
+        loss) and its parts."""
+        inputs = self._inputs(batch, dropout)
+        flow = self._flow_loss(*inputs, weighted=True)
+        warp = self._warp_losses(inputs[0], inputs[-1]) if self.opts.warp_weight > 0 else None
+        if warp is None:
+            return flow, {"loss": flow.item()}
+        loss = flow + self.opts.warp_weight * warp[0]
+        return loss, {"loss": loss.item(), "flow_loss": flow.item(), "warp_loss": warp[0].item()}
 
     def step(self, batch: LatentBatch, step: int) -> dict[str, float]:
-        loss = self.loss(batch, dropout=True)
+        loss, parts = self.loss(batch, dropout=True)
         self.update(loss, "teacher")
-        return {"loss": loss.item()}
+        return parts
 
     def validate(self, batch: LatentBatch) -> dict[str, float]:
         """Held-out loss, and the same with mirrored controls on the same noise and timesteps (module docstring)."""
         g = torch.Generator(batch.latents.device).manual_seed(self.ctx.cfg.seed)
         *inputs, controls = self._inputs(batch, dropout=False, generator=g)
         loss = self._flow_loss(*inputs, controls).item()
+        out = {"loss": loss}
+        warp = self._warp_losses(inputs[0], controls)
+        if warp is not None:  # the warped reference against the frame, and the plain reference (its floor to beat)
+            out.update(warp_loss=warp[0].item(), copy_loss=warp[1].item())
         mirrored = self._mirrored(controls)
-        if mirrored is None:
-            return {"loss": loss}
-        loss_mirrored = self._flow_loss(*inputs, mirrored).item()
-        return {"loss": loss, "loss_mirrored": loss_mirrored, "control_gap": loss_mirrored / loss - 1}
+        if mirrored is not None:
+            loss_mirrored = self._flow_loss(*inputs, mirrored).item()
+            out.update(loss_mirrored=loss_mirrored, control_gap=loss_mirrored / loss - 1)
+        return out
 
     def sample(self, batch: LatentBatch) -> torch.Tensor:
         """Autoregressive generation with the current weights (KV cache, ``sample_steps`` per chunk, the clip's
