@@ -1,0 +1,86 @@
+"""Does a frame_reference toy model render the motion its reference frame carries? (the held-command probe, three ways)
+
+    python benchmarks/reference_probe.py --model worldsim/default_model --codec worldsim/default_model/codec.safetensors
+
+Each held-out episode's last context frame is continued for --frames frames under a held command (W, D, mouse
+right) and its mirror, three ways: ``own``, as served (each frame's reference is the model's previous frame);
+``answer``, the reference replaced by the world's frame being generated (through the codec), under the same
+controls; ``answer_idle``, the same with no key or mouse held. Printed: pixels per frame of the cue each command
+moves (the held-command probe of ``worldsim.train.evaluate``), along the world's direction, under the command and
+its mirror, with the world's own. A model that copies its reference streams at about the codec's speed in the
+``answer`` rows whatever it learned of the controls; the ``own`` rows show how much of the motion it predicts.
+"""
+
+from __future__ import annotations
+
+import argparse
+from dataclasses import replace
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from worldsim.codecs.toy_codec import ToyCodec
+from worldsim.train.evaluate import (EvalConfig, Generator, ModelSpec, decoded_frames, episode_controls, held_controls,
+                                     held_motion, held_out_episodes, held_summary, to_tensor)
+from worldsim.world import World
+from worldsim.world.episodes import EpisodeConfig
+from worldsim.world.metrics import KINDS
+
+MODES = ("own", "answer", "answer_idle")
+
+
+@torch.no_grad()
+def held_video(g: Generator, codec: ToyCodec, ep, keys: np.ndarray, axes: np.ndarray, truth: np.ndarray, mode: str,
+               seed: int) -> np.ndarray:
+    """The context frame and the model's frames under held controls [frames + 1, ...], with ``mode``'s reference."""
+    frames = len(keys) - 1
+    held = replace(ep, keys=keys, axes=axes, prompts=[ep.prompts[0]] * (frames + 1))
+    context = codec.encode(to_tensor(ep.frames[:1], "cpu"))  # [1, C, 1, h, w]
+    answers = codec.encode(to_tensor(truth, "cpu"))  # [1, C, frames + 1, h, w]
+    session = g.session(ep.prompts[0], (context.shape[1], *context.shape[3:]), seed)
+    session.push_context(context, episode_controls(held, 0, 1, "cpu"))
+    out = [ep.frames[0]]
+    for t in range(1, frames + 1):
+        controls = episode_controls(held, t, t + 1, "cpu")
+        if mode != "own":
+            session._last = answers[:, :, t:t + 1]  # the reference the next step reads (the session's last frame)
+        if mode == "answer_idle":
+            controls = replace(controls, keys=torch.zeros_like(controls.keys), axes=torch.zeros_like(controls.axes))
+        out.append(decoded_frames(codec.decode(session.step(controls)))[0])
+    return np.stack(out)
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("--model", required=True, help="a toy model package (its own sampler) or DiT checkpoint")
+    p.add_argument("--codec", required=True, help="the toy codec the model was trained with")
+    p.add_argument("--episodes", type=int, default=6)
+    p.add_argument("--frames", type=int, default=12)
+    p.add_argument("--threads", type=int, default=1)
+    args = p.parse_args()
+    torch.set_num_threads(args.threads)
+    cfg = EvalConfig(episodes=args.episodes, chunks=args.frames)
+    codec = ToyCodec.load(args.codec)
+    g = Generator(ModelSpec("model", Path(args.model)), codec, Path(args.codec), cfg)
+    if g.n != 1 or not g.model.cfg.frame_reference:
+        raise SystemExit("the probe needs a frame_reference model generating one frame per chunk")
+    world = World(EpisodeConfig().world)
+    episodes = held_out_episodes(cfg, 1)
+    for kind in KINDS:
+        sums = {mode: np.zeros((len(episodes), 2)) for mode in ("world", *MODES)}
+        for i, ep in enumerate(episodes):
+            for j, mirrored in enumerate((False, True)):
+                keys, axes = held_controls(kind, mirrored, args.frames)
+                truth = world.rollout(ep.state, keys[1:], axes[1:]).frames  # [frames + 1, H, W, 3]
+                sums["world"][i, j] = held_motion(truth, kind, axes, ep.pitch)
+                for mode in MODES:
+                    video = held_video(g, codec, ep, keys, axes, truth, mode, cfg.seed + i)
+                    sums[mode][i, j] = held_motion(video, kind, axes, ep.pitch)
+        for mode, s in sums.items():
+            along = held_summary(s, sums["world"], args.frames)["px_per_frame"]
+            print(f"{kind:7s} {mode:12s} {along[0]:+.2f} / {along[1]:+.2f} px per frame (command / mirror)", flush=True)
+
+
+if __name__ == "__main__":
+    main()
