@@ -247,3 +247,28 @@ def test_the_warp_learns_to_move_the_reference_as_the_keys_say(tmp_path):
     assert all({"flow_loss", "warp_loss"} <= r.keys() for r in rows if "loss" in r)
     final = next(r for r in rows if r["step"] == steps and "val/warp_loss" in r)
     assert final["val/warp_loss"] < 0.5 * final["val/copy_loss"], final
+
+
+def test_warp_only_trains_the_warp_and_nothing_else(tmp_path):
+    frames = write_squares(tmp_path / "data", moving=True, episodes=8, frames=12)
+    codec = random_codec(frames, tmp_path / "codec.safetensors")
+    preset = yaml.safe_load((Path(__file__).resolve().parents[1] / "configs" / "model" / "tiny.yaml").read_text())
+    preset.update(chunk_frames=1, frame_reference=True, reference_warp=8)
+    (tmp_path / "model.yaml").write_text(yaml.safe_dump(preset))
+    with pytest.raises(ValueError, match="stage.warp_only trains the reference warp: the model has none"):
+        Trainer("teacher", load_recipe(RECIPES / "teacher_micro.yaml", [
+            f"data.path={tmp_path / 'data'}", f"data.codec={codec}", f"out={tmp_path / 'no_warp'}",
+            "stage.warp_only=true", "data.val_episodes=2"]))
+    trainer = Trainer("teacher", load_recipe(RECIPES / "teacher_micro.yaml", [
+        f"model={tmp_path / 'model.yaml'}", f"data.path={tmp_path / 'data'}", f"data.codec={codec}",
+        f"out={tmp_path / 'out'}", "data.clip_chunks=6", "data.batch_size=8", "stage.warp_only=true",
+        "max_steps=20", "ckpt_every=20", "val_every=20", "log_every=20", "data.val_episodes=2", "val_batches=2"]))
+    model = trainer.stage.unwrap("teacher")
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    trainer.run()
+    after = model.state_dict()
+    changed = {k for k in before if not torch.equal(before[k], after[k])}
+    assert changed and all(k.startswith("reference_warp.") for k in changed), changed
+    row = next(json.loads(line) for line in (tmp_path / "out" / "metrics.jsonl").read_text().splitlines()
+               if '"val/warp_loss"' in line)
+    assert row["val/warp_loss"] < row["val/copy_loss"]  # 20 steps already beat copying the reference

@@ -23,6 +23,12 @@ across the batch instead (a fixed 1 + 4 x change over the batch's mean) sped the
 from a prompt alone into token-size checkerboards: idle and prompt-only frames had lost most of their weight.
 Validation stays unweighted, so its loss and control gap compare across recipes.
 
+Reference warp (a DiT with ``reference_warp``, model/reference_warp.py): ``warp_weight`` > 0 adds the warp's own
+loss, the mean squared error of the warped reference against the frame itself over the frames it acts on (with
+controls and a reference), so it learns to predict the next frame rather than only what helps the flow loss;
+``warp_only`` trains the warp alone by that loss, every DiT weight frozen and no DiT forward (a fast first stage
+before training both). Validation logs ``warp_loss`` and ``copy_loss``, the same error of the plain reference.
+
 Condition dropout for classifier-free guidance: per sample, the text becomes the empty prompt's embedding with
 probability ``text_dropout`` and the controls are marked absent (presence gate 0, exactly the no-control model)
 with probability ``control_dropout``, independently.
@@ -62,6 +68,7 @@ class TeacherOptions:
     context_noise_max: float = 0.0  # timestep; > 0: clean history and reference frames re-noised up to it
     motion_weight: float = 0.0  # > 0: within each frame, the loss moves towards latents that change from the reference
     warp_weight: float = 0.0  # > 0: the reference warp also learns to predict each frame (latent MSE), so weighted
+    warp_only: bool = False  # train the reference warp alone by that loss, the DiT frozen (no DiT forward: fast)
     text_dropout: float = 0.1
     control_dropout: float = 0.1
     sample_steps: int = 16  # denoising steps per chunk of the sample strips (autoregressive, KV cache)
@@ -82,9 +89,15 @@ class TeacherStage(Stage):
         if self.opts.motion_weight > 0 and not self.unwrap("teacher").cfg.frame_reference:
             raise ValueError("stage.motion_weight weighs latents by their change from the frame's reference: it needs "
                              "a model with frame_reference (the toy preset has it)")
-        if self.opts.warp_weight < 0 or (self.opts.warp_weight and not self.unwrap("teacher").cfg.reference_warp):
+        model = self.unwrap("teacher")
+        if self.opts.warp_weight < 0 or (self.opts.warp_weight and not model.cfg.reference_warp):
             raise ValueError(f"stage.warp_weight must be 0, or > 0 for a model with reference_warp; got "
                              f"{self.opts.warp_weight}")
+        if self.opts.warp_only:
+            if not model.cfg.reference_warp:
+                raise ValueError("stage.warp_only trains the reference warp: the model has none (reference_warp: 0)")
+            for name, p in model.named_parameters():
+                p.requires_grad_(name.startswith("reference_warp."))
         self.optimizers["teacher"] = self.adamw(self.models["teacher"])
         self.empty_text = self.ctx.data.text_encoder("")[0]  # [L, D]: the unconditional prompt
         self.sampler = SamplerConfig(shift=self.opts.shift, denoising_steps=evenly_spaced_steps(self.opts.sample_steps))
@@ -201,8 +214,13 @@ class TeacherStage(Stage):
 
     def loss(self, batch: LatentBatch, dropout: bool) -> tuple[torch.Tensor, dict[str, float]]:
         """The training loss (motion-weighted when ``motion_weight`` > 0, plus ``warp_weight`` x the warp's own
-        loss) and its parts."""
+        loss; with ``warp_only`` the warp's loss alone) and its parts."""
         inputs = self._inputs(batch, dropout)
+        if self.opts.warp_only:
+            warp = self._warp_losses(inputs[0], inputs[-1])
+            if warp is None:
+                raise ValueError("stage.warp_only: the batch has no frame with controls and a reference")
+            return warp[0], {"loss": warp[0].item()}
         flow = self._flow_loss(*inputs, weighted=True)
         warp = self._warp_losses(inputs[0], inputs[-1]) if self.opts.warp_weight > 0 else None
         if warp is None:
