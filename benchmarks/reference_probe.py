@@ -5,7 +5,8 @@
 Each held-out episode's last context frame is continued for --frames frames under a held command (W, D, mouse
 right) and its mirror, three ways: ``own``, as served (each frame's reference is the model's previous frame);
 ``answer``, the reference replaced by the world's frame being generated (through the codec), under the same
-controls; ``answer_idle``, the same with no key or mouse held. Printed: pixels per frame of the cue each command
+controls; ``answer_idle``, the same with no key or mouse held; ``warp_alone``, for a model with a reference warp,
+the warp by itself iterated on its own output (no DiT). Printed: pixels per frame of the cue each command
 moves (the held-command probe of ``worldsim.train.evaluate``), along the world's direction, under the command and
 its mirror, with the world's own. A model that copies its reference streams at about the codec's speed in the
 ``answer`` rows whatever it learned of the controls; the ``own`` rows show how much of the motion it predicts.
@@ -21,6 +22,7 @@ import numpy as np
 import torch
 
 from worldsim.codecs.toy_codec import ToyCodec
+from worldsim.model.control import Controls
 from worldsim.train.evaluate import (EvalConfig, Generator, ModelSpec, decoded_frames, episode_controls, held_controls,
                                      held_motion, held_out_episodes, held_summary, to_tensor)
 from worldsim.world import World
@@ -28,6 +30,19 @@ from worldsim.world.episodes import EpisodeConfig
 from worldsim.world.metrics import KINDS
 
 MODES = ("own", "answer", "answer_idle")
+
+
+@torch.no_grad()
+def warp_video(model, codec: ToyCodec, ep, keys: np.ndarray, axes: np.ndarray) -> np.ndarray:
+    """The context frame and the reference warp's frames, each warped from the last [frames + 1, H, W, 3]."""
+    latent = codec.encode(to_tensor(ep.frames[:1], "cpu"))  # [1, C, 1, h, w]
+    out = [ep.frames[0]]
+    for t in range(1, len(keys)):
+        controls = Controls(keys=torch.from_numpy(keys[t:t + 1])[None, :, None],
+                            axes=torch.from_numpy(axes[t:t + 1])[None, :, None])
+        latent = model.reference_warp(latent, *model.control_embedding.features(controls, 1, 1))
+        out.append(decoded_frames(codec.decode(latent))[0])
+    return np.stack(out)
 
 
 @torch.no_grad()
@@ -67,8 +82,9 @@ def main() -> None:
         raise SystemExit("the probe needs a frame_reference model generating one frame per chunk")
     world = World(EpisodeConfig().world)
     episodes = held_out_episodes(cfg, 1)
+    warp = g.model.cfg.reference_warp > 0
     for kind in KINDS:
-        sums = {mode: np.zeros((len(episodes), 2)) for mode in ("world", *MODES)}
+        sums = {mode: np.zeros((len(episodes), 2)) for mode in ("world", *MODES, *["warp_alone"] * warp)}
         for i, ep in enumerate(episodes):
             for j, mirrored in enumerate((False, True)):
                 keys, axes = held_controls(kind, mirrored, args.frames)
@@ -77,6 +93,9 @@ def main() -> None:
                 for mode in MODES:
                     video = held_video(g, codec, ep, keys, axes, truth, mode, cfg.seed + i)
                     sums[mode][i, j] = held_motion(video, kind, axes, ep.pitch)
+                if warp:
+                    sums["warp_alone"][i, j] = held_motion(warp_video(g.model, codec, ep, keys, axes), kind, axes,
+                                                           ep.pitch)
         for mode, s in sums.items():
             along = held_summary(s, sums["world"], args.frames)["px_per_frame"]
             print(f"{kind:7s} {mode:12s} {along[0]:+.2f} / {along[1]:+.2f} px per frame (command / mirror)", flush=True)
