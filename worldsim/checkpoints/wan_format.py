@@ -21,7 +21,8 @@ from .base import Checkpoint, CheckpointError
 from .weights_folder import CONFIG_NAME, read_config, read_weights, write_folder
 
 CLASS_NAMES = ("WanModel", "CausalWanModel")  # Wan2.1 itself, and Self-Forcing's causal subclass saved the same way
-CONTROL_PREFIXES = ("control_embedding.", "reference_embedding.", "reference_warp.")  # worldsim's additions to the Wan DiT
+# worldsim's additions to the Wan DiT
+CONTROL_PREFIXES = ("control_embedding.", "reference_embedding.", "reference_warp.")
 
 
 def is_wan_config(config: Mapping[str, Any]) -> bool:

@@ -86,10 +86,10 @@ class TeacherStage(Stage):
         self.models["teacher"] = self.build_dit(self.ctx.init)
         if self.opts.motion_weight < 0:
             raise ValueError(f"stage.motion_weight must be >= 0, got {self.opts.motion_weight}")
-        if self.opts.motion_weight > 0 and not self.unwrap("teacher").cfg.frame_reference:
+        model = self.unwrap("teacher")
+        if self.opts.motion_weight > 0 and not model.cfg.frame_reference:
             raise ValueError("stage.motion_weight weighs latents by their change from the frame's reference: it needs "
                              "a model with frame_reference (the toy preset has it)")
-        model = self.unwrap("teacher")
         if self.opts.warp_weight < 0 or (self.opts.warp_weight and not model.cfg.reference_warp):
             raise ValueError(f"stage.warp_weight must be 0, or > 0 for a model with reference_warp; got "
                              f"{self.opts.warp_weight}")
