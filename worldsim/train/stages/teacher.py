@@ -98,7 +98,7 @@ class TeacherStage(Stage):
                 raise ValueError("stage.warp_only trains the reference warp: the model has none (reference_warp: 0)")
             if self.accelerator.num_processes > 1:  # the warp runs outside the wrapped forward: DDP would not sync it
                 raise ValueError("stage.warp_only runs in one process (the warp is small: about 11 steps/s of 32 "
-                                 "clips on one CPU thread); launch it without --num_processes")
+                                 "clips on one CPU thread): launch it as one process")
             for name, p in model.named_parameters():
                 p.requires_grad_(name.startswith("reference_warp."))
         self.optimizers["teacher"] = self.adamw(self.models["teacher"])
