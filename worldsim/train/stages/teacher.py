@@ -218,11 +218,12 @@ class TeacherStage(Stage):
     def loss(self, batch: LatentBatch, dropout: bool) -> tuple[torch.Tensor, dict[str, float]]:
         """The training loss (motion-weighted when ``motion_weight`` > 0, plus ``warp_weight`` x the warp's own
         loss; with ``warp_only`` the warp's loss alone) and its parts."""
-        inputs = self._inputs(batch, dropout)
+        inputs = self._inputs(batch, dropout and not self.opts.warp_only)  # dropped controls would gate the warp off
         if self.opts.warp_only:
             warp = self._warp_losses(inputs[0], inputs[-1])
             if warp is None:
-                raise ValueError("stage.warp_only: the batch has no frame with controls and a reference")
+                raise ValueError("stage.warp_only: the clips have no frame with controls and a reference (the data "
+                                 "needs controls, and data.clip_chunks >= 2)")
             return warp[0], {"loss": warp[0].item()}
         flow = self._flow_loss(*inputs, weighted=True)
         warp = self._warp_losses(inputs[0], inputs[-1]) if self.opts.warp_weight > 0 else None
