@@ -143,6 +143,12 @@ def reference_frames(latents: torch.Tensor, chunk_frames: int) -> torch.Tensor:
     return torch.where((before >= 0)[None, None, :, None, None], ref, torch.zeros_like(ref))
 
 
+def has_reference(reference: torch.Tensor) -> torch.Tensor:
+    """[B, F] bool: which frames of references [B, C, F, H, W] have one (zeros mean "none yet", as
+    :func:`reference_frames` and the streaming session leave the first chunk's)."""
+    return reference.flatten(3).abs().amax(dim=(1, 3)) > 0
+
+
 def group_video_frames(samples: torch.Tensor, frames_per_latent: int) -> torch.Tensor:
     """[B, F*k, C] per-video-frame samples -> [B, F, k, C] grouped per latent frame."""
     b, n, c = samples.shape

@@ -24,6 +24,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .control import has_reference
+
 
 class ReferenceWarp(nn.Module):
     """reference [B, C, F, H, W] + controls per frame -> the reference as the controls move it (same shape)."""
@@ -52,7 +54,6 @@ class ReferenceWarp(nn.Module):
         hidden = F.silu(self.conv_in(torch.cat([x, grid], dim=1)))  # [B*F, hidden, H, W]
         scale, shift = self.film(controls.to(x.dtype)).reshape(b * f, -1)[..., None, None].chunk(2, dim=1)
         hidden = F.silu(self.conv_mid(hidden * (1 + scale) + shift))
-        has_reference = x.flatten(1).abs().amax(dim=1) > 0  # [B*F]: zeros mean "no reference yet"
-        gate = present.reshape(b * f).to(x.dtype) * has_reference.to(x.dtype)
+        gate = (present[..., 0] * has_reference(reference)).reshape(b * f).to(x.dtype)  # [B*F]
         delta = self.conv_out(hidden) * gate[:, None, None, None]  # [B*F, C, H, W]
         return reference + delta.reshape(b, f, c, h, w).transpose(1, 2)

@@ -51,7 +51,7 @@ from dataclasses import dataclass
 
 import torch
 
-from ...model.control import Controls
+from ...model.control import Controls, has_reference
 from ...sampling.schedule import FlowMatchSchedule, SamplerConfig, evenly_spaced_steps
 from ...world.metrics import mirror_plan
 from ..data import LatentBatch
@@ -184,7 +184,7 @@ class TeacherStage(Stage):
         change = (x0 - reference).abs().float().mean(dim=1, keepdim=True)  # [B, 1, F, H, W]
         scale = change.mean(dim=(3, 4), keepdim=True).clamp_min(1e-6)  # [B, 1, F, 1, 1]
         w = (1 + self.opts.motion_weight * change / scale) / (1 + self.opts.motion_weight)
-        has_ref = reference.flatten(3).abs().amax(dim=(1, 3)).gt(0)[:, None, :, None, None]  # [B, 1, F, 1, 1]
+        has_ref = has_reference(reference)[:, None, :, None, None]  # [B, 1, F, 1, 1]
         return torch.where(has_ref, w, torch.ones_like(w))
 
     def _inputs(self, batch: LatentBatch, dropout: bool, generator: torch.Generator | None = None):
@@ -206,7 +206,7 @@ class TeacherStage(Stage):
         u, gate = model.control_embedding.features(controls, b, f)  # gate [B, F, 1]
         reference = controls.reference
         warped = model.reference_warp(reference, u, gate)
-        acts = gate[..., 0] * reference.flatten(3).abs().amax(dim=(1, 3)).gt(0)  # [B, F]
+        acts = gate[..., 0] * has_reference(reference)  # [B, F]
         if not bool(acts.any()):
             return None
 
