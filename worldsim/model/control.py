@@ -75,6 +75,11 @@ class Controls:
                                  for c in items], dim=dim)
         return Controls(join("keys"), join("axes"), join("embedding"), present, join("reference", 2 if frames else 0))
 
+    def to(self, device) -> "Controls":
+        """The same controls with every tensor on ``device``."""
+        return Controls(*(None if t is None else t.to(device) for t in (self.keys, self.axes, self.embedding,
+                                                                         self.present, self.reference)))
+
     def slice_frames(self, start: int, stop: int) -> "Controls":
         def cut(t):
             return None if t is None else t[:, start:stop]
@@ -86,7 +91,7 @@ class Controls:
 class ControlEmbedding(nn.Module):
     """MLP from grouped per-frame controls [B, F, k * frame_dim] to a time-embedding offset [B, F, dim].
 
-    :meth:`features` checks and flattens a :class:`Controls` into the MLP's input (shared with the reference warp)."""
+    :meth:`features` checks and flattens a :class:`Controls` into the MLP's input (:func:`control_features`)."""
 
     def __init__(self, cfg: ControlConfig, dim: int):
         super().__init__()
@@ -95,43 +100,50 @@ class ControlEmbedding(nn.Module):
         nn.init.zeros_(self.mlp[2].weight)
         nn.init.zeros_(self.mlp[2].bias)
 
-    def _check(self, name: str, t: torch.Tensor | None, width: int, batch: int, frames: int) -> None:
-        if t is None:
-            return
-        want = (batch, frames, self.cfg.frames_per_latent, width)
-        if t.dim() != 4 or tuple(t.shape) != want:
-            raise ValueError(f"controls.{name} must have shape [B, F, frames_per_latent, {name}_dim] = {list(want)}, "
-                             f"got {list(t.shape)}")
-
     def forward(self, u: torch.Tensor, gate: torch.Tensor) -> torch.Tensor:
         """The time-embedding offset [B, F, dim] from :meth:`features`' input and gate."""
         return gate * self.mlp(u)
 
     def features(self, c: Controls, batch: int, frames: int) -> tuple[torch.Tensor, torch.Tensor]:
-        """The MLP's input [B, F, k * frame_dim] and the presence gate [B, F, 1] (1: the frame carries controls)."""
-        cfg, k = self.cfg, self.cfg.frames_per_latent
-        self._check("keys", c.keys, len(cfg.keys), batch, frames)
-        self._check("axes", c.axes, len(cfg.axes), batch, frames)
-        self._check("embedding", c.embedding, cfg.embedding_dim, batch, frames)
-        ref = c.sources()[0]
-        dtype = self.mlp[0].weight.dtype
+        """The MLP's input [B, F, k * frame_dim] and the presence gate [B, F, 1] (:func:`control_features`)."""
+        return control_features(self.cfg, c, batch, frames, self.mlp[0].weight.dtype)
 
-        def part(t: torch.Tensor | None, width: int) -> torch.Tensor:
-            return ref.new_zeros(batch, frames, k, width, dtype=dtype) if t is None else t.to(dtype)
 
-        emb = part(c.embedding, cfg.embedding_dim)
-        if cfg.embedding_dim:
-            emb = emb * torch.rsqrt(emb.pow(2).mean(-1, keepdim=True) + 1e-6)  # engine vectors: RMS-normalised
-        bits = torch.tensor([c.keys is not None, c.axes is not None, c.embedding is not None], dtype=dtype,
-                            device=ref.device).expand(batch, frames, k, 3)
-        u = torch.cat([part(c.keys, len(cfg.keys)), part(c.axes, len(cfg.axes)), emb, bits], dim=-1)
-        gate = torch.ones(batch, frames, 1, dtype=dtype, device=ref.device)
-        if c.present is not None:
-            if tuple(c.present.shape) != (batch, frames):
-                raise ValueError(f"controls.present must have shape [B, F] = {[batch, frames]}, "
-                                 f"got {list(c.present.shape)}")
-            gate = c.present.to(dtype)[..., None]
-        return u.flatten(2), gate
+def control_features(cfg: ControlConfig, c: Controls, batch: int, frames: int, dtype: torch.dtype
+                     ) -> tuple[torch.Tensor, torch.Tensor]:
+    """Check and flatten controls of F latent frames: keys, axes, the RMS-normalised engine vector and three
+    "source given" bits per video frame -> [B, F, k * frame_dim], and the presence gate [B, F, 1] (1: the frame
+    carries controls). The input of every module that reads controls (the control MLP, the reference warp and
+    flow), so all of them see a control row the same way."""
+    k = cfg.frames_per_latent
+
+    def check(name: str, t: torch.Tensor | None, width: int) -> None:
+        want = (batch, frames, k, width)
+        if t is not None and (t.dim() != 4 or tuple(t.shape) != want):
+            raise ValueError(f"controls.{name} must have shape [B, F, frames_per_latent, {name}_dim] = {list(want)}, "
+                             f"got {list(t.shape)}")
+
+    check("keys", c.keys, len(cfg.keys))
+    check("axes", c.axes, len(cfg.axes))
+    check("embedding", c.embedding, cfg.embedding_dim)
+    ref = c.sources()[0]
+
+    def part(t: torch.Tensor | None, width: int) -> torch.Tensor:
+        return ref.new_zeros(batch, frames, k, width, dtype=dtype) if t is None else t.to(dtype)
+
+    emb = part(c.embedding, cfg.embedding_dim)
+    if cfg.embedding_dim:
+        emb = emb * torch.rsqrt(emb.pow(2).mean(-1, keepdim=True) + 1e-6)  # engine vectors: RMS-normalised
+    bits = torch.tensor([c.keys is not None, c.axes is not None, c.embedding is not None], dtype=dtype,
+                        device=ref.device).expand(batch, frames, k, 3)
+    u = torch.cat([part(c.keys, len(cfg.keys)), part(c.axes, len(cfg.axes)), emb, bits], dim=-1)
+    gate = torch.ones(batch, frames, 1, dtype=dtype, device=ref.device)
+    if c.present is not None:
+        if tuple(c.present.shape) != (batch, frames):
+            raise ValueError(f"controls.present must have shape [B, F] = {[batch, frames]}, "
+                             f"got {list(c.present.shape)}")
+        gate = c.present.to(dtype)[..., None]
+    return u.flatten(2), gate
 
 
 def reference_frames(latents: torch.Tensor, chunk_frames: int) -> torch.Tensor:
