@@ -10,7 +10,8 @@ its episode, with
 - one prompt per chunk, the one in effect at the chunk's first video frame (prompts switch at chunk boundaries),
   embedded once per distinct text and cached in ``DIR/.cache/text-<encoder identity>.safetensors``.
 
-Frame stages (the codec) get clips of ``clip_frames`` video frames instead. Batches are a pure function of
+Frame stages (the codec, the reference flow) get clips of ``clip_frames`` video frames instead, with each video
+frame's control row (frame t: the row that led into it). Batches are a pure function of
 (seed, step, rank), so a resumed run sees exactly the batches an uninterrupted one would. An episode that cannot be
 read is skipped with a warning naming it and the reason.
 """
@@ -66,19 +67,16 @@ class LatentBatch:
                            self.controls.slice_frames(total - frames, total), [p[-chunks:] for p in self.prompts])
 
     def to(self, device) -> "LatentBatch":
-        c = self.controls
-        move = (lambda t: None if t is None else t.to(device))
-        return LatentBatch(self.latents.to(device), self.text.to(device),
-                           Controls(move(c.keys), move(c.axes), move(c.embedding), move(c.present), move(c.reference)),
-                           self.prompts)
+        return LatentBatch(self.latents.to(device), self.text.to(device), self.controls.to(device), self.prompts)
 
 
 @dataclass
 class FrameBatch:
     frames: torch.Tensor  # [B, T, 3, H, W] float32 in [0, 1]
+    controls: Controls | None = None  # per video frame (k = 1): keys [B, T, 1, K], ...; None: the data has none
 
     def to(self, device) -> "FrameBatch":
-        return FrameBatch(self.frames.to(device))
+        return FrameBatch(self.frames.to(device), None if self.controls is None else self.controls.to(device))
 
 
 def file_identity(path: str | Path) -> str:
@@ -175,7 +173,8 @@ class TrainData:
 
     # ---- per-episode tracks --------------------------------------------------------------------------------
     def _frame_track(self, ep: Episode) -> dict:
-        return {"frames": torch.from_numpy(ep.frames).permute(0, 3, 1, 2).contiguous(), "length": len(ep.frames)}
+        return {"frames": torch.from_numpy(ep.frames).permute(0, 3, 1, 2).contiguous(), "length": len(ep.frames),
+                **self._controls(ep, len(ep.frames), k=1)}
 
     @torch.no_grad()
     def _latent_track(self, name: str, ep: Episode, cache_dir: Path) -> dict:
@@ -202,9 +201,10 @@ class TrainData:
         return {"latents": latents, "length": len(latents), **self._controls(ep, len(latents)),
                 "prompt_at": self._prompt_index(ep, len(latents))}
 
-    def _controls(self, ep: Episode, n_lat: int) -> dict:
-        """Per-latent-frame control groups: video frames k*l-k+1 ... k*l (negative indices: absent)."""
-        k = self.k
+    def _controls(self, ep: Episode, n_lat: int, k: int | None = None) -> dict:
+        """Per-latent-frame control groups: video frames k*l-k+1 ... k*l (negative indices: absent); k defaults to
+        the dataset's frames_per_latent (1: one group per video frame)."""
+        k = k or self.k
         idx = np.arange(n_lat)[:, None] * k - k + 1 + np.arange(k)[None, :]  # [N_lat, k]
         valid = (idx >= 0) & (idx < len(ep.frames))
         safe = np.clip(idx, 0, len(ep.frames) - 1)
@@ -251,21 +251,21 @@ class TrainData:
     def _clip(self, e: int, s: int):
         tr, sl = self.tracks[e], slice(s, s + self.clip_len)
         if self.kind == "frames":
-            return tr["frames"][sl]
+            return tr, sl, []
         prompts = [tr["prompt_at"][s + j * self.chunk_frames] for j in range(self.clip_len // self.chunk_frames)]
         return tr, sl, prompts
 
     def collate(self, clips: list[tuple[int, int]]) -> LatentBatch | FrameBatch:
-        if self.kind == "frames":
-            return FrameBatch(torch.stack([self._clip(e, s) for e, s in clips]).float() / 255)
         parts = [self._clip(e, s) for e, s in clips]
 
         def stack(name: str) -> torch.Tensor | None:
             return None if parts[0][0][name] is None else torch.stack([tr[name][sl] for tr, sl, _ in parts])
 
+        controls = Controls(stack("keys"), stack("axes"), stack("embedding"), stack("present"))
+        if self.kind == "frames":
+            return FrameBatch(stack("frames").float() / 255, controls if controls.sources() else None)
         latents = torch.stack([tr["latents"][sl] for tr, sl, _ in parts]).transpose(1, 2)  # [B, C, F, h, w]
         text = torch.stack([torch.stack([self.texts[p] for p in prompts]) for _, _, prompts in parts])
-        controls = Controls(stack("keys"), stack("axes"), stack("embedding"), stack("present"))
         return LatentBatch(latents.contiguous(), text, controls, [prompts for _, _, prompts in parts])
 
     def batch(self, step: int, rank: int = 0, world: int = 1) -> LatentBatch | FrameBatch:

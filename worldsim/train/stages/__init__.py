@@ -7,6 +7,7 @@ import importlib
 
 STAGES: dict[str, str] = {
     "codec": "worldsim.train.stages.codec:CodecStage",
+    "flow": "worldsim.train.stages.flow:FlowStage",
     "teacher": "worldsim.train.stages.teacher:TeacherStage",
     "ode-init": "worldsim.train.stages.ode_init:ODEInitStage",
     "self-forcing": "worldsim.train.stages.self_forcing:SelfForcingStage",
