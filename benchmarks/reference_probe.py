@@ -5,8 +5,9 @@
 Each held-out episode's last context frame is continued for --frames frames under a held command (W, D, mouse
 right) and its mirror, three ways: ``own``, as served (each frame's reference is the model's previous frame);
 ``answer``, the reference replaced by the world's frame being generated (through the codec), under the same
-controls; ``answer_idle``, the same with no key or mouse held; ``warp_alone``, for a model with a reference warp,
-the warp by itself iterated on its own output (no DiT). Printed: pixels per frame of the cue each command
+controls (a package's reference flow left out: the answer has moved already); ``answer_idle``, the same with no
+key or mouse held; ``warp_alone`` / ``flow_alone``, for a model with a reference warp or a package with a
+reference flow, that alone iterated on its own output (no DiT). Printed: pixels per frame of the cue each command
 moves (the held-command probe of ``worldsim.train.evaluate``), along the world's direction, under the command and
 its mirror, with the world's own. A model that copies its reference streams at about the codec's speed in the
 ``answer`` rows whatever it learned of the controls; the ``own`` rows show how much of the motion it predicts.
@@ -33,14 +34,15 @@ MODES = ("own", "answer", "answer_idle")
 
 
 @torch.no_grad()
-def warp_video(model, codec: ToyCodec, ep, keys: np.ndarray, axes: np.ndarray) -> np.ndarray:
-    """The context frame and the reference warp's frames, each warped from the last [frames + 1, H, W, 3]."""
+def alone_video(move, codec: ToyCodec, ep, keys: np.ndarray, axes: np.ndarray) -> np.ndarray:
+    """The context frame and ``move``'s frames [frames + 1, H, W, 3], each moved from the last: ``move(latent
+    [1, C, 1, h, w], controls of one frame)`` is a reference warp or flow."""
     latent = codec.encode(to_tensor(ep.frames[:1], "cpu"))  # [1, C, 1, h, w]
     out = [ep.frames[0]]
     for t in range(1, len(keys)):
         controls = Controls(keys=torch.from_numpy(keys[t:t + 1])[None, :, None],
                             axes=torch.from_numpy(axes[t:t + 1])[None, :, None])
-        latent = model.reference_warp(latent, *model.control_embedding.features(controls, 1, 1))
+        latent = move(latent, controls)
         out.append(decoded_frames(codec.decode(latent))[0])
     return np.stack(out)
 
@@ -55,6 +57,8 @@ def held_video(g: Generator, codec: ToyCodec, ep, keys: np.ndarray, axes: np.nda
     answers = codec.encode(to_tensor(truth, "cpu"))  # [1, C, frames + 1, h, w]
     session = g.session(ep.prompts[0], (context.shape[1], *context.shape[3:]), seed)
     session.push_context(context, episode_controls(held, 0, 1, "cpu"))
+    if mode != "own":
+        session.move_reference = None  # a package's reference flow would move the answer a second time
     out = [ep.frames[0]]
     for t in range(1, frames + 1):
         controls = episode_controls(held, t, t + 1, "cpu")
@@ -82,9 +86,14 @@ def main() -> None:
         raise SystemExit("the probe needs a frame_reference model generating one frame per chunk")
     world = World(EpisodeConfig().world)
     episodes = held_out_episodes(cfg, 1)
-    warp = g.model.cfg.reference_warp > 0
+    alone = {}
+    if g.model.cfg.reference_warp:
+        alone["warp_alone"] = lambda latent, c: g.model.reference_warp(latent, *g.model.control_embedding.features(
+            c, 1, 1))
+    if g.move_reference is not None:
+        alone["flow_alone"] = g.move_reference
     for kind in KINDS:
-        sums = {mode: np.zeros((len(episodes), 2)) for mode in ("world", *MODES, *["warp_alone"] * warp)}
+        sums = {mode: np.zeros((len(episodes), 2)) for mode in ("world", *MODES, *alone)}
         for i, ep in enumerate(episodes):
             for j, mirrored in enumerate((False, True)):
                 keys, axes = held_controls(kind, mirrored, args.frames)
@@ -93,9 +102,8 @@ def main() -> None:
                 for mode in MODES:
                     video = held_video(g, codec, ep, keys, axes, truth, mode, cfg.seed + i)
                     sums[mode][i, j] = held_motion(video, kind, axes, ep.pitch)
-                if warp:
-                    sums["warp_alone"][i, j] = held_motion(warp_video(g.model, codec, ep, keys, axes), kind, axes,
-                                                           ep.pitch)
+                for mode, move in alone.items():
+                    sums[mode][i, j] = held_motion(alone_video(move, codec, ep, keys, axes), kind, axes, ep.pitch)
         for mode, s in sums.items():
             along = held_summary(s, sums["world"], args.frames)["px_per_frame"]
             print(f"{kind:7s} {mode:12s} {along[0]:+.2f} / {along[1]:+.2f} px per frame (command / mirror)", flush=True)

@@ -9,10 +9,14 @@
                                "sampler": {"shift": 5.0, "denoising_steps": [...], "warp": true, "context_noise": 0,
                                            "text_guidance": 1.5, "guided_steps": [3]},
                                "cache": {"sink_frames": 0, "window_frames": 6},
+                               "reference_flow": "reference_flow.safetensors",
                                "provenance": {"stage": "self-forcing", "recipe": "...", "steps": 4000, ...}}
 
 ``sampler`` holds fields of :class:`~worldsim.sampling.schedule.SamplerConfig`; those left out take its defaults
-(the guidance fields came later and are optional: packages without them read as before).
+(the guidance fields came later and are optional: packages without them read as before). ``reference_flow``
+(optional) names a :class:`~worldsim.model.reference_flow.ReferenceFlow` file (``worldsim train flow``): the
+runtime then moves each reference frame by the controls before the DiT reads it; it needs a ``frame_reference``
+DiT, a ``toy`` codec and the DiT's control schema.
 
 Codecs: ``toy`` (worldsim's per-frame codec, a file in the package), ``wan_vae`` (the Wan2.1 VAE, a path) and
 ``preview`` (weight-free). Text encoders: ``hashing`` (its two sizes) or ``umt5`` (``path`` and ``tokenizer``).
@@ -88,6 +92,11 @@ class ModelPackage:
         return self.manifest.get("cache", {})
 
     @property
+    def reference_flow(self) -> Path | None:
+        name = self.manifest.get("reference_flow")
+        return None if name is None else self.file(name)
+
+    @property
     def provenance(self) -> dict:
         return self.manifest.get("provenance", {})
 
@@ -157,6 +166,13 @@ def read_package(path: str | Path) -> ModelPackage:
         pkg.sampler()
     except (TypeError, ValueError) as e:
         raise PackageError(f"{where}: 'sampler' is not a sampler config: {e}") from None
+    if "reference_flow" in m:
+        _need(where, m, "reference_flow", str)
+        if not pkg.reference_flow.is_file():
+            raise PackageError(f"{where}: 'reference_flow' names {pkg.reference_flow}, which does not exist")
+        if kind != "toy":
+            raise PackageError(f"{where}: a reference_flow needs the toy codec (it decodes and re-encodes each "
+                               f"reference frame), not {kind!r}")
     for key in ("sink_frames", "window_frames"):
         if key in pkg.cache and (not isinstance(pkg.cache[key], int) or pkg.cache[key] < 0):
             raise PackageError(f"{where}: cache '{key}' must be a non-negative integer, got {pkg.cache[key]!r}")
@@ -164,10 +180,10 @@ def read_package(path: str | Path) -> ModelPackage:
 
 
 def write_package(root: str | Path, *, dit: Path, codec: dict, text_encoder: dict, geometry: dict, sampler: dict,
-                  cache: dict, provenance: dict, copy_codec: bool = True) -> Path:
+                  cache: dict, provenance: dict, copy_codec: bool = True, reference_flow: Path | None = None) -> Path:
     """Write ``root/worldsim-model.json`` for weights already in ``root`` (``dit``); a toy codec file elsewhere is
-    copied in (``copy_codec``) so the folder is self-contained. Returns the manifest path; the package is read
-    back (checked) before returning."""
+    copied in (``copy_codec``) so the folder is self-contained, and so is a ``reference_flow`` file. Returns the
+    manifest path; the package is read back (checked) before returning."""
     root = Path(root)
     codec = dict(codec)
     if codec["kind"] == "toy" and copy_codec and Path(codec["path"]).resolve().parent != root.resolve():
@@ -177,6 +193,11 @@ def write_package(root: str | Path, *, dit: Path, codec: dict, text_encoder: dic
     manifest = {"format": FORMAT, "version": VERSION, "dit": Path(dit).name if Path(dit).parent.resolve() ==
                 root.resolve() else str(dit), "codec": codec, "text_encoder": text_encoder, "geometry": geometry,
                 "sampler": sampler, "cache": cache, "provenance": provenance}
+    if reference_flow is not None:
+        target = root / "reference_flow.safetensors"
+        if Path(reference_flow).resolve() != target.resolve():
+            shutil.copyfile(reference_flow, target)
+        manifest["reference_flow"] = target.name
     path = root / MANIFEST
     atomic_write(path, lambda tmp: tmp.write_text(json.dumps(manifest, indent=1)))
     read_package(root)

@@ -92,6 +92,7 @@ class RuntimeOptions:
     compile: bool = False  # torch.compile the transformer blocks
     offload_text_encoder: bool = False  # keep UMT5 on the CPU between prompts (a 24 GB card then fits the rest)
     stage_on_cpu: bool = False  # load weights into CPU RAM; Runtime.to_device() moves them (see worldsim generate)
+    reference_flow: bool = True  # a package's reference flow moves each reference frame (False: serve without it)
 
 
 @dataclass
@@ -115,6 +116,7 @@ class Runtime:
     source: dict = field(default_factory=dict)  # where the weights came from (folder, layout, checkpoint)
     target_device: torch.device | None = None  # where to_device() moves the weights (stage_on_cpu)
     modules: list[nn.Module] = field(default_factory=list)  # decoder/encoder modules moved with the DiT
+    move_reference: Callable[[torch.Tensor, Controls], torch.Tensor] | None = None  # a package's reference flow
     _empty_prompt: torch.Tensor | None = None  # the empty prompt's embedding, for text guidance (kept once made)
 
     @property
@@ -175,7 +177,8 @@ class Runtime:
                                 sink_frames=self.sink_frames, window_frames=self.window_frames,
                                 chunk_frames=self.chunk_latents, sampler=self.sampler, context_latents=context_latents,
                                 context_controls=context_controls, defer_cache_write=self.device.type == "cpu",
-                                uncond_prompt=self.empty_prompt() if self.text_guided else None)
+                                uncond_prompt=self.empty_prompt() if self.text_guided else None,
+                                move_reference=self.move_reference)
 
 
 # ---- loaders for the published files ---------------------------------------------------------------------------
@@ -457,6 +460,11 @@ def _package_runtime(opts: RuntimeOptions, target: torch.device, device: torch.d
     else:
         make_decoder = lambda: PreviewDecoder(cfg.in_dim, temporal_stride=temporal, spatial_stride=spatial)  # noqa: E731
 
+    modules, move_reference = [weights] if weights is not None else [], None
+    if pkg.reference_flow is not None and opts.reference_flow:
+        flow = _reference_flow(pkg, cfg, device, where)
+        modules.append(flow)
+        move_reference = lambda last, controls: flow.move_latents(last, controls, codec)  # noqa: E731
     prov = pkg.provenance
     return Runtime(model=model, name=prov.get("name") or pkg.root.name, untrained=bool(prov.get("untrained", False)),
                    latent_shape=latent_shape, video_shape=(height, width), fps=opts.fps, sink_frames=opts.sink_frames,
@@ -464,8 +472,28 @@ def _package_runtime(opts: RuntimeOptions, target: torch.device, device: torch.d
                    embed_prompt=embed, encode_start=codec_encoder(codec, target, dtype) if codec is not None else
                    preview_encoder(make_decoder(), latent_shape), schema=_schema(cfg, temporal), decoder_name=kind,
                    text_encoder_name=text["kind"], sampler=pkg.sampler(),
-                   source={"package": str(pkg.root), "provenance": prov},
-                   modules=[weights] if weights is not None else [])
+                   source={"package": str(pkg.root), "provenance": prov,
+                           "reference_flow": move_reference is not None},
+                   modules=modules, move_reference=move_reference)
+
+
+def _reference_flow(pkg, cfg: DiTConfig, device: torch.device, where: str):
+    """The package's reference flow (float32, on ``device``), checked against its DiT."""
+    from .checkpoints.base import CheckpointError
+    from .model.reference_flow import ReferenceFlow
+
+    if not cfg.frame_reference:
+        raise PackageError(f"{where}: a reference_flow moves the DiT's reference frame, but {pkg.dit.name} takes none")
+    try:
+        flow = ReferenceFlow.load(pkg.reference_flow).to(device)
+    except CheckpointError as err:
+        raise PackageError(f"{where}: reference_flow: {err}") from None
+    if cfg.control is None or (flow.control.keys, flow.control.axes, flow.control.embedding_dim) != \
+            (cfg.control.keys, cfg.control.axes, cfg.control.embedding_dim):
+        raise PackageError(f"{where}: the reference flow reads controls {flow.control.keys} + {flow.control.axes} + "
+                           f"{flow.control.embedding_dim}-d embedding; the DiT {pkg.dit.name} reads "
+                           f"{None if cfg.control is None else (cfg.control.keys, cfg.control.axes)}")
+    return flow
 
 
 

@@ -31,6 +31,7 @@ denoising steps; an unguided first step keeps the deferred cache write in its fo
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
@@ -75,14 +76,19 @@ class StreamingSession:
     (an image or video from the engine) pushed through the cache before the first step. chunk_frames: latent
     frames per step (default: the model's training chunk size; smaller chunks trade quality for latency).
     uncond_prompt: [1 or B, L, text_dim] the empty prompt's embedding, needed by text guidance.
+    move_reference: for a ``frame_reference`` model, ``(last [B, C, 1, H, W], controls of the chunk's first frame)
+    -> the reference``: e.g. a package's reference flow (:meth:`ReferenceFlow.move_latents`) moves the last frame
+    as the controls move the view before the DiT reads it; None: the last frame as it is.
     """
 
     def __init__(self, model: CausalWanDiT, prompt_embeds: torch.Tensor, *, latent_shape: tuple[int, int, int],
                  seed: int = 0, sink_frames: int = 0, window_frames: int = 21, sampler: SamplerConfig | None = None,
                  context_latents: torch.Tensor | None = None, context_controls: Controls | None = None,
                  chunk_frames: int | None = None, defer_cache_write: bool = False,
-                 uncond_prompt: torch.Tensor | None = None):
+                 uncond_prompt: torch.Tensor | None = None,
+                 move_reference: Callable[[torch.Tensor, Controls], torch.Tensor] | None = None):
         self.model = model
+        self.move_reference = move_reference
         self.sampler = sampler or SamplerConfig()
         self.schedule = FlowMatchSchedule.from_config(self.sampler)
         self.timesteps = self.schedule.sampling_timesteps(self.sampler)
@@ -213,7 +219,10 @@ class StreamingSession:
         """The next chunk's controls, with its reference frame when the model takes one."""
         if not self.model.cfg.frame_reference:
             return controls
-        return with_reference(controls, self._last, (self.batch, self.latent_shape[0], n, *self.latent_shape[1:]),
+        last = self._last
+        if self.move_reference is not None and last is not None and controls is not None and controls.sources():
+            last = self.move_reference(last, controls.slice_frames(0, 1))
+        return with_reference(controls, last, (self.batch, self.latent_shape[0], n, *self.latent_shape[1:]),
                               device=self.device, dtype=self.dtype)
 
     def _commit(self, chunk: _Chunk) -> None:

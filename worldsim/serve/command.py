@@ -59,6 +59,9 @@ def add_serve_arguments(p: argparse.ArgumentParser) -> None:
                    help="the denoising steps guidance applies to, 0 = the first (default: the model package's, else "
                         "all); the toy model holds its theme as well with the last step alone, at a fraction of "
                         "the cost")
+    m.add_argument("--no-reference-flow", dest="reference_flow", action="store_false",
+                   help="serve a package that has a reference flow without it: the DiT reads its last frame unmoved "
+                        "(comparisons; the default model walks only with it)")
     m.add_argument("--control-keys", type=_names, default=("W", "A", "S", "D", "Space", "Shift"), metavar="K1,K2,..",
                    help="control keys of a preset's control module (default W,A,S,D,Space,Shift)")
     m.add_argument("--control-axes", type=_names, default=("mouse_dx", "mouse_dy"), metavar="A1,A2,..",
@@ -158,7 +161,7 @@ def run_serve(args: argparse.Namespace) -> int:
             use_ema=args.use_ema, decoder=args.decoder or "auto", taehv=args.taehv and str(args.taehv),
             attn=args.attn, compile=args.compile, offload_text_encoder=args.offload_text_encoder,
             control_guidance=args.control_guidance, text_guidance=args.text_guidance,
-            guided_steps=args.guided_steps, denoising_steps=args.steps))
+            guided_steps=args.guided_steps, denoising_steps=args.steps, reference_flow=args.reference_flow))
         lim = dataclasses.replace(Limits(), max_sessions=args.max_sessions, max_clients=args.max_clients,
                                   max_sessions_per_client=args.max_sessions_per_client, queue_frames=args.queue_frames,
                                   idle_timeout_s=args.idle_timeout, heartbeat_s=min(2.0, args.idle_timeout / 4),

@@ -255,7 +255,7 @@ class Generator:
             self.sampler = SamplerConfig(shift=cfg.shift, denoising_steps=evenly_spaced_steps(spec.steps))
         guidance = {k: v for k in GUIDANCE_FIELDS if (v := getattr(cfg, k)) is not None}
         self.sampler = replace(self.sampler, **guidance)
-        self.model, self.text = runtime.model, runtime.embed_prompt
+        self.model, self.text, self.move_reference = runtime.model, runtime.embed_prompt, runtime.move_reference
         self.empty_prompt = runtime.empty_prompt() if self.sampler.text_guidance != 1 else None
         check_compatible(self.model, codec, spec.name)
         self.n = cfg.chunk_frames or self.model.cfg.chunk_frames
@@ -269,7 +269,8 @@ class Generator:
         """A stream of this model from ``prompt`` with the evaluation's cache and the model's sampler."""
         return StreamingSession(self.model, self.text(prompt).to(self.cfg.device), latent_shape=latent_shape, seed=seed,
                                 sink_frames=self.cfg.sink_frames, window_frames=self.cfg.window_frames,
-                                sampler=self.sampler, uncond_prompt=self.empty_prompt, chunk_frames=self.n)
+                                sampler=self.sampler, uncond_prompt=self.empty_prompt, chunk_frames=self.n,
+                                move_reference=self.move_reference)
 
     @torch.no_grad()
     def rollout(self, ep: HeldOutEpisode, seed: int, tick=lambda: None, chunks: int | None = None

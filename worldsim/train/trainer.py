@@ -367,7 +367,7 @@ class Trainer:
                       "data": str(Path(cfg.data.path).resolve()), "recipe": dataclasses.asdict(cfg), "metrics": metrics,
                       "untrained": False}
         return write_package(self.out / "final", dit=dit, codec=codec_entry, text_encoder=text, geometry=geometry,
-                             sampler=sampler, cache=cache, provenance=provenance)
+                             sampler=sampler, cache=cache, provenance=provenance, reference_flow=st.reference_flow_file)
 
 
 def train(stage: str, cfg: TrainConfig, *, resume: bool = False, init: str | Path | None = None) -> RunResult:

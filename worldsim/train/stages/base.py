@@ -48,7 +48,7 @@ if TYPE_CHECKING:
     from ...model.config import DiTConfig
     from ...model.dit import CausalWanDiT
     from ..config import TrainConfig
-    from ..data import DataInfo
+    from ..data import DataInfo, LatentBatch
 
 
 @dataclass
@@ -88,6 +88,8 @@ class Stage:
         self.optimizers: dict[str, torch.optim.Optimizer] = {}
         self.frozen: dict[str, nn.Module] = {}
         self.stepped: set[str] = set()  # optimizers that really stepped in the current trainer step
+        self.reference_flow = None  # a ReferenceFlow that moves each frame's reference, as the served package does
+        self.reference_flow_file: Path | None = None  # its file (the trainer's package names it)
 
     # ---- to implement --------------------------------------------------------------------------------------
     def build(self) -> None:
@@ -144,18 +146,47 @@ class Stage:
             return load_model(init, config=self.ctx.model_cfg).train()
         return CausalWanDiT(self.ctx.model_cfg)
 
+    def use_reference_flow(self, path: str | Path) -> None:
+        """Move every reference frame by ``path``'s reference flow (``worldsim train flow``) from now on: checked
+        against the DiT (``frame_reference``), the data's codec (per frame, with an encoder) and control schema."""
+        from ...codecs.toy_codec import ToyCodec
+        from ...model.reference_flow import ReferenceFlow
+
+        cfg, data = self.ctx.model_cfg, self.ctx.data
+        if cfg is None or not cfg.frame_reference:
+            raise ValueError("stage.reference_flow moves the DiT's reference frame: the model needs frame_reference "
+                             "(the toy preset has it)")
+        if not isinstance(data.codec, ToyCodec):
+            raise ValueError("stage.reference_flow decodes and re-encodes each reference frame: it needs the toy codec "
+                             f"(data.codec), not {type(data.codec).__name__}")
+        flow = ReferenceFlow.load(path)
+        c = data.control
+        if c is None or (c.keys, c.axes, c.embedding_dim) != (flow.control.keys, flow.control.axes,
+                                                              flow.control.embedding_dim):
+            raise ValueError(f"{path} reads controls {flow.control.keys} + {flow.control.axes}; the dataset records "
+                             f"{None if c is None else (c.keys, c.axes)}: train the flow on this dataset")
+        self.reference_flow, self.reference_flow_file = flow.to(next(data.codec.parameters()).device), Path(path)
+
     def unwrap(self, name: str) -> nn.Module:
         return self.accelerator.unwrap_model(self.models[name])
 
     def referenced(self, batch: "LatentBatch", latents: torch.Tensor) -> "LatentBatch":
         """The batch with each frame's reference (the clean frame before its chunk, taken from ``latents``
-        [B, C, F, H, W]: the data, or a rollout) in its controls, for a ``frame_reference`` DiT; else unchanged."""
+        [B, C, F, H, W]: the data, or a rollout) in its controls, for a ``frame_reference`` DiT; else unchanged.
+        With ``self.reference_flow`` each reference is moved by its chunk's controls through the data's codec (on
+        the codec's device), as a package with that flow serves."""
         cfg = self.ctx.model_cfg
         if cfg is None or not cfg.frame_reference:
             return batch
         from ...model.control import reference_frames
 
         ref = reference_frames(latents.detach(), cfg.chunk_frames)
+        if self.reference_flow is not None:
+            codec = self.ctx.data.codec
+            where = next(codec.parameters()).device
+            moved = self.reference_flow.move_latents(ref.to(where, torch.float32), batch.controls.to(where), codec,
+                                                     cfg.chunk_frames)
+            ref = moved.to(ref)
         return dataclasses.replace(batch, controls=batch.controls.with_reference(ref))
 
     def decode(self, latents: torch.Tensor) -> torch.Tensor:

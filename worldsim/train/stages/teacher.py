@@ -29,6 +29,11 @@ controls and a reference), so it learns to predict the next frame rather than on
 ``warp_only`` trains the warp alone by that loss, every DiT weight frozen and no DiT forward (a fast first stage
 before training both). Validation logs ``warp_loss`` and ``copy_loss``, the same error of the plain reference.
 
+Reference flow (``reference_flow: FILE``, from ``worldsim train flow``; model/reference_flow.py): every reference
+frame is moved by its chunk's controls (decoded, resampled along the controls' flow, encoded again), as a package
+that names the flow serves it; the DiT learns to turn a moved reference into the frame. ``package: true`` puts the
+flow into the package.
+
 Condition dropout for classifier-free guidance: per sample, the text becomes the empty prompt's embedding with
 probability ``text_dropout`` and the controls are marked absent (presence gate 0, exactly the no-control model)
 with probability ``control_dropout``, independently.
@@ -69,6 +74,7 @@ class TeacherOptions:
     motion_weight: float = 0.0  # > 0: within each frame, the loss moves towards latents that change from the reference
     warp_weight: float = 0.0  # > 0: the reference warp also learns to predict each frame (latent MSE), so weighted
     warp_only: bool = False  # train the reference warp alone by that loss, the DiT frozen (no DiT forward: fast)
+    reference_flow: str | None = None  # a `worldsim train flow` file: each reference moved by it, as served
     text_dropout: float = 0.1
     control_dropout: float = 0.1
     sample_steps: int = 16  # denoising steps per chunk of the sample strips (autoregressive, KV cache)
@@ -101,6 +107,8 @@ class TeacherStage(Stage):
                                  "clips on one CPU thread): launch it as one process")
             for name, p in model.named_parameters():
                 p.requires_grad_(name.startswith("reference_warp."))
+        if self.opts.reference_flow:
+            self.use_reference_flow(self.opts.reference_flow)
         self.optimizers["teacher"] = self.adamw(self.models["teacher"])
         self.empty_text = self.ctx.data.text_encoder("")[0]  # [L, D]: the unconditional prompt
         self.sampler = SamplerConfig(shift=self.opts.shift, denoising_steps=evenly_spaced_steps(self.opts.sample_steps))
