@@ -4,11 +4,10 @@ and served by ``worldsim serve`` / ``worldsim play --spawn-daemon`` without ``--
     python scripts/embed_default_model.py runs/teacher/final --name "toy-world teacher" --steps 8 \\
         --control-guidance 2 --eval runs/eval/results.json
 
-Copies the package's DiT and codec, keeps its manifest, serves it with ``--steps`` evenly spaced denoising steps
-and ``--control-guidance`` / ``--text-guidance`` / ``--guided-steps`` (speed / quality choices: the package's own
-sampler otherwise), and rewrites the
-provenance so that it names no path of the machine it was trained on (file names stay). Refuses a result over the
-size budget.
+Copies the package's DiT, codec and reference flow (if it has one), keeps its manifest, serves it with ``--steps``
+evenly spaced denoising steps and ``--control-guidance`` / ``--text-guidance`` / ``--guided-steps`` (speed / quality
+choices: the package's own sampler otherwise), and rewrites the provenance so that it names no path of the machine
+it was trained on (file names stay). Refuses a result over the size budget.
 """
 
 from __future__ import annotations
@@ -88,7 +87,8 @@ def main(argv: list[str] | None = None) -> int:
         except (OSError, ValueError, KeyError) as e:
             print(f"error: {args.eval}: {e}", file=sys.stderr)
             return 1
-    files = [pkg.dit] + ([pkg.file(pkg.codec["path"])] if "path" in pkg.codec else [])
+    files = [pkg.dit] + ([pkg.file(pkg.codec["path"])] if "path" in pkg.codec else []) + \
+        ([pkg.reference_flow] if pkg.reference_flow is not None else [])
     size = sum(f.stat().st_size for f in files)
     if size > SIZE_BUDGET:
         print(f"error: the package's weights take {size / 2**20:.1f} MiB, over the {SIZE_BUDGET / 2**20:.0f} MiB "
@@ -102,6 +102,8 @@ def main(argv: list[str] | None = None) -> int:
     manifest["dit"] = pkg.dit.name
     if "path" in manifest["codec"]:
         manifest["codec"]["path"] = Path(manifest["codec"]["path"]).name
+    if "reference_flow" in manifest:
+        manifest["reference_flow"] = pkg.reference_flow.name
     if args.steps:
         manifest["sampler"]["denoising_steps"] = list(args.steps)
     for key in GUIDANCE_FIELDS:

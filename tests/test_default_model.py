@@ -83,20 +83,24 @@ def test_the_daemon_serves_it_as_trained(make_daemon):
     assert frames[0].std() > 5  # a picture, not a flat field
 
 
-def test_mirrored_turns_move_the_view_in_opposite_directions():
-    """From held-out world frames, mouse_dx +1 held for 8 frames and, from the same context and noise, -1: the far
-    view moves the world's way under the command and the other way under its mirror, in each episode."""
+def test_mirrored_commands_move_the_view_in_opposite_directions():
+    """From held-out world frames, each command (mouse_dx +1, W, D) held for 8 frames and, from the same context and
+    noise, its mirror (mouse_dx -1, S, A): the view moves the world's way under the command and the other way under
+    its mirror, in each episode (turns in the far view, walks and strafes in the near ground)."""
     pkg = read_package(default_package())
     codec_path = pkg.file(pkg.codec["path"])
     cfg = EvalConfig(episodes=2, chunks=8, held_frames=8)
     codec = ToyCodec.load(codec_path)
     generator = Generator(ModelSpec("default", DEFAULT_PACKAGE), codec, codec_path, cfg)
-    held, strips = held_commands([generator], held_out_episodes(cfg, 1)[:2], cfg, 1, codec, kinds=("turn",))
-    assert len(strips["default"]) == 1 and strips["default"][0][1].shape == (9, 64, 64, 3)  # context + 8 frames
-    truth, model = held["ground_truth"]["turn"], held["default"]["turn"]
-    assert truth["reversed"] == 2 and truth["px_per_frame"][0] > 4  # the probe itself: the world turns ~6 px/frame
-    coded = held["codec"]["turn"]  # the world through the codec keeps the turn
-    assert coded["reversed"] == 2 and coded["px_per_frame"][0] > 4, coded
-    assert model["reversed"] == 2, model
-    command, mirror = model["px_per_frame"]
-    assert command > 1 and mirror < -1, model  # measured +3.4 / -2.9 px/frame (the world +7.0 / -7.0)
+    assert generator.move_reference is not None  # the package's reference flow is served
+    held, strips = held_commands([generator], held_out_episodes(cfg, 1)[:2], cfg, 1, codec)
+    assert len(strips["default"]) == 3 and strips["default"][0][1].shape == (9, 64, 64, 3)  # context + 8 frames
+    # measured (px per frame, command / mirror): turn +5.7 / -2.7, walk +1.5 / -0.6, strafe +2.7 / -2.0; the world
+    # +7.0 / -7.0, +1.8 / -1.6, +3.2 / -3.1
+    for kind, least in (("turn", 1.0), ("move", 0.25), ("strafe", 1.0)):
+        truth, coded, model = (held[source][kind] for source in ("ground_truth", "codec", "default"))
+        assert truth["reversed"] == 2 and truth["px_per_frame"][0] > 1.5  # the probe itself sees the world move
+        assert coded["reversed"] == 2, coded  # the world through the codec keeps the motion
+        assert model["reversed"] == 2, (kind, model)
+        command, mirror = model["px_per_frame"]
+        assert command > least and mirror < -least, (kind, model)

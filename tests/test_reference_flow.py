@@ -121,6 +121,13 @@ def test_the_flow_learns_how_each_key_moves_the_picture(tmp_path):
         mean = flow.flow(flow.features(held(key))[0], SIZE, SIZE)[0].mean(dim=(1, 2))  # (x, y) pixels
         assert float(mean[0]) * dx > 2 * abs(float(mean[1])) if dx else float(mean[1]) * dy > 2 * abs(float(mean[0]))
         assert abs(float(mean[0] if dx else mean[1])) > 1.5, (key, mean)
+    again = load_recipe(RECIPES / "flow_micro.yaml", [f"data.path={tmp_path / 'data'}", f"out={tmp_path / 'again'}",
+                                                      "data.val_episodes=4", "val_batches=4"])
+    val = Trainer("flow", again, init=path).validate()  # --init continues from the file
+    assert val["val/mse"] < 0.5 * val["val/copy_mse"], val
+    other = ReferenceFlow(ReferenceFlowConfig(), ControlConfig(keys=("X",), frames_per_latent=1))
+    with pytest.raises(ValueError, match="reads controls"):
+        Trainer("flow", again, init=other.save(tmp_path / "other.safetensors"))
 
 
 def test_flow_files_round_trip_and_bad_ones_are_named(tmp_path):

@@ -5,8 +5,8 @@ Every pair (frame t-1, frame t) of a clip whose row t carries controls is a samp
 of row t should be frame t. Loss: pixel MSE at full, half and quarter resolution (the coarse terms reach shifts
 of several pixels, where the full-resolution gradient of a bilinear warp is blind). Reported: the held-out MSE and
 that of copying frame t-1 (what a model that does not move its reference gets). Needs no codec and no DiT; minutes
-on one CPU thread. The export is ``OUT/final/flow.safetensors``, which a model package names as its
-``reference_flow``.
+on one CPU thread. ``--init FLOW`` continues from a flow file of the same control schema (e.g. on new data). The
+export is ``OUT/final/flow.safetensors``, which a model package names as its ``reference_flow``.
 """
 
 from __future__ import annotations
@@ -65,7 +65,15 @@ class FlowStage(Stage):
         self.control = ControlConfig(control.keys, control.axes, control.embedding_dim, frames_per_latent=1)
         o = self.opts
         self.flow_cfg = ReferenceFlowConfig(o.bases, o.grid, o.hidden)
-        self.models["flow"] = ReferenceFlow(self.flow_cfg, self.control)
+        if self.ctx.init is not None:
+            flow = ReferenceFlow.load(self.ctx.init).train()
+            if flow.control != self.control:
+                raise ValueError(f"--init {self.ctx.init} reads controls {flow.control}; the dataset records "
+                                 f"{self.control}")
+            self.flow_cfg = flow.cfg
+        else:
+            flow = ReferenceFlow(self.flow_cfg, self.control)
+        self.models["flow"] = flow
         self.optimizers["flow"] = self.adamw(self.models["flow"])
 
     def _moved(self, batch: FrameBatch) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
