@@ -34,12 +34,14 @@ from torch import nn
 from .codecs.base import StreamingDecoder
 from .codecs.preview import PreviewDecoder
 from .codecs.taehv import TAEHVStreamingDecoder, load_taehv
+from .codecs.toy_codec import ToyCodec
 from .codecs.wan_vae import WanVAEDecoder, load_wan_vae
 from .model.config import ControlConfig, DiTConfig, load_preset
 from .model.control import Controls
 from .model.dit import CausalWanDiT
 from .model_package import PackageError, is_package, read_package
-from .pipeline.devices import column_major_linears, compile_blocks, resolve_device, resolve_dtype, text_encoder_dtype
+from .pipeline.devices import (channels_last_convs, column_major_linears, compile_blocks, resolve_device, resolve_dtype,
+                               text_encoder_dtype)
 from .sampling.schedule import SamplerConfig
 from .sampling.session import StreamingSession
 from .serve.protocol import ControlSchema
@@ -322,6 +324,9 @@ def build_runtime(opts: RuntimeOptions) -> Runtime:
         rt.target_device = device
     if device.type == "cpu":
         column_major_linears(rt.model)
+        for module in rt.modules:
+            if isinstance(module, ToyCodec):  # decoded every frame, and twice while the reference flow moves it
+                channels_last_convs(module)
     if opts.compile:
         compile_blocks(rt.model)
     return rt
@@ -410,7 +415,6 @@ def _package_runtime(opts: RuntimeOptions, target: torch.device, device: torch.d
     defaults, loaded on ``device`` (the CPU when staging) for ``target``. Every mismatch between the manifest and the
     weights is named before serving."""
     from .checkpoints import load_model
-    from .codecs.toy_codec import ToyCodec
 
     pkg = read_package(opts.model)
     where = str(pkg.root / "worldsim-model.json")
