@@ -4,7 +4,8 @@ and served by ``worldsim serve`` / ``worldsim play --spawn-daemon`` without ``--
     python scripts/embed_default_model.py runs/teacher/final --name "toy-world teacher" --steps 8 \\
         --control-guidance 2 --eval runs/eval/results.json
 
-Copies the package's DiT, codec and reference flow (if it has one), keeps its manifest, serves it with ``--steps``
+Copies the package's DiT, codec and reference flow (its own, or ``--reference-flow FILE`` from ``worldsim train
+flow``), keeps its manifest, serves it with ``--steps``
 evenly spaced denoising steps and ``--control-guidance`` / ``--text-guidance`` / ``--guided-steps`` (speed / quality
 choices: the package's own sampler otherwise), and rewrites the provenance so that it names no path of the machine
 it was trained on (file names stay). Refuses a result over the size budget.
@@ -73,6 +74,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--text-guidance", type=float, help="serve with this text guidance (sampling/session.py)")
     p.add_argument("--guided-steps", type=parse_step_indices, metavar="I,J,..",
                    help="guide only these denoising steps, 0 = the first (sampling/session.py)")
+    p.add_argument("--reference-flow", type=Path, metavar="FILE",
+                   help="serve with this reference flow (worldsim train flow's OUT/final/flow.safetensors) instead of "
+                        "the package's own")
     p.add_argument("--eval", type=Path, help="toy_eval results.json to record in the provenance")
     p.add_argument("--eval-model", metavar="NAME", help="record only this model of --eval (default: all of them)")
     p.add_argument("--out", type=Path, default=DEFAULT_PACKAGE, help=f"(default {DEFAULT_PACKAGE})")
@@ -87,23 +91,29 @@ def main(argv: list[str] | None = None) -> int:
         except (OSError, ValueError, KeyError) as e:
             print(f"error: {args.eval}: {e}", file=sys.stderr)
             return 1
-    files = [pkg.dit] + ([pkg.file(pkg.codec["path"])] if "path" in pkg.codec else []) + \
-        ([pkg.reference_flow] if pkg.reference_flow is not None else [])
+    flow = args.reference_flow or pkg.reference_flow
+    if flow is not None and not Path(flow).is_file():
+        print(f"error: --reference-flow {flow} does not exist", file=sys.stderr)
+        return 1
+    files = [pkg.dit] + ([pkg.file(pkg.codec["path"])] if "path" in pkg.codec else []) + ([flow] if flow else [])
     size = sum(f.stat().st_size for f in files)
     if size > SIZE_BUDGET:
         print(f"error: the package's weights take {size / 2**20:.1f} MiB, over the {SIZE_BUDGET / 2**20:.0f} MiB "
               "budget of the embedded default", file=sys.stderr)
         return 1
+    if args.out.resolve() == pkg.root.resolve():
+        print(f"error: --out {args.out} is the package itself; write elsewhere (it is replaced)", file=sys.stderr)
+        return 1
     if args.out.exists():
         shutil.rmtree(args.out)
     args.out.mkdir(parents=True)
     for f in files:
-        shutil.copyfile(f, args.out / f.name)
+        shutil.copyfile(f, args.out / ("reference_flow.safetensors" if f == flow else f.name))
     manifest["dit"] = pkg.dit.name
     if "path" in manifest["codec"]:
         manifest["codec"]["path"] = Path(manifest["codec"]["path"]).name
-    if "reference_flow" in manifest:
-        manifest["reference_flow"] = pkg.reference_flow.name
+    if flow is not None:
+        manifest["reference_flow"] = "reference_flow.safetensors"
     if args.steps:
         manifest["sampler"]["denoising_steps"] = list(args.steps)
     for key in GUIDANCE_FIELDS:
