@@ -492,8 +492,7 @@ def _reference_flow(pkg, cfg: DiTConfig, device: torch.device, where: str):
         flow = ReferenceFlow.load(pkg.reference_flow).to(device)
     except CheckpointError as err:
         raise PackageError(f"{where}: reference_flow: {err}") from None
-    if cfg.control is None or (flow.control.keys, flow.control.axes, flow.control.embedding_dim) != \
-            (cfg.control.keys, cfg.control.axes, cfg.control.embedding_dim):
+    if not flow.reads_controls_of(cfg.control):
         raise PackageError(f"{where}: the reference flow reads controls {flow.control.keys} + {flow.control.axes} + "
                            f"{flow.control.embedding_dim}-d embedding; the DiT {pkg.dit.name} reads "
                            f"{None if cfg.control is None else (cfg.control.keys, cfg.control.axes)}")

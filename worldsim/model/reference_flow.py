@@ -80,23 +80,35 @@ class ReferenceFlow(nn.Module):
 
     def flow(self, u: torch.Tensor, height: int, width: int) -> torch.Tensor:
         """Control features [B, D] -> flow [B, 2, H, W] in pixels (x right, y down)."""
-        fields = torch.einsum("bk,kcij->bcij", self.weights(u), self.fields)  # [B, 2, grid, grid]
+        return self._flow(self.weights(u), height, width)
+
+    def _flow(self, weights: torch.Tensor, height: int, width: int) -> torch.Tensor:
+        fields = torch.einsum("bk,kcij->bcij", weights, self.fields)  # [B, 2, grid, grid]
         return F.interpolate(fields, size=(height, width), mode="bilinear", align_corners=False)
 
     def forward(self, frames: torch.Tensor, u: torch.Tensor, gate: torch.Tensor | None = None) -> torch.Tensor:
         """frames [B, 3, H, W] -> the same frames with their content moved by the flow (border pixels repeat where
         content enters); rows whose gate is 0 come back unchanged."""
-        b, _, h, w = frames.shape
-        flow = self.flow(u.to(frames.dtype), h, w)  # [B, 2, H, W]
+        moved = self._resample(frames, self.weights(u.to(frames.dtype)))
+        if gate is None:
+            return moved
+        return torch.where(gate.reshape(-1, 1, 1, 1) > 0, moved, frames)
+
+    def _resample(self, frames: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
+        """frames [B, 3, H, W] moved along the flow of field weights [B, bases]."""
+        _, _, h, w = frames.shape
+        flow = self._flow(weights, h, w)  # [B, 2, H, W]
         ys = torch.linspace(-1 + 1 / h, 1 - 1 / h, h, device=frames.device, dtype=frames.dtype)
         xs = torch.linspace(-1 + 1 / w, 1 - 1 / w, w, device=frames.device, dtype=frames.dtype)
         gy, gx = torch.meshgrid(ys, xs, indexing="ij")  # pixel centres in grid_sample's [-1, 1] coordinates
         # content moves by +flow: each output pixel reads the input at its position minus the flow
         grid = torch.stack([gx - flow[:, 0] * 2 / w, gy - flow[:, 1] * 2 / h], dim=-1)  # [B, H, W, 2]
-        moved = F.grid_sample(frames, grid, mode="bilinear", padding_mode="border", align_corners=False)
-        if gate is None:
-            return moved
-        return torch.where(gate.reshape(b, 1, 1, 1) > 0, moved, frames)
+        return F.grid_sample(frames, grid, mode="bilinear", padding_mode="border", align_corners=False)
+
+    def reads_controls_of(self, control: ControlConfig | None) -> bool:
+        """Whether this flow was trained on ``control``'s keys, axes and engine vector (the grouping aside)."""
+        return control is not None and (control.keys, control.axes, control.embedding_dim) == (
+            self.control.keys, self.control.axes, self.control.embedding_dim)
 
     @torch.no_grad()
     def move_latents(self, references: torch.Tensor, controls: Controls, codec, chunk_frames: int = 1
@@ -113,12 +125,14 @@ class ReferenceFlow(nn.Module):
         u, gate = control_features(self.control, c, b, f, self.mix[0].weight.dtype)  # [B, F, D], [B, F, 1]
         u, gate = u.flatten(0, 1).to(self.mix[0].weight.device), gate.flatten(0, 1)  # [N, D], [N, 1]
         rows = references.transpose(1, 2).flatten(0, 1)  # [N, C, h, w]
+        weights = self.weights(u)  # [N, bases]
         moving = (gate[:, 0].to(rows.device) > 0) & has_reference(rows[:, :, None])[:, 0]
-        moving &= (self.weights(u).abs().amax(dim=1) > 0).to(rows.device)  # [N]
+        moving &= (weights.abs().amax(dim=1) > 0).to(rows.device)  # [N]
         if not bool(moving.any()):
             return references
         frames = codec.decode(rows[moving][:, :, None])[:, 0].clamp(0, 1)  # [M, 3, H, W], in the codec's dtype
-        moved = codec.encode(self(frames.float(), u[moving.to(u.device)])[:, None].to(frames.dtype))[:, :, 0]
+        moved = self._resample(frames.float(), weights[moving.to(weights.device)])
+        moved = codec.encode(moved[:, None].to(frames.dtype))[:, :, 0]
         rows = rows.clone()
         rows[moving] = moved.to(rows)
         return rows.unflatten(0, (b, f)).transpose(1, 2)

@@ -161,8 +161,7 @@ class Stage:
                              f"(data.codec), not {type(data.codec).__name__}")
         flow = ReferenceFlow.load(path)
         c = data.control
-        if c is None or (c.keys, c.axes, c.embedding_dim) != (flow.control.keys, flow.control.axes,
-                                                              flow.control.embedding_dim):
+        if not flow.reads_controls_of(c):
             raise ValueError(f"{path} reads controls {flow.control.keys} + {flow.control.axes}; the dataset records "
                              f"{None if c is None else (c.keys, c.axes)}: train the flow on this dataset")
         self.reference_flow, self.reference_flow_file = flow.to(next(data.codec.parameters()).device), Path(path)

@@ -67,7 +67,7 @@ class FlowStage(Stage):
         self.flow_cfg = ReferenceFlowConfig(o.bases, o.grid, o.hidden)
         if self.ctx.init is not None:
             flow = ReferenceFlow.load(self.ctx.init).train()
-            if flow.control != self.control:
+            if not flow.reads_controls_of(self.control):
                 raise ValueError(f"--init {self.ctx.init} reads controls {flow.control}; the dataset records "
                                  f"{self.control}")
             self.flow_cfg = flow.cfg
