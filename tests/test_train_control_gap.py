@@ -173,6 +173,52 @@ def test_context_noise_relabels_and_renoises_the_history_the_model_sees(tmp_path
 
 
 
+def test_self_forced_references_are_the_models_own_frames_made_from_the_context_before_them(tmp_path):
+    """With self_forced_references = 1, the last self_forced_frames (2) context frames of every sample are the
+    model's own samples: not the data, a function of the frames before them alone (changing the data from the first
+    generated frame on changes nothing), read as the next frames' references; validation keeps the data."""
+    import dataclasses
+
+    frames = write_squares(tmp_path / "data", moving=True, episodes=8, frames=12)
+    codec = random_codec(frames, tmp_path / "codec.safetensors")
+    preset = yaml.safe_load((Path(__file__).resolve().parents[1] / "configs" / "model" / "tiny.yaml").read_text())
+    preset.update(chunk_frames=1, frame_reference=True)
+    (tmp_path / "model.yaml").write_text(yaml.safe_dump(preset))
+    cfg = load_recipe(RECIPES / "teacher_micro.yaml", [
+        f"model={tmp_path / 'model.yaml'}", f"data.path={tmp_path / 'data'}", f"data.codec={codec}",
+        f"out={tmp_path / 'run'}", "data.clip_chunks=6", "data.batch_size=8", "stage.clean_context_prob=1.0",
+        "stage.self_forced_references=1.0", "stage.self_forced_frames=2", "data.val_episodes=2", "max_steps=2"])
+    trainer = Trainer("teacher", cfg)
+    stage, batch = trainer.stage, trainer.data.batch(0)
+
+    def inputs(b, training: bool):
+        torch.manual_seed(0)
+        x0, history, t, clean, noise, text, controls = stage._inputs(b, dropout=training)
+        return x0, history, clean, controls.reference
+
+    x0, history, clean, ref = inputs(batch, True)
+    context = clean.sum(dim=1)  # [B]: frames 0..j-1 are clean
+    assert (context >= 2).any() and (context == 1).any()  # both one and two generated frames are exercised
+    changed = batch.latents.clone()
+    for b, j in enumerate(context.tolist()):
+        first = max(j - 2, 0)  # the first generated frame
+        assert torch.equal(history[b, :, :first], x0[b, :, :first])  # older context: the data
+        for f in range(first, j):
+            assert (history[b, :, f] - x0[b, :, f]).abs().mean() > 0.05  # generated, not the data
+        changed[b, :, first:] += 1.0
+    assert torch.equal(ref[:, :, 1:], history[:, :, :-1])  # each frame's reference is the (generated) frame before
+    _, history2, _, _ = inputs(dataclasses.replace(batch, latents=changed), True)
+    for b, j in enumerate(context.tolist()):
+        assert torch.allclose(history2[b, :, :j], history[b, :, :j], atol=1e-5)  # made from the frames before alone
+    _, val_history, _, val_ref = inputs(batch, False)
+    assert torch.equal(val_history, batch.latents) and torch.equal(val_ref[:, :, 1:], batch.latents[:, :, :-1])
+    trainer.run()  # the training step runs with it
+    with pytest.raises(ValueError, match="self_forced_references must lie in"):
+        Trainer("teacher", load_recipe(RECIPES / "teacher_micro.yaml", [
+            f"model={tmp_path / 'model.yaml'}", f"data.path={tmp_path / 'data'}", f"data.codec={codec}",
+            f"out={tmp_path / 'bad'}", "stage.self_forced_references=1.5", "data.val_episodes=2"]))
+
+
 def test_motion_weights_weigh_the_latents_that_change_and_leave_validation_unweighted(tmp_path):
     """stage.motion_weight: within each frame, the training loss moves towards the latents that change from the
     frame's reference, the frame's total weight unchanged; 1 where a frame has no reference yet; validation stays

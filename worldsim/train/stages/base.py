@@ -151,6 +151,7 @@ class Stage:
         against the DiT (``frame_reference``), the data's codec (per frame, with an encoder) and control schema."""
         from ...codecs.toy_codec import ToyCodec
         from ...model.reference_flow import ReferenceFlow
+        from ...pipeline.devices import channels_last_convs
 
         cfg, data = self.ctx.model_cfg, self.ctx.data
         if cfg is None or not cfg.frame_reference:
@@ -165,6 +166,7 @@ class Stage:
             raise ValueError(f"{path} reads controls {flow.control.keys} + {flow.control.axes}; the dataset records "
                              f"{None if c is None else (c.keys, c.axes)}: train the flow on this dataset")
         self.reference_flow, self.reference_flow_file = flow.to(next(data.codec.parameters()).device), Path(path)
+        channels_last_convs(data.codec)  # every step decodes and encodes the moved frames: the faster layout
 
     def unwrap(self, name: str) -> nn.Module:
         return self.accelerator.unwrap_model(self.models[name])
@@ -179,14 +181,19 @@ class Stage:
             return batch
         from ...model.control import reference_frames
 
-        ref = reference_frames(latents.detach(), cfg.chunk_frames)
-        if self.reference_flow is not None:
-            codec = self.ctx.data.codec
-            where = next(codec.parameters()).device
-            moved = self.reference_flow.move_latents(ref.to(where, torch.float32), batch.controls.to(where), codec,
-                                                     cfg.chunk_frames)
-            ref = moved.to(ref)
+        ref = self.move_references(batch, reference_frames(latents.detach(), cfg.chunk_frames))
         return dataclasses.replace(batch, controls=batch.controls.with_reference(ref))
+
+    def move_references(self, batch: "LatentBatch", ref: torch.Tensor) -> torch.Tensor:
+        """References [B, C, F, H, W] moved by ``self.reference_flow`` and the batch's controls (through the data's
+        codec, on its device); unchanged without a flow. Zero (absent) references stay zero and cost nothing."""
+        if self.reference_flow is None:
+            return ref
+        codec = self.ctx.data.codec
+        where = next(codec.parameters()).device
+        moved = self.reference_flow.move_latents(ref.to(where, torch.float32), batch.controls.to(where), codec,
+                                                 self.ctx.model_cfg.chunk_frames)
+        return moved.to(ref)
 
     def decode(self, latents: torch.Tensor) -> torch.Tensor:
         """Latents [B, C, F, H, W] -> frames [B, T, 3, H', W'] in [0, 1] with the dataset's codec."""
