@@ -67,10 +67,11 @@ from dataclasses import dataclass
 import torch
 
 from ...model.control import Controls, has_reference, reference_frames
+from ...sampling.denoise import denoise_chunk
 from ...sampling.schedule import FlowMatchSchedule, SamplerConfig, evenly_spaced_steps
 from ...world.metrics import mirror_plan
 from ..data import LatentBatch
-from ..flow_matching import add_noise, sample_timesteps, x0_from_flow
+from ..flow_matching import add_noise, sample_timesteps
 from ..guidance import clip_flow
 from .base import Stage
 
@@ -228,7 +229,6 @@ class TeacherStage(Stage):
         first_noisy = clean[:, ::n].sum(dim=1)  # [B]: the context's length in chunks
         rows = torch.rand(b, device=history.device) < self.opts.self_forced_references
         chunk = torch.arange(f, device=history.device) // n  # [F]
-        steps = self.self_forced_timesteps
         for i in range(self.opts.self_forced_frames):
             target = first_noisy - self.opts.self_forced_frames + i  # [B]: the chunk generated now
             write = rows & (target >= 1)
@@ -238,13 +238,13 @@ class TeacherStage(Stage):
             text, c = self._conditions(batch, controls.slice_frames(0, end), dropout=False)
             text = text[:, :end // n] if text.dim() == 4 else text  # per-chunk prompts: the chunks kept
             before = chunk[None, :end] < target[:, None]  # [B, end]
-            x = torch.randn_like(history[:, :, :end])
-            for s, ts in enumerate(steps):
+
+            def flow(x: torch.Tensor, ts: float, _exit: bool) -> torch.Tensor:  # the clean context before, x after
                 t = torch.where(before, level[:, None], torch.full_like(before, ts, dtype=level.dtype))
-                xin = torch.where(before[:, None, :, None, None], history[:, :, :end], x)
-                x0 = x0_from_flow(self.schedule, clip_flow(model, xin, t, text, c), xin, t)
-                if s + 1 < len(steps):
-                    x = add_noise(self.schedule, x0, torch.randn_like(x0), torch.full_like(t, steps[s + 1]))
+                return clip_flow(model, torch.where(before[:, None, :, None, None], history[:, :, :end], x), t, text, c)
+
+            x0 = denoise_chunk(flow, lambda: torch.randn_like(history[:, :, :end]), self.schedule,
+                               self.self_forced_timesteps)  # the served sampler's loop; only the target is kept
             if self.opts.context_noise_max > 0:  # the history is re-noised to each sample's context level
                 x0 = add_noise(self.schedule, x0, torch.randn_like(x0), level[:, None].expand(b, end))
             at = ((chunk[None, :end] == target[:, None]) & write[:, None])[:, None, :, None, None]  # [B, 1, end, 1, 1]
