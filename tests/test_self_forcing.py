@@ -19,7 +19,9 @@ from worldsim.checkpoints import save_worldsim
 from worldsim.codecs.toy_codec import ToyCodec, ToyCodecConfig
 from worldsim.model.config import ControlConfig, load_preset
 from worldsim.model.dit import CausalWanDiT
-from worldsim.model.control import Controls
+from worldsim.model.control import Controls, reference_frames
+from worldsim.model.reference_flow import ReferenceFlow, ReferenceFlowConfig
+from worldsim.model_package import read_package
 from worldsim.sampling.schedule import FlowMatchSchedule, SamplerConfig
 from worldsim.sampling.session import StreamingSession
 from worldsim.train.config import load_recipe
@@ -65,24 +67,37 @@ def rollout(model, exit_step, seed=0, sampler=None, **kw):
                                 generator=torch.Generator().manual_seed(seed), **kw)
 
 
+def shift_by_keys(last: torch.Tensor, controls: Controls) -> torch.Tensor:
+    """A stand-in reference flow: the last frame shifted one latent pixel right per held key, in each batch row."""
+    held = controls.keys[:, 0].sum(dim=(1, 2)).long()  # [B]
+    return torch.stack([row.roll(int(k), dims=-1) for row, k in zip(last, held)])
+
+
 @torch.no_grad()
-@pytest.mark.parametrize("context_noise, frame_reference, window", [(0.0, False, None), (0.25, False, None),
-                                                                    (0.25, True, None), (0.0, True, 3)])
-def test_rollout_equals_streaming_session(context_noise, frame_reference, window):
+@pytest.mark.parametrize("context_noise, frame_reference, window, move", [
+    (0.0, False, None, None), (0.25, False, None, None), (0.25, True, None, None), (0.0, True, 3, None),
+    (0.0, True, None, shift_by_keys)])
+def test_rollout_equals_streaming_session(context_noise, frame_reference, window, move):
     """Full denoising without grad reproduces the inference loop bit for bit (prompt switch and controls included),
     also when finished chunks enter the cache re-noised to a context timestep above 0, for a model that sees the
-    last clean frame before each chunk in its input channels, and through a rolling window shorter than the clip."""
+    last clean frame before each chunk in its input channels, through a rolling window shorter than the clip, and
+    with that frame moved by the chunk's controls first (a reference flow; the rollout then differs from one
+    without)."""
     model = control_model(frame_reference=frame_reference)
     sampler = SamplerConfig(context_noise=context_noise)
-    out = rollout(model, exit_step=3, seed=5, sampler=sampler, window_frames=window).latents
+    out = rollout(model, exit_step=3, seed=5, sampler=sampler, window_frames=window, move_reference=move).latents
     session = StreamingSession(model, prompts()[0], latent_shape=SHAPE, seed=5, window_frames=window or FRAMES,
-                               sampler=sampler)
+                               sampler=sampler, move_reference=move)
     chunks = []
     for i, ctx in enumerate(prompts()):
         if i and ctx is not prompts()[i - 1]:
             session.set_prompt(ctx, mode="soft")
         chunks.append(session.step(controls().slice_frames(3 * i, 3 * i + 3)))
     assert torch.equal(out, torch.cat(chunks, dim=2))
+    if move is not None:
+        unmoved = rollout(model, exit_step=3, seed=5, sampler=sampler).latents
+        assert torch.equal(out[:, :, :3], unmoved[:, :, :3])  # the first chunk has no reference to move
+        assert not torch.allclose(out[:, :, 3:], unmoved[:, :, 3:], atol=1e-4)
 
 
 def exit_inputs(model, exit_step):
@@ -275,6 +290,34 @@ def test_self_forcing_scores_the_last_window_of_a_long_rollout(workdir):
     assert torch.equal(scored.controls.keys, batch.controls.keys[:, -2:])
     with pytest.raises(ValueError, match="window_frames"):
         Trainer("self-forcing", recipe("self-forcing", workdir, "window-bad", "stage.window_frames=4", reference=True))
+
+
+def test_distillation_moves_references_by_the_reference_flow_and_packages_it(workdir):
+    """stage.reference_flow: the student's rollout moves each chunk's reference by the flow, as a session serving
+    the package does (the first chunk, with none, is the same as without the flow; later ones differ), the teacher
+    and critic score the rollout with the flow's moves of its own frames as references, and the package names the
+    flow."""
+    flow = ReferenceFlow(ReferenceFlowConfig(bases=2, grid=4, hidden=8), ControlConfig(**DATA_CONTROL))
+    with torch.no_grad():
+        flow.fields.copy_(torch.tensor([[[[0.0]], [[4.0]]], [[[4.0]], [[0.0]]]]).expand(2, 2, 4, 4))  # 4 px
+        flow.mix[2].weight.normal_(generator=torch.Generator().manual_seed(0))
+    path = flow.save(workdir / "flow.safetensors")
+    tr = Trainer("self-forcing", recipe("self-forcing", workdir, "flow", f"stage.reference_flow={path}",
+                                        "package=true", "max_steps=2", reference=True))
+    batch, stage = tr.data.batch(0), tr.stage
+    with torch.no_grad():
+        torch.manual_seed(0)  # the stage's rollouts draw their noise from the global generator
+        x, scored = stage.scored_rollout(batch, exit_step=3, grad=False)
+        assert torch.equal(scored.controls.reference, stage.move_references(batch, reference_frames(x, 1)))
+        stage.reference_flow = None
+        torch.manual_seed(0)
+        plain = stage.rollout(batch, exit_step=3)
+    assert torch.equal(x[:, :, 0], plain[:, :, 0])
+    assert not torch.allclose(x[:, :, 1:], plain[:, :, 1:], atol=1e-3)
+    stage.reference_flow = ReferenceFlow.load(path)
+    tr.run()
+    pkg = read_package(workdir / "flow" / "final")
+    assert pkg.reference_flow is not None and pkg.reference_flow.read_bytes() == path.read_bytes()
 
 
 @pytest.mark.parametrize("stage", ["ode-init", "self-forcing"])

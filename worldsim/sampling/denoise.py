@@ -41,9 +41,16 @@ def context_input(x0: torch.Tensor, noise: Noise, schedule: FlowMatchSchedule, c
     return schedule.add_noise(clean, noise(), context_noise) if context_noise > 0 else clean
 
 
+# (the last frame [B, C, 1, H, W], one frame's controls) -> that frame moved as the controls move the view
+MoveReference = Callable[[torch.Tensor, Controls], torch.Tensor]
+
+
 def with_reference(controls: Controls | None, last: torch.Tensor | None, shape: tuple[int, ...], *, device,
-                   dtype) -> Controls:
+                   dtype, move: MoveReference | None = None) -> Controls:
     """The controls of a chunk of ``shape`` [B, C, n, H, W] for a ``frame_reference`` model: every frame's reference
-    is the stream's last clean frame ``last`` [B, C, 1, H, W] (None before the first chunk: zeros)."""
+    is the stream's last clean frame ``last`` [B, C, 1, H, W] (None before the first chunk: zeros), first moved by
+    ``move`` and the chunk's first frame's controls when there are any (a package's reference flow)."""
+    if move is not None and last is not None and controls is not None and controls.sources():
+        last = move(last, controls.slice_frames(0, 1))
     ref = torch.zeros((*shape[:2], 1, *shape[3:]), device=device, dtype=dtype) if last is None else last.to(dtype)
     return (controls or Controls()).with_reference(ref.expand(shape))

@@ -31,14 +31,13 @@ denoising steps; an unguided first step keeps the deferred cache write in its fo
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
 
 from ..model.control import Controls
 from ..model.dit import CausalWanDiT
-from .denoise import context_input, denoise_chunk, with_reference
+from .denoise import MoveReference, context_input, denoise_chunk, with_reference
 from .schedule import FlowMatchSchedule, SamplerConfig
 
 SWITCH_MODES = ("soft", "recache", "cut")
@@ -86,7 +85,7 @@ class StreamingSession:
                  context_latents: torch.Tensor | None = None, context_controls: Controls | None = None,
                  chunk_frames: int | None = None, defer_cache_write: bool = False,
                  uncond_prompt: torch.Tensor | None = None,
-                 move_reference: Callable[[torch.Tensor, Controls], torch.Tensor] | None = None):
+                 move_reference: MoveReference | None = None):
         self.model = model
         self.move_reference = move_reference
         self.sampler = sampler or SamplerConfig()
@@ -219,11 +218,8 @@ class StreamingSession:
         """The next chunk's controls, with its reference frame when the model takes one."""
         if not self.model.cfg.frame_reference:
             return controls
-        last = self._last
-        if self.move_reference is not None and last is not None and controls is not None and controls.sources():
-            last = self.move_reference(last, controls.slice_frames(0, 1))
-        return with_reference(controls, last, (self.batch, self.latent_shape[0], n, *self.latent_shape[1:]),
-                              device=self.device, dtype=self.dtype)
+        return with_reference(controls, self._last, (self.batch, self.latent_shape[0], n, *self.latent_shape[1:]),
+                              device=self.device, dtype=self.dtype, move=self.move_reference)
 
     def _commit(self, chunk: _Chunk) -> None:
         """Write a finished chunk's K/V into the cache and remember its latents."""

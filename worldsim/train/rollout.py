@@ -20,7 +20,7 @@ from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 
 from ..model.control import Controls
-from ..sampling.denoise import context_input, denoise_chunk, with_reference
+from ..sampling.denoise import MoveReference, context_input, denoise_chunk, with_reference
 from ..sampling.schedule import FlowMatchSchedule, SamplerConfig
 
 
@@ -44,7 +44,7 @@ def sample_exit_step(num_steps: int, generator: torch.Generator | None = None) -
 def self_forcing_rollout(model: nn.Module, context: torch.Tensor | Sequence[torch.Tensor], *, num_frames: int,
                          latent_shape: tuple[int, int, int], sampler: SamplerConfig, exit_step: int,
                          controls: Controls | None = None, generator: torch.Generator | None = None,
-                         window_frames: int | None = None) -> Rollout:
+                         window_frames: int | None = None, move_reference: MoveReference | None = None) -> Rollout:
     """Generate ``num_frames`` latent frames with the student, chunk by chunk, through a fresh KV cache.
 
     model: the causal DiT or its training wrapper (every forward goes through ``model(...)`` so DDP/FSDP see it).
@@ -55,6 +55,8 @@ def self_forcing_rollout(model: nn.Module, context: torch.Tensor | Sequence[torc
     window_frames: the cache's rolling window in latent frames, as a session streams with it; default the whole
     rollout (no rolling), as Self Forcing trains. With a shorter window only the chunks of the last window carry
     gradient (a long rollout of which one window is scored, as Self Forcing++ trains); those before run without.
+    move_reference: for a ``frame_reference`` model, moves each chunk's reference by its first frame's controls, as
+    the session does with a package's reference flow.
     """
     net = model.module if isinstance(model, DistributedDataParallel) else model
     n = net.cfg.chunk_frames
@@ -90,7 +92,7 @@ def self_forcing_rollout(model: nn.Module, context: torch.Tensor | Sequence[torc
         ctrl = None if controls is None else controls.slice_frames(start, start + n)
         if net.cfg.frame_reference:  # the last clean frame before the chunk, as the session keeps it
             ctrl = with_reference(ctrl, chunks[-1][:, :, -1:].detach() if chunks else None, (batch, c, n, h, w),
-                                  device=param.device, dtype=param.dtype)
+                                  device=param.device, dtype=param.dtype, move=move_reference)
         if per_chunk:
             cache.invalidate_text()
         scored = start + n > num_frames - window

@@ -189,10 +189,18 @@ class Stage:
         codec, on its device); unchanged without a flow. Zero (absent) references stay zero and cost nothing."""
         if self.reference_flow is None:
             return ref
+        return self._move(ref, batch.controls, self.ctx.model_cfg.chunk_frames)
+
+    def reference_mover(self):
+        """``(last [B, C, 1, H, W], one frame's controls) -> the moved reference`` for a rollout
+        (:func:`~worldsim.train.rollout.self_forcing_rollout`), as a session serving the flow moves it; None
+        without a flow."""
+        return None if self.reference_flow is None else self._move
+
+    def _move(self, ref: torch.Tensor, controls, chunk_frames: int = 1) -> torch.Tensor:
         codec = self.ctx.data.codec
         where = next(codec.parameters()).device
-        moved = self.reference_flow.move_latents(ref.to(where, torch.float32), batch.controls.to(where), codec,
-                                                 self.ctx.model_cfg.chunk_frames)
+        moved = self.reference_flow.move_latents(ref.to(where, torch.float32), controls.to(where), codec, chunk_frames)
         return moved.to(ref)
 
     def decode(self, latents: torch.Tensor) -> torch.Tensor:

@@ -27,6 +27,8 @@ class DistillOptions:
     denoising_steps: tuple[int, ...] = (1000, 750, 500, 250)
     warp: bool = True
     context_noise: float = 0.0
+    reference_flow: str | None = None  # a `worldsim train flow` file: the teacher's, critic's and student's references
+    #                                    moved by it, in the student's rollouts too, as the package it makes serves
 
 
 class DistillStage(Stage):
@@ -46,6 +48,8 @@ class DistillStage(Stage):
         self.timesteps = self.schedule.sampling_timesteps(self.sampler)
         self.frozen["teacher"] = load_model(self.opts.teacher)
         self.uncond_text = self.ctx.data.text_encoder("")  # [1, L, D]: the dropped prompt of CFG
+        if self.opts.reference_flow:
+            self.use_reference_flow(self.opts.reference_flow)
         return self.build_dit(self.ctx.init or Path(self.opts.student or self.opts.teacher))
 
     def teacher_flow(self, batch: LatentBatch):
@@ -67,7 +71,8 @@ class DistillStage(Stage):
         lat = batch.latents
         return self_forcing_rollout(self.models["generator"], list(batch.text.unbind(1)), num_frames=lat.shape[2],
                                     latent_shape=(lat.shape[1], *lat.shape[3:]), sampler=self.sampler,
-                                    exit_step=exit_step, controls=batch.controls, window_frames=window_frames).latents
+                                    exit_step=exit_step, controls=batch.controls, window_frames=window_frames,
+                                    move_reference=self.reference_mover()).latents
 
     def sample(self, batch: LatentBatch) -> torch.Tensor:
         return self.decode(self.rollout(batch, exit_step=len(self.timesteps) - 1))
