@@ -13,6 +13,7 @@ import pytest
 import torch
 import yaml
 
+from conftest import randomize
 from test_train_control_gap import KEYS, OFFSETS, RECIPES, SIZE, random_codec, write_squares
 from worldsim.checkpoints.base import CheckpointError
 from worldsim.dataset import DatasetWriter, episode_dirs, load_episode
@@ -194,7 +195,8 @@ def test_a_package_serves_its_flow_and_refuses_a_mismatched_one(tmp_path):
 
 def test_the_teacher_trains_on_moved_references_and_packages_the_flow(tmp_path):
     """stage.reference_flow: each reference the DiT reads is the flow's move of the previous frame (here by 4 px,
-    so it differs from the plain one wherever a key is held), and ``package: true`` puts the flow in the package."""
+    so it differs from the plain one wherever a key is held), in the stage's samples too, and ``package: true`` puts
+    the flow in the package."""
     flow_path = trained_flow(tmp_path, steps=100)
     frames = write_textures(tmp_path / "data2", episodes=6, seed=1)
     codec = random_codec(frames, tmp_path / "codec.safetensors")
@@ -209,8 +211,13 @@ def test_the_teacher_trains_on_moved_references_and_packages_the_flow(tmp_path):
     stage = trainer.stage
     batch = trainer.data.batch(0)
     moved = stage.referenced(batch, batch.latents).controls.reference
+    randomize(stage.unwrap("teacher"))  # a fresh DiT's zero-initialised head and reference embedding hide the inputs
+    torch.manual_seed(0)
+    sample = stage.sample(batch)  # streamed as served: each reference moved by the flow
     stage.reference_flow = None
     plain = stage.referenced(batch, batch.latents).controls.reference
+    torch.manual_seed(0)
+    assert not torch.allclose(sample, stage.sample(batch), atol=1e-3)
     assert torch.equal(moved[:, :, 0], plain[:, :, 0]) and moved[:, :, 0].abs().sum() == 0  # no reference yet
     assert (moved[:, :, 1:] - plain[:, :, 1:]).abs().amax() > 0.1
     stage.reference_flow = ReferenceFlow.load(flow_path)

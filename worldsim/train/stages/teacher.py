@@ -340,5 +340,6 @@ class TeacherStage(Stage):
         _, c_lat, frames, h, w = batch.latents.shape
         out = self_forcing_rollout(model, [text[:, j] for j in range(text.shape[1])], num_frames=frames,
                                    latent_shape=(c_lat, h, w), sampler=sampler, exit_step=len(steps) - 1,
-                                   controls=controls if controls.sources() else None)
+                                   controls=controls if controls.sources() else None,
+                                   move_reference=self.reference_mover())
         return torch.cat([self.decode(out.latents), self.decode(batch.latents[:k])])
