@@ -28,6 +28,7 @@ from ..sampling.schedule import FlowMatchSchedule, SamplerConfig
 class Rollout:
     latents: torch.Tensor  # [B, C, F, H, W] clean latents; chunk c carries gradient from its exit step only
     exit_step: int  # index into the sampler's timesteps at which every chunk stopped
+    references: torch.Tensor | None = None  # [B, C, F, H, W] each frame's reference as fed (frame_reference models)
 
 
 def sample_exit_step(num_steps: int, generator: torch.Generator | None = None) -> int:
@@ -86,13 +87,14 @@ def self_forcing_rollout(model: nn.Module, context: torch.Tensor | Sequence[torc
         tt = torch.full((batch, n), t, device=param.device, dtype=torch.float32)
         return model(x, tt, ctx, cache=cache, start_frame=start, controls=ctrl, write=write)
 
-    chunks = []
+    chunks, references = [], []
     for i, start in enumerate(range(0, num_frames, n)):
         ctx = context[i] if per_chunk else context
         ctrl = None if controls is None else controls.slice_frames(start, start + n)
         if net.cfg.frame_reference:  # the last clean frame before the chunk, as the session keeps it
             ctrl = with_reference(ctrl, chunks[-1][:, :, -1:].detach() if chunks else None, (batch, c, n, h, w),
                                   device=param.device, dtype=param.dtype, move=move_reference)
+            references.append(ctrl.reference)
         if per_chunk:
             cache.invalidate_text()
         scored = start + n > num_frames - window
@@ -103,4 +105,4 @@ def self_forcing_rollout(model: nn.Module, context: torch.Tensor | Sequence[torc
             with torch.no_grad():
                 run(context_input(x0, noise, schedule, sampler.context_noise), sampler.context_noise, start, ctx,
                     ctrl, write=True)
-    return Rollout(torch.cat(chunks, dim=2), exit_step)
+    return Rollout(torch.cat(chunks, dim=2), exit_step, torch.cat(references, dim=2) if references else None)

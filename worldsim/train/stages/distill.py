@@ -14,7 +14,7 @@ from ...model.dit import CausalWanDiT
 from ...sampling.schedule import FlowMatchSchedule, SamplerConfig
 from ..data import LatentBatch
 from ..guidance import clip_flow, guided_flow
-from ..rollout import self_forcing_rollout
+from ..rollout import Rollout, self_forcing_rollout
 from .base import Stage
 
 
@@ -68,11 +68,16 @@ class DistillStage(Stage):
     def rollout(self, batch: LatentBatch, exit_step: int, window_frames: int | None = None) -> torch.Tensor:
         """The student's clip for this batch's prompts (one per chunk) and controls: [B, C, F, H, W]; through a
         rolling KV window of ``window_frames`` (default: the whole clip)."""
+        return self.rollout_with_references(batch, exit_step, window_frames).latents
+
+    def rollout_with_references(self, batch: LatentBatch, exit_step: int, window_frames: int | None = None
+                                ) -> Rollout:
+        """:meth:`rollout` with the reference each frame was made from (moved by the flow, when there is one)."""
         lat = batch.latents
         return self_forcing_rollout(self.models["generator"], list(batch.text.unbind(1)), num_frames=lat.shape[2],
                                     latent_shape=(lat.shape[1], *lat.shape[3:]), sampler=self.sampler,
                                     exit_step=exit_step, controls=batch.controls, window_frames=window_frames,
-                                    move_reference=self.reference_mover()).latents
+                                    move_reference=self.reference_mover())
 
     def sample(self, batch: LatentBatch) -> torch.Tensor:
         return self.decode(self.rollout(batch, exit_step=len(self.timesteps) - 1))

@@ -19,6 +19,7 @@ short as the window never shows it.
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 
 import torch
@@ -82,10 +83,17 @@ class SelfForcingStage(DistillStage):
         frame (as it did); with ``window_frames``, both cut to the last window first, a clip of its own."""
         window = self.opts.window_frames or None
         with torch.set_grad_enabled(grad):
-            x = self.rollout(batch, exit_step, window)
+            out = self.rollout_with_references(batch, exit_step, window)
+        x, ref = out.latents, out.references  # the references as the rollout fed them: moved once, not again here
         if window is not None:
-            x, batch = x[:, :, -window:], batch.last_frames(window, self.ctx.model_cfg.chunk_frames)
-        return x, self.referenced(batch, x)
+            n = self.ctx.model_cfg.chunk_frames
+            x, batch = x[:, :, -window:], batch.last_frames(window, n)
+            if ref is not None:  # a clip of its own: its first chunk has no reference
+                ref = ref[:, :, -window:].clone()
+                ref[:, :, :n] = 0
+        if ref is None:  # the model takes no reference
+            return x, batch
+        return x, dataclasses.replace(batch, controls=batch.controls.with_reference(ref))
 
     def validate(self, batch: LatentBatch) -> dict[str, float]:
         """How well the teacher and the critic denoise the student's samples (lower: more teacher-like samples)."""
