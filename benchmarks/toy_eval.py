@@ -57,8 +57,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                    help="held-command probe: each kind's command and its mirror held N frames from every episode's "
                         "context (default 12; 0: off)")
     p.add_argument("--prompt-frames", type=int, default=320, metavar="N",
-                   help="from-a-prompt probe: each theme streamed N frames from its prompt alone, no controls held, "
-                        "as worldsim play opens (default 320: 20 s at 16 fps; 0: off)")
+                   help="from-a-prompt probes: each theme streamed N frames from its prompt alone, and from a start "
+                        "frame of its world, no controls held, as worldsim play opens (default 320: 20 s at 16 fps; "
+                        "0: off)")
     p.add_argument("--prompt-streams", type=int, default=d.prompt_streams, metavar="N",
                    help=f"from-a-prompt probe: streams (noise seeds) per theme, averaged (default {d.prompt_streams})")
     p.add_argument("--control-guidance", type=float, metavar="S",
@@ -100,8 +101,9 @@ def main(argv: list[str] | None = None) -> int:
     print(format_table(results))
     if "held_commands" in results:
         print(format_held(results))
-    if "from_prompt" in results:
-        print(format_prompted(results))
+    for key in ("from_prompt", "from_start"):
+        if key in results:
+            print(format_prompted(results, key))
     print(f"results and strips in {args.out}")
     return 0
 

@@ -4,8 +4,10 @@ and served by ``worldsim serve`` / ``worldsim play --spawn-daemon`` without ``--
     python scripts/embed_default_model.py runs/teacher/final --name "toy-world teacher" --steps 8 \\
         --control-guidance 2 --eval runs/eval/results.json
 
-Copies the package's DiT, codec and reference flow (its own, or ``--reference-flow FILE`` from ``worldsim train
-flow``), keeps its manifest, serves it with ``--steps``
+Copies the package's DiT, codec, reference flow (its own, or ``--reference-flow FILE`` from ``worldsim train
+flow``) and start frames (its own, or with ``--theme-starts PLACE`` the toy world's first frame of each theme at
+that held-out place, for the theme's first prompt: the default palette of ``worldsim play``), keeps its manifest,
+serves it with ``--steps``
 evenly spaced denoising steps and ``--control-guidance`` / ``--text-guidance`` / ``--guided-steps`` (speed / quality
 choices: the package's own sampler otherwise), and rewrites the provenance so that it names no path of the machine
 it was trained on (file names stay). Refuses a result over the size budget.
@@ -19,10 +21,15 @@ import shutil
 import sys
 from pathlib import Path
 
+import numpy as np
+from PIL import Image
+
 from worldsim.atomic_files import atomic_write
 from worldsim.model_package import DEFAULT_PACKAGE, MANIFEST, read_package
 from worldsim.pipeline.options import parse_denoising_steps, parse_step_indices
 from worldsim.runtime import GUIDANCE_FIELDS
+from worldsim.train.evaluate import theme_start
+from worldsim.world.themes import THEMES
 
 SIZE_BUDGET = 30 * 2**20  # bytes: the default model ships inside the wheel
 
@@ -55,13 +62,19 @@ def evaluation_summary(results: dict, model: str | None = None) -> dict:
                      "psnr_first": r["psnr"]["first"],
                      "drift_moments": [r["drift_moments"]["early"], r["drift_moments"]["late"]],
                      "held_commands": results.get("held_commands", {}).get(name)}
-        if "from_prompt" in results:  # histogram distance to each theme's look, first and last frames
-            r = results["from_prompt"]["models"][name]
-            out[name]["from_prompt"] = {"early": r["early"], "late": r["late"],
-                                        "per_theme": {t: [v["early"], v["late"]] for t, v in r["per_theme"].items()}}
-            if "grid" in r:  # the token grid, first and last frames
-                out[name]["from_prompt"]["token_grid"] = [r["grid"]["early"], r["grid"]["late"]]
+        for key in ("from_prompt", "from_start"):  # histogram distance to each theme's look, first and last frames
+            if key in results:
+                r = results[key]["models"][name]
+                out[name][key] = {"early": r["early"], "late": r["late"],
+                                  "per_theme": {t: [v["early"], v["late"]] for t, v in r["per_theme"].items()}}
+                if "grid" in r:  # the token grid, first and last frames
+                    out[name][key]["token_grid"] = [r["grid"]["early"], r["grid"]["late"]]
     return out
+
+
+def theme_starts(place: int) -> dict[str, tuple[str, np.ndarray]]:
+    """Per toy-world theme: its first prompt and the world's first frame of the theme at ``place``."""
+    return {name: (theme.prompts[0], theme_start(name, place)) for name, theme in THEMES.items()}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -77,6 +90,10 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--reference-flow", type=Path, metavar="FILE",
                    help="serve with this reference flow (worldsim train flow's OUT/final/flow.safetensors) instead of "
                         "the package's own")
+    p.add_argument("--theme-starts", type=int, metavar="PLACE",
+                   help="start frames: each toy-world theme's first frame at this seeded place (use one no training "
+                        "or evaluation episode starts at: the data uses seeds from 0, toy_eval from 10000), for "
+                        "the theme's first prompt")
     p.add_argument("--eval", type=Path, help="toy_eval results.json to record in the provenance")
     p.add_argument("--eval-model", metavar="NAME", help="record only this model of --eval (default: all of them)")
     p.add_argument("--out", type=Path, default=DEFAULT_PACKAGE, help=f"(default {DEFAULT_PACKAGE})")
@@ -101,6 +118,9 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: the package's weights take {size / 2**20:.1f} MiB, over the {SIZE_BUDGET / 2**20:.0f} MiB "
               "budget of the embedded default", file=sys.stderr)
         return 1
+    starts = theme_starts(args.theme_starts) if args.theme_starts is not None else \
+        {path.stem.removeprefix("start_"): (prompt, np.asarray(Image.open(path).convert("RGB")))
+         for prompt, path in pkg.starts.items()}  # read before the current default is replaced
     if args.out.resolve() == pkg.root.resolve():
         print(f"error: --out {args.out} is the package itself; write elsewhere (it is replaced)", file=sys.stderr)
         return 1
@@ -109,6 +129,12 @@ def main(argv: list[str] | None = None) -> int:
     args.out.mkdir(parents=True)
     for f in files:
         shutil.copyfile(f, args.out / ("reference_flow.safetensors" if f == flow else f.name))
+    manifest.pop("starts", None)
+    if starts:
+        manifest["starts"] = {}
+        for stem, (prompt, image) in starts.items():
+            Image.fromarray(image).save(args.out / f"start_{stem}.png")
+            manifest["starts"][prompt] = f"start_{stem}.png"
     manifest["dit"] = pkg.dit.name
     if "path" in manifest["codec"]:
         manifest["codec"]["path"] = Path(manifest["codec"]["path"]).name

@@ -13,6 +13,8 @@ import pytest
 
 from serve_helpers import JsonLines, wait_for
 
+from worldsim.serve.protocol import PROTOCOL_VERSION
+
 NODE_DIR = Path(__file__).resolve().parent.parent / "bridge" / "node"
 INSTALL = "Node.js >= 18 and npm (apt-get install nodejs npm)"
 
@@ -64,7 +66,7 @@ def test_live_session(node, backend, make_daemon):
     script = NodeScript(node, d.endpoint)
     try:
         welcome = script.until("welcome")
-        assert welcome["protocol"] == "1.1.0" and welcome["heartbeat_s"] == 0.5
+        assert welcome["protocol"] == PROTOCOL_VERSION and welcome["heartbeat_s"] == 0.5
         video, control = welcome["video"], welcome["control"]
         assert control["keys"] == ["W", "A", "S", "D", "Space", "Shift"] and control["embedding_dim"] == 5
         session = script.until("opened")["session"]

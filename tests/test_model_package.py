@@ -12,6 +12,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from PIL import Image
+from tiny_models import randomize
 from train_helpers import write_dataset
 
 from worldsim.checkpoints import load_model
@@ -69,16 +71,36 @@ def test_any_dit_stage_packages_on_request(package, tmp_path):
                                                                   f"out={tmp_path / 'c'}", "package=true"]))
 
 
-def reference(pkg_dir: Path, chunks: int, seed: int) -> np.ndarray:
-    """The package run in-process by hand: [T, H, W, 3] uint8."""
+def reference(pkg_dir: Path, chunks: int, seed: int, start: torch.Tensor | None = None,
+              cut: tuple[int, str, torch.Tensor] | None = None) -> np.ndarray:
+    """The package run in-process by hand: [T, H, W, 3] uint8. ``start``: latents the stream opens from (not among
+    the frames returned); ``cut``: (chunk, prompt, latents) a cut to that prompt from those latents before that
+    chunk."""
     pkg = read_package(pkg_dir)
     model = load_model(pkg.dit)
     codec = ToyCodec.load(pkg.file(pkg.codec["path"]))
-    prompt = HashingPromptEmbedder(model.cfg.text_len, model.cfg.text_dim)(PROMPT)
-    session = StreamingSession(model, prompt, latent_shape=tuple(pkg.geometry["latent_shape"]), seed=seed,
+    embed = HashingPromptEmbedder(model.cfg.text_len, model.cfg.text_dim)
+    session = StreamingSession(model, embed(PROMPT), latent_shape=tuple(pkg.geometry["latent_shape"]), seed=seed,
                                sink_frames=pkg.cache["sink_frames"], window_frames=pkg.cache["window_frames"],
-                               sampler=pkg.sampler(), defer_cache_write=True)  # as the daemon's sessions on a CPU
-    return np.concatenate([to_uint8(codec.decode(session.step()))[0].numpy() for _ in range(chunks)])
+                               sampler=pkg.sampler(), defer_cache_write=True,  # as the daemon's sessions on a CPU
+                               context_latents=start)
+    frames = []
+    for chunk in range(chunks):
+        if cut is not None and chunk == cut[0]:
+            session.set_prompt(embed(cut[1]), "cut", start=cut[2])
+        frames.append(to_uint8(codec.decode(session.step()))[0].numpy())
+    return np.concatenate(frames)
+
+
+def frames_of(c: Client, session: int, n: int) -> list:
+    """The session's next ``n`` frames (other sessions' are dropped)."""
+    frames, deadline = [], time.monotonic() + 60
+    while len(frames) < n and time.monotonic() < deadline:
+        f = c.frame(1)
+        if f is not None and f.session == session:
+            frames.append(f)
+    assert len(frames) == n, f"got {len(frames)} of {n} frames"
+    return frames
 
 
 def test_daemon_serves_the_package_as_trained(package, make_daemon):
@@ -86,15 +108,54 @@ def test_daemon_serves_the_package_as_trained(package, make_daemon):
     with Client(d.endpoint, timeout=60) as c:
         model = c.welcome.model
         assert model["untrained"] is False and model["decoder"] == "toy" and model["text_encoder"] == "hashing"
-        assert model["package"] == str(package) and model["window_frames"] == 6
+        assert model["package"] == str(package) and model["window_frames"] == 6 and model["starts"] == []
         assert c.welcome.video["fps"] == read_package(package).geometry["fps"]
-        s = c.open(PROMPT, seed=3, fps=0)
-        frames, deadline = [], time.monotonic() + 60
-        while len(frames) < 9 and time.monotonic() < deadline:
-            f = c.frame(1)
-            if f is not None and f.session == s:
-                frames.append(f.image)
+        frames = [f.image for f in frames_of(c, c.open(PROMPT, seed=3, fps=0), 9)]
     assert np.array_equal(np.stack(frames), reference(package, chunks=3, seed=3))
+
+
+def test_a_packaged_start_frame_opens_its_prompt_and_a_cut_goes_to_anothers(package, tmp_path, make_daemon):
+    """A package's ``starts``: a session opened with such a prompt begins from its image (sent as frame 0) unless it
+    opts out, and a cut to another such prompt continues from that one's image, frame for frame as in-process."""
+    other = "a snowy field at night"
+    shape = (read_package(package).geometry["height"], read_package(package).geometry["width"], 3)
+    images = {PROMPT: np.zeros(shape, np.uint8), other: np.full(shape, 230, np.uint8)}  # the video's size
+    images[PROMPT][shape[0] // 2:] = (40, 160, 60)
+
+    def add_starts(m: dict, root: Path) -> None:
+        (root / "starts").mkdir()
+        for name, (prompt, image) in zip(("a.png", "b.png"), images.items()):
+            Image.fromarray(image).save(root / "starts" / name)
+        m["starts"] = {PROMPT: "starts/a.png", other: "starts/b.png"}
+
+    pkg = broken(package, tmp_path, add_starts)
+    codec = randomize(ToyCodec.load(pkg / "codec.safetensors"), seed=1, std=0.3)  # the micro codec is all grey
+    codec.save(pkg / "codec.safetensors")
+    runtime = build_runtime(RuntimeOptions(model=str(pkg)))
+    latents = {prompt: runtime.encode_start(image) for prompt, image in images.items()}
+    d = make_daemon(runtime)
+    with Client(d.endpoint, timeout=60) as c:
+        assert c.welcome.model["starts"] == [PROMPT, other]
+        s = c.open(PROMPT, seed=3, fps=0)
+        first = frames_of(c, s, 7)
+        lead = to_uint8(codec.decode(latents[PROMPT]))[0, 0].numpy()
+        assert first[0].index == 0 and np.array_equal(first[0].image, lead)
+        assert np.array_equal(np.stack([f.image for f in first[1:]]),
+                              reference(pkg, chunks=2, seed=3, start=latents[PROMPT]))
+        plain = c.open(PROMPT, seed=3, fps=0, package_start=False)
+        assert np.array_equal(np.stack([f.image for f in frames_of(c, plain, 6)]), reference(pkg, chunks=2, seed=3))
+        c.close_session(plain)
+        seq = c.send(s, prompt=other, mode="cut")
+        after = [f for f in frames_of(c, s, 40) if f.header["prompt_seq"] == seq]
+        assert after, "the cut never applied"
+        assert c.reset(s)["epoch"] == 1  # a reset starts over from the prompt now in effect, and its image
+        again = next(f for f in iter(lambda: c.frame(10), None) if f.session == s and f.epoch == 1)
+        assert again.index == 0 and np.array_equal(again.image, to_uint8(codec.decode(latents[other]))[0, 0].numpy())
+    chunk = after[0].header["chunk"]
+    expected = reference(pkg, chunks=chunk + 1, seed=3, start=latents[PROMPT], cut=(chunk, other, latents[other]))
+    assert np.array_equal(np.stack([f.image for f in after[:3]]), expected[-3:])
+    plain_cut = reference(pkg, chunks=chunk + 1, seed=3, start=latents[PROMPT], cut=(chunk, other, None))
+    assert not np.array_equal(plain_cut[-3:], expected[-3:])  # the image made a difference
 
 
 def test_generate_makes_a_video_from_the_package(package, tmp_path, capsys):
@@ -182,6 +243,10 @@ BAD = [
     (lambda m, d: m.update(sampler={"shift": 5, "steps": 3}), r"'sampler' is not a sampler config"),
     (lambda m, d: m.pop("text_encoder"), r"'text_encoder' is missing"),
     (lambda m, d: m["sampler"].update(guided_steps=[9]), r"'sampler' is not a sampler config: guided_steps must index"),
+    (lambda m, d: m.update(starts=["start.png"]), r"'starts' must be dict"),
+    (lambda m, d: m.update(starts={PROMPT: "starts/gone.png"}), r"'starts' names .*gone.png for 'a quiet forest'"),
+    (lambda m, d: ((d / "bad.png").write_bytes(b"not a png"), m.update(starts={PROMPT: "bad.png"})),
+     r"'starts' image .*bad.png for 'a quiet forest' is not readable"),
 ]
 
 

@@ -204,6 +204,41 @@ def test_a_frame_reference_model_sees_the_last_clean_frame_before_each_chunk():
 
 
 @torch.no_grad()
+def test_a_cut_to_a_start_frame_continues_from_it_as_a_new_stream_would():
+    """A cut with ``start`` drops the history and writes the start frame under the new prompt with nothing before it
+    (zero reference, as a stream's first frame); the next chunk follows it and attends to it alone. With the same
+    noise, the chunk equals a fresh stream's first chunk from that frame (attention sees relative positions only)."""
+    from conftest import make_model
+
+    model = make_model(frame_reference=True)
+    start = torch.randn(1, SHAPE[0], 1, *SHAPE[1:])
+    s = session(model, window=7)
+    s.step(), s.step()
+    with pytest.raises(ValueError, match="needs a 'cut' switch"):
+        s.set_prompt(text(seed=4), "recache", start=start)
+    seen = []
+    forward = model.forward_chunks
+
+    def spy(x, t, context, caches, starts, controls=None, **kw):
+        seen.append((starts[0], controls.reference[:, :, :1].clone()))
+        return forward(x, t, context, caches, starts, controls, **kw)
+
+    s.set_prompt(text(seed=4), "cut", start=start)
+    noise = s.generator.get_state()
+    model.forward_chunks = spy
+    try:
+        after = s.step()
+    finally:
+        del model.forward_chunks
+    assert seen[0][0] == 6 and torch.equal(seen[0][1], torch.zeros_like(start))  # the start frame's own write
+    assert all(f == 7 and torch.equal(ref, start) for f, ref in seen[1:])  # the chunk after it follows it
+    assert [ch.start for ch in s._history] == [6, 7]  # the frames before the cut are gone
+    fresh = session(model, text(seed=4), window=7, context_latents=start)
+    fresh.generator.set_state(noise)
+    torch.testing.assert_close(after, fresh.step(), atol=1e-4, rtol=1e-4)
+
+
+@torch.no_grad()
 def test_a_fresh_reference_module_changes_nothing():
     """The reference embedding starts at zero: a frame_reference model made from a checkpoint without one streams
     exactly what the checkpoint did."""
@@ -358,7 +393,8 @@ def test_a_deferred_cache_write_streams_the_same_chunks(sink, window, guidance, 
                 pair[1].set_prompt(text(seed=4), "recache")
             if i == 7:
                 pair[0].set_prompt(text(seed=5), "cut")
-                pair[1].push_context(torch.randn(1, *SHAPE[:1], 2, *SHAPE[1:], generator=torch.Generator().manual_seed(9)))
+                g = torch.Generator().manual_seed(9)
+                pair[1].push_context(torch.randn(1, *SHAPE[:1], 2, *SHAPE[1:], generator=g))
             c = controls(i)
             parts = [None, None] if c is None else [dataclasses.replace(c, keys=c.keys[j:j + 1]) for j in (0, 1)]
             out += step_sessions(pair, parts) if i % 2 else [s.step(p) for s, p in zip(pair, parts)]

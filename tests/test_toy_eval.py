@@ -16,7 +16,8 @@ from worldsim.checkpoints.worldsim_format import save_worldsim
 from worldsim.codecs.toy_codec import ToyCodec, ToyCodecConfig
 from worldsim.model.config import ControlConfig, DiTConfig
 from worldsim.model.dit import CausalWanDiT
-from worldsim.train.evaluate import REFERENCES, EvalConfig, ModelSpec, evaluate, format_prompted, format_table
+from worldsim.train.evaluate import (REFERENCES, EvalConfig, ModelSpec, evaluate, format_prompted, format_table,
+                                     theme_start)
 from worldsim.world import AXES, KEYS
 from worldsim.world.metrics import KINDS, OUTCOMES
 from worldsim.world.themes import THEMES
@@ -134,6 +135,13 @@ def test_the_from_a_prompt_probe_scores_every_theme_against_its_look(tmp_path):
     assert strip.size == (6 * 64, len(THEMES) * 64 + (len(THEMES) - 1) * 4)  # one row per theme, every frame
     table = format_prompted(results)
     assert "tiny" in table and all(t in table for t in THEMES) and "token grid" in table
+    start = results["from_start"]  # the same streams, each continuing from a frame of its theme's world
+    assert start["from_frame"] and not probe["from_frame"] and start["references"] == probe["references"]
+    assert set(start["models"]["tiny"]["per_theme"]) == set(THEMES) and len(start["models"]["tiny"]["per_chunk"]) == 2
+    assert Image.open(tmp_path / "eval" / "start_tiny.png").size == strip.size
+    assert format_prompted(results, "from_start").startswith("from a start frame of the theme (6 frames")
+    starts = [theme_start(t, 10) for t in THEMES]
+    assert all(f.shape == (64, 64, 3) for f in starts) and len({f.tobytes() for f in starts}) == len(THEMES)
 
 
 def test_model_spec_and_schema_check(tmp_path):

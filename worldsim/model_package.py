@@ -10,13 +10,17 @@
                                            "text_guidance": 1.5, "guided_steps": [3]},
                                "cache": {"sink_frames": 0, "window_frames": 6},
                                "reference_flow": "reference_flow.safetensors",
+                               "starts": {"a quiet forest path at dawn": "start_forest.png", ...},
                                "provenance": {"stage": "self-forcing", "recipe": "...", "steps": 4000, ...}}
 
 ``sampler`` holds fields of :class:`~worldsim.sampling.schedule.SamplerConfig`; those left out take its defaults
 (the guidance fields came later and are optional: packages without them read as before). ``reference_flow``
 (optional) names a :class:`~worldsim.model.reference_flow.ReferenceFlow` file (``worldsim train flow``): the
 runtime then moves each reference frame by the controls before the DiT reads it; it needs a ``frame_reference``
-DiT, a ``toy`` codec and the DiT's control schema.
+DiT, a ``toy`` codec and the DiT's control schema. ``starts`` (optional) maps prompts to images (PNG or JPEG) of
+the scene each describes: a session opened with such a prompt and no start frame of its own begins from the image,
+and so does a ``cut`` switch to it (``bridge/PROTOCOL.md``, ``welcome.model.starts``), so that a model trained to
+continue its world's frames opens on one.
 
 Codecs: ``toy`` (worldsim's per-frame codec, a file in the package), ``wan_vae`` (the Wan2.1 VAE, a path) and
 ``preview`` (weight-free). Text encoders: ``hashing`` (its two sizes) or ``umt5`` (``path`` and ``tokenizer``).
@@ -97,6 +101,11 @@ class ModelPackage:
         return None if name is None else self.file(name)
 
     @property
+    def starts(self) -> dict[str, Path]:
+        """Prompt -> the image a stream of that prompt starts from (empty when the package has none)."""
+        return {prompt: self.file(name) for prompt, name in self.manifest.get("starts", {}).items()}
+
+    @property
     def provenance(self) -> dict:
         return self.manifest.get("provenance", {})
 
@@ -173,6 +182,12 @@ def read_package(path: str | Path) -> ModelPackage:
         if kind != "toy":
             raise PackageError(f"{where}: a reference_flow needs the toy codec (it decodes and re-encodes each "
                                f"reference frame), not {kind!r}")
+    starts = _need(where, m, "starts", dict) if "starts" in m else {}
+    for prompt, name in starts.items():
+        if not prompt or not isinstance(name, str):
+            raise PackageError(f"{where}: 'starts' maps prompts to image files, got {prompt!r:.80}: {name!r:.80}")
+        if not pkg.file(name).is_file():
+            raise PackageError(f"{where}: 'starts' names {pkg.file(name)} for {prompt!r:.80}, which does not exist")
     for key in ("sink_frames", "window_frames"):
         if key in pkg.cache and (not isinstance(pkg.cache[key], int) or pkg.cache[key] < 0):
             raise PackageError(f"{where}: cache '{key}' must be a non-negative integer, got {pkg.cache[key]!r}")

@@ -29,6 +29,7 @@ from pathlib import Path
 import numpy as np
 import torch
 import torch.nn.functional as F
+from PIL import Image
 from torch import nn
 
 from .codecs.base import StreamingDecoder
@@ -44,6 +45,7 @@ from .pipeline.devices import (channels_last_convs, column_major_linears, compil
                                text_encoder_dtype)
 from .sampling.schedule import SamplerConfig
 from .sampling.session import StreamingSession
+from .serve.frame_format import fit
 from .serve.protocol import ControlSchema
 from .text.hashing import HashingPromptEmbedder, PromptEmbedder
 
@@ -119,6 +121,7 @@ class Runtime:
     target_device: torch.device | None = None  # where to_device() moves the weights (stage_on_cpu)
     modules: list[nn.Module] = field(default_factory=list)  # decoder/encoder modules moved with the DiT
     move_reference: Callable[[torch.Tensor, Controls], torch.Tensor] | None = None  # a package's reference flow
+    start_frames: dict[str, np.ndarray] = field(default_factory=dict)  # prompt -> a package's start [H, W, 3] uint8
     _empty_prompt: torch.Tensor | None = None  # the empty prompt's embedding, for text guidance (kept once made)
 
     @property
@@ -478,7 +481,20 @@ def _package_runtime(opts: RuntimeOptions, target: torch.device, device: torch.d
                    text_encoder_name=text["kind"], sampler=pkg.sampler(),
                    source={"package": str(pkg.root), "provenance": prov,
                            "reference_flow": move_reference is not None},
-                   modules=modules, move_reference=move_reference)
+                   modules=modules, move_reference=move_reference,
+                   start_frames=_start_frames(pkg, height, width, where))
+
+
+def _start_frames(pkg, height: int, width: int, where: str) -> dict[str, np.ndarray]:
+    """The package's start frames (``starts``), each read as RGB and fitted to the video size."""
+    frames = {}
+    for prompt, path in pkg.starts.items():
+        try:
+            with Image.open(path) as image:
+                frames[prompt] = fit(np.asarray(image.convert("RGB")), height, width)
+        except (OSError, ValueError) as e:
+            raise PackageError(f"{where}: 'starts' image {path} for {prompt!r:.80} is not readable: {e}") from None
+    return frames
 
 
 def _reference_flow(pkg, cfg: DiTConfig, device: torch.device, where: str):
@@ -506,5 +522,6 @@ def describe(backend: Runtime) -> dict:
     return {"name": backend.name, "untrained": backend.untrained, "decoder": backend.decoder_name,
             "dim": cfg.dim, "layers": cfg.num_layers, "device": str(backend.device),
             "dtype": str(backend.dtype).removeprefix("torch."), "text_encoder": backend.text_encoder_name,
-            "sink_frames": backend.sink_frames, "window_frames": backend.window_frames, **backend.source}
+            "sink_frames": backend.sink_frames, "window_frames": backend.window_frames,
+            "starts": list(backend.start_frames), **backend.source}
 

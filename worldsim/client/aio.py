@@ -117,10 +117,11 @@ class AsyncClient:
     # ---- API (same meaning as the sync Client) -------------------------------------------------------------------
     async def open(self, prompt: str = "", *, seed: int = 0, format: str = "rgb24", jpeg_quality: int = 85,
                    fps: float | None = None, echo_controls: bool = False, start_frame=None,
-                   start_frame_format: str | None = None) -> int:
+                   start_frame_format: str | None = None, package_start: bool = True) -> int:
         reply = await self._request(*self.core.message(
             "open", prompt=prompt, seed=seed, format=format, jpeg_quality=jpeg_quality, fps=fps,
-            echo_controls=echo_controls, start_frame=start_frame_to_wire(start_frame, start_frame_format)))
+            echo_controls=echo_controls, start_frame=start_frame_to_wire(start_frame, start_frame_format),
+            package_start=package_start))
         return reply["session"]
 
     async def send(self, session: int, *, controls=None, hold=None, prompt: str | None = None, mode: str = "soft",

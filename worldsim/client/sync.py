@@ -116,11 +116,14 @@ class Client:
     # ---- API ---------------------------------------------------------------------------------------------------
     def open(self, prompt: str = "", *, seed: int = 0, format: str = "rgb24", jpeg_quality: int = 85,
              fps: float | None = None, echo_controls: bool = False, start_frame=None,
-             start_frame_format: str | None = None) -> int:
-        """Open a session; returns its id. fps: None = the daemon's rate, 0 = unpaced (as fast as possible)."""
+             start_frame_format: str | None = None, package_start: bool = True) -> int:
+        """Open a session; returns its id. fps: None = the daemon's rate, 0 = unpaced (as fast as possible).
+        start_frame: an image [H, W, 3] uint8 (or JPEG/PNG bytes) the stream continues from; without one, a model
+        package's start frame for the prompt (``welcome.model.starts``) unless ``package_start`` is False."""
         reply = self._request(*self.core.message(
             "open", prompt=prompt, seed=seed, format=format, jpeg_quality=jpeg_quality, fps=fps,
-            echo_controls=echo_controls, start_frame=start_frame_to_wire(start_frame, start_frame_format)))
+            echo_controls=echo_controls, start_frame=start_frame_to_wire(start_frame, start_frame_format),
+            package_start=package_start))
         return reply["session"]
 
     def send(self, session: int, *, controls=None, hold=None, prompt: str | None = None, mode: str = "soft",

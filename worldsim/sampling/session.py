@@ -93,7 +93,8 @@ class StreamingSession:
         self.timesteps = self.schedule.sampling_timesteps(self.sampler)
         self.chunk_frames = chunk_frames or model.cfg.chunk_frames  # other sizes than trained work at inference
         if window_frames < self.chunk_frames:
-            raise ValueError(f"window_frames ({window_frames}) must hold at least one chunk ({self.chunk_frames} frames)")
+            raise ValueError(f"window_frames ({window_frames}) must hold at least one chunk "
+                             f"({self.chunk_frames} frames)")
         c, h, w = latent_shape
         if c != model.cfg.in_dim:
             raise ValueError(f"latent_shape has {c} channels but the model takes {model.cfg.in_dim}")
@@ -116,7 +117,7 @@ class StreamingSession:
         self.frame = 0  # absolute index of the next latent frame
         self._history: list[_Chunk] = []  # clean latents of every resident frame (for recache)
         self._last: torch.Tensor | None = None  # [B, C, 1, H, W] the last clean frame (a frame_reference model's input)
-        self._pending: tuple[torch.Tensor, str, str] | None = None
+        self._pending: tuple[torch.Tensor, str, str, torch.Tensor | None] | None = None
         self.defer_cache_write = defer_cache_write
         self._unwritten: _Chunk | None = None  # the last chunk as the cache will see it, its write deferred
         if context_latents is not None:
@@ -131,31 +132,39 @@ class StreamingSession:
             raise ValueError(f"prompt batch {embeds.shape[0]} does not match the session batch {self.batch}")
         return embeds.to(self.device, self.dtype)
 
-    def set_prompt(self, prompt_embeds: torch.Tensor, mode: str = "soft", sink: str = "keep") -> None:
+    def set_prompt(self, prompt_embeds: torch.Tensor, mode: str = "soft", sink: str = "keep",
+                   start: torch.Tensor | None = None) -> None:
         """Switch the prompt at the next chunk boundary.
 
         soft: the next chunk attends to the new text; cached frames keep the K/V they were made with.
         recache: the resident frames' K/V are recomputed from their clean latents under the new prompt (sink
         kept, or rewritten too with ``sink="refresh"``) — one extra forward over the window.
-        cut: history is dropped (the sink stays); the next chunk sees only the sink and the new text.
+        cut: history is dropped (the sink stays); the next chunk sees only the sink and the new text, or, with
+        ``start`` (clean latents [B, C, F, H, W], e.g. a frame of the new scene), continues from those frames as a
+        new stream continues from its context (they are written under the new prompt, the first as a stream's first).
         """
         if mode not in SWITCH_MODES:
             raise ValueError(f"unknown prompt switch mode {mode!r}; choose one of {SWITCH_MODES}")
         if sink not in SINK_POLICIES:
             raise ValueError(f"unknown sink policy {sink!r}; choose one of {SINK_POLICIES}")
-        self._pending = (self._check_prompt(prompt_embeds), mode, sink)
+        if start is not None and mode != "cut":
+            raise ValueError(f"a start frame needs a 'cut' switch (a {mode!r} switch keeps the history)")
+        self._pending = (self._check_prompt(prompt_embeds), mode, sink, start)
 
     def _apply_pending_prompt(self) -> None:
         if self._pending is None:
             return
         write_deferred([self])  # under the prompt it was made with
-        embeds, mode, sink = self._pending
+        embeds, mode, sink, start = self._pending
         self._pending = None
         self.prompt = embeds
         self.cache.invalidate_text()
         if mode == "cut":
             self.cache.restart_window(self.frame)
             self._prune_history()
+            if start is not None:
+                self._last = None  # the start frame has no frame before it, as at a stream's first frame
+                self.push_context(start)
         elif mode == "recache":
             self._recache(refresh_sink=sink == "refresh")
 
@@ -243,7 +252,6 @@ def step_sessions(sessions: list[StreamingSession], controls: list[Controls | No
     ``defer_cache_write`` the sessions' previous chunks are written by this step's first forward.
     """
     first = sessions[0]
-    controls = [s._chunk_controls(c, s.chunk_frames) for s, c in zip(sessions, controls)]
     if len({s.batch_key(c) for s, c in zip(sessions, controls)}) > 1:
         raise ValueError("sessions stepped together must share model, chunk size, latent shape, text length, "
                          "sampler and control sources")
@@ -251,6 +259,7 @@ def step_sessions(sessions: list[StreamingSession], controls: list[Controls | No
         write_deferred(sessions)  # all in one forward, each under the prompt it was made with, before any switch
     for s in sessions:
         s._apply_pending_prompt()
+    controls = [s._chunk_controls(c, s.chunk_frames) for s, c in zip(sessions, controls)]  # after a cut's start
     n, model, schedule = first.chunk_frames, first.model, first.schedule
     caches, starts = [s.cache for s in sessions], [s.frame for s in sessions]
     prompt = torch.cat([s.prompt for s in sessions]) if len(sessions) > 1 else first.prompt
@@ -376,4 +385,5 @@ def without_controls(controls: Controls | None) -> Controls | None:
     if controls is None or not controls.sources():
         return None
     b, f = controls.sources()[0].shape[:2]
-    return dataclasses.replace(controls, present=torch.zeros(b, f, dtype=torch.bool, device=controls.sources()[0].device))
+    absent = torch.zeros(b, f, dtype=torch.bool, device=controls.sources()[0].device)
+    return dataclasses.replace(controls, present=absent)

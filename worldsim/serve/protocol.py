@@ -16,7 +16,8 @@ from typing import Any
 import msgpack
 import numpy as np
 
-PROTOCOL_VERSION = "1.1.0"  # 1.1: open.lookahead, unasked closed(failed), welcome.limits.decode
+PROTOCOL_VERSION = "1.2.0"  # 1.1: open.lookahead, unasked closed(failed), welcome.limits.decode;
+#                             1.2: a package's start frames (welcome.model.starts, open.package_start)
 
 FRAME_FORMATS = ("rgb24", "jpeg")
 SWITCH_MODES = ("soft", "recache", "cut")
@@ -182,6 +183,7 @@ class Open:
     echo_controls: bool = False
     start_frame: StartFrame | None = None
     lookahead: float = 0.0  # seconds of extra buffer a paced session keeps (smoothness over latency)
+    package_start: bool = True  # without a start_frame: the model package's frame for the prompt, if it has one
 
 
 @dataclass
@@ -404,7 +406,7 @@ def parse(msg: dict[str, Any], schema: ControlSchema, limits: Limits):
                     _get(msg, "format", "str", "rgb24", choices=FRAME_FORMATS),
                     _get(msg, "jpeg_quality", "int", 85, 1, 100), _get(msg, "fps", "num", None, 0, 240),
                     _get(msg, "echo_controls", "bool", False), _start_frame(msg, limits),
-                    _get(msg, "lookahead", "num", 0.0, 0, MAX_LOOKAHEAD_S))
+                    _get(msg, "lookahead", "num", 0.0, 0, MAX_LOOKAHEAD_S), _get(msg, "package_start", "bool", True))
     if kind == "input":
         prompt = _get(msg, "prompt", "map", None)
         if prompt is not None:

@@ -42,17 +42,17 @@ class ServeSession:
         self.controls = ControlBuffer(backend.schema, limits.max_queued_samples)
         self.prompt_text, self.prompt_seq, self.prompt_embed = spec.prompt, 0, prompt_embed
         self._switches: list[tuple[Future, PromptSwitch, int]] = []  # requested, embedding maybe not ready yet
-        self.start_latents = self._start_latents(spec)
+        self.start_latents = self._start_latents(spec) if spec.start_frame is not None else \
+            self._package_start(spec.prompt)
         self.paused = False
         self.last_input: tuple[int, float | None] | None = None  # (seq, client t) of the newest input
         self._pending_inputs: list[float] = []  # arrival times of inputs no chunk has used yet
         self.decoding = 0  # frames of chunks generated but not yet decoded (any epoch)
         self.reset(0)
 
-    def _start_latents(self, spec: Open) -> torch.Tensor | None:
+    def _start_latents(self, spec: Open) -> torch.Tensor:
+        """The latents of the client's own start frame."""
         sf = spec.start_frame
-        if sf is None:
-            return None
         if self.backend.encode_start is None:
             raise ValueError("this daemon's decoder has no encoder, so it cannot start from a frame")
         try:
@@ -61,6 +61,14 @@ class ServeSession:
             raise ValueError(f"start_frame is not a readable {sf.format} image: {e}") from None
         h, w = self.backend.video_shape
         return self.backend.encode_start(frame_format.fit(image, h, w))
+
+    def _package_start(self, prompt: str) -> torch.Tensor | None:
+        """The latents of the model package's start frame for ``prompt``, when the session uses them (it brought no
+        start frame of its own and did not opt out) and the package has one."""
+        spec, b = self.spec, self.backend
+        if spec.start_frame is not None or not spec.package_start or prompt not in b.start_frames:
+            return None
+        return b.encode_start(b.start_frames[prompt])
 
     # ---- lifecycle ------------------------------------------------------------------------------------------
     def reset(self, epoch: int) -> None:
@@ -85,7 +93,12 @@ class ServeSession:
         while self._switches and self._switches[0][0].done():
             fut, switch, seq = self._switches.pop(0)
             self.prompt_embed = fut.result()
-            self.stream.set_prompt(self.prompt_embed, mode=switch.mode, sink=switch.sink)
+            start = None
+            if self.spec.start_frame is None:  # the package's start follows the prompt: a later reset begins there,
+                self.start_latents = self._package_start(switch.text)
+                if switch.mode == "cut" and self.start_latents is not None:  # and a cut goes there now
+                    start = self.start_latents.to(self.backend.device, self.backend.dtype)
+            self.stream.set_prompt(self.prompt_embed, mode=switch.mode, sink=switch.sink, start=start)
             self.prompt_text, self.prompt_seq = switch.text, seq
             self.stats.prompt_switches += 1
 

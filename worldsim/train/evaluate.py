@@ -42,7 +42,8 @@ the controls gives the same video twice, never reversed). The codec's reconstruc
 too: how much of each motion the latent space the models work in keeps. ``held_<model>.png`` shows the first
 episode: per kind, the world and the model under the command, then under its mirror.
 
-From a prompt (``prompt_frames`` > 0): what ``worldsim play`` shows when it opens. Per theme, ``prompt_streams``
+From a prompt (``prompt_frames`` > 0): what ``worldsim play`` shows when it opens a model without start frames.
+Per theme, ``prompt_streams``
 streams (noise seeds) start from the theme's first dataset prompt alone (no context frames) and run
 ``prompt_frames`` frames with no key or mouse held. Each frame's colour histogram is compared with the theme's
 look: the world's frames of that theme seen turning on the spot at ``THEME_PLACES`` held-out places
@@ -54,6 +55,10 @@ frames at other places: the floor), ``codec`` (those through the codec: what its
 frame is also scored by :func:`~worldsim.world.metrics.token_grid` at the model's token size in pixels (patch x
 codec stride): about 0 for the world's frames and through the codec (the references), well above it for a stream
 tiled with token-size blobs. ``prompt_<model>.png`` shows each theme's first stream for looking.
+
+From a start frame (``from_start``, with the above): the same streams, scored the same way, each first continuing
+from one frame of its theme's world at a held-out place of its own (:func:`theme_start`), as the daemon opens a
+prompt for which the model package has a start frame: does the model keep a world it is shown? ``start_<model>.png``.
 """
 
 from __future__ import annotations
@@ -294,15 +299,21 @@ class Generator:
         return np.concatenate(frames), seconds
 
     @torch.no_grad()
-    def from_prompt(self, prompt: str, frames: int, seed: int, latent_shape: tuple[int, int, int]) -> np.ndarray:
+    def from_prompt(self, prompt: str, frames: int, seed: int, latent_shape: tuple[int, int, int],
+                    start: np.ndarray | None = None) -> np.ndarray:
         """``frames`` frames [frames, H, W, 3] uint8 streamed from ``prompt`` alone, no key or mouse held (frame 0
-        takes no controls, as in training)."""
+        takes no controls, as in training), or continuing from the frame ``start`` [H, W, 3] uint8 (as the daemon
+        opens a prompt that has a package start frame; that frame is not among those returned)."""
         n, device = self.n, self.cfg.device
         session = self.session(prompt, latent_shape, seed)
+        first = 0  # the stream's frame number of the first generated frame
+        if start is not None:
+            session.push_context(self.codec.encode(to_tensor(start[None], device)))
+            first = 1
         keys, axes = torch.zeros(1, n, 1, len(KEYS), device=device), torch.zeros(1, n, 1, len(AXES), device=device)
         out = []
-        for start in range(0, frames, n):
-            idle = Controls(keys, axes, None, (torch.arange(start, start + n) > 0)[None].to(device))
+        for at in range(first, first + frames, n):
+            idle = Controls(keys, axes, None, (torch.arange(at, at + n) > 0)[None].to(device))
             out.append(decoded_frames(self.codec.decode(session.step(idle))))
         return np.concatenate(out)[:frames]
 
@@ -435,9 +446,10 @@ def evaluate(specs: list[ModelSpec], codec_path: str | Path, cfg: EvalConfig = E
                           for g in generators}}
     if held is not None:
         results["held_commands"] = held
-    prompted, prompt_strips = from_prompt(generators, codec, cfg) if cfg.prompt_frames > 0 else (None, {})
-    if prompted is not None:
-        results["from_prompt"] = prompted
+    probe_strips = {}
+    if cfg.prompt_frames > 0:
+        for key, from_frame in (("from_prompt", False), ("from_start", True)):
+            results[key], probe_strips[key] = from_prompt(generators, codec, cfg, from_frame)
     if out is not None:
         out = Path(out)
         out.mkdir(parents=True, exist_ok=True)
@@ -446,8 +458,9 @@ def evaluate(specs: list[ModelSpec], codec_path: str | Path, cfg: EvalConfig = E
             strip_image(rows, cfg.strip_every).save(out / f"strip_{name}.png")
         for name, rows in held_strips.items():
             strip_image(rows, 1).save(out / f"held_{name}.png")
-        for name, rows in prompt_strips.items():
-            strip_image(rows, max(1, cfg.prompt_frames // 20)).save(out / f"prompt_{name}.png")
+        for key, prefix in (("from_prompt", "prompt"), ("from_start", "start")):
+            for name, rows in probe_strips.get(key, {}).items():
+                strip_image(rows, max(1, cfg.prompt_frames // 20)).save(out / f"{prefix}_{name}.png")
     return results
 
 
@@ -493,12 +506,18 @@ def theme_views(theme: str, seeds: list[int], frames: int = 48) -> np.ndarray:
     return np.concatenate([world.rollout(world.start_state(s, theme), keys, axes).frames for s in seeds])
 
 
-def from_prompt(generators: list[Generator], codec: ToyCodec, cfg: EvalConfig
+def theme_start(theme: str, place: int) -> np.ndarray:
+    """The world's first frame of ``theme`` at the seeded place ``place``: [H, W, 3] uint8 (a stream's start frame)."""
+    return World(EpisodeConfig().world).reset(place, theme)
+
+
+def from_prompt(generators: list[Generator], codec: ToyCodec, cfg: EvalConfig, from_frame: bool = False
                 ) -> tuple[dict, dict[str, list[tuple[np.ndarray]]]]:
     """The from-a-prompt probe (module docstring): {"themes": [...], "references": {name: {"mean": d}}, "models":
     {name: {"early", "late", "per_theme": {theme: {"early", "late"}}, "per_chunk", "grid": {"period", "early",
     "late", "world", "codec", "per_theme"}}}}: colour-histogram distance, and the token grid with its references at
-    the model's token size; per model one strip row per theme."""
+    the model's token size; per model one strip row per theme. ``from_frame``: each stream continues from a start
+    frame of its theme (:func:`theme_start` at a place of its own, none of the looks' places) instead."""
     n = generators[0].n
     frames = cfg.prompt_frames - cfg.prompt_frames % n or n  # whole chunks
     span = min(PROMPT_SPAN, frames)
@@ -522,6 +541,7 @@ def from_prompt(generators: list[Generator], codec: ToyCodec, cfg: EvalConfig
             "codec": [distance(coded[t], t).mean() for t in THEMES],
             "other_themes": [distance(elsewhere[u], t).mean() for t in THEMES for u in THEMES if u != t]}
     results = {"themes": list(THEMES), "frames": frames, "span": span, "streams": cfg.prompt_streams,
+               "from_frame": from_frame,
                "references": {name: {"mean": float(np.mean(v))} for name, v in refs.items()}, "models": {}}
     strips: dict[str, list[tuple[np.ndarray]]] = {}
     for g in generators:
@@ -530,7 +550,9 @@ def from_prompt(generators: list[Generator], codec: ToyCodec, cfg: EvalConfig
         for i, theme in enumerate(THEMES):
             d, grid = [], []
             for stream in range(cfg.prompt_streams):
-                video = g.from_prompt(THEMES[theme].prompts[0], frames, cfg.seed + 1000 * stream + i, latent_shape)
+                start = theme_start(theme, cfg.seed + 2 * THEME_PLACES + stream) if from_frame else None
+                video = g.from_prompt(THEMES[theme].prompts[0], frames, cfg.seed + 1000 * stream + i, latent_shape,
+                                      start)
                 d.append(distance(video, theme))
                 grid.append(token_grid(video, period))
                 if stream == 0:
@@ -547,10 +569,10 @@ def from_prompt(generators: list[Generator], codec: ToyCodec, cfg: EvalConfig
     return results, strips
 
 
-def format_prompted(results: dict) -> str:
-    """The from-a-prompt tables: per model the histogram distance to each theme's look, then the token grid (with
-    its references), early -> late."""
-    r = results["from_prompt"]
+def format_prompted(results: dict, key: str = "from_prompt") -> str:
+    """The from-a-prompt tables (``key`` "from_start": from a start frame): per model the histogram distance to each
+    theme's look, then the token grid (with its references), early -> late."""
+    r = results[key]
     refs = ", ".join(f"{name} {v['mean']:.2f}" for name, v in r["references"].items())
     cols = f"  {'model':<18} {'all':>11}  " + "  ".join(f"{t:>11}" for t in r["themes"])
 
@@ -558,7 +580,8 @@ def format_prompted(results: dict) -> str:
         cells = [f"{m['per_theme'][t]['early']:.2f}->{m['per_theme'][t]['late']:.2f}" for t in r["themes"]]
         return f"  {name:<18} {m['early']:.2f}->{m['late']:.2f}  " + "  ".join(f"{c:>11}" for c in cells)
 
-    lines = [f"from a prompt ({r['frames']} frames, no controls held, {r['streams']} streams per theme): "
+    lines = [f"from {'a start frame of the theme' if r['from_frame'] else 'a prompt'} ({r['frames']} frames, no "
+             f"controls held, {r['streams']} streams per theme): "
              f"colour-histogram distance to the theme, first / last {r['span']} frames (references: {refs})", cols]
     lines += [row(name, m) for name, m in r["models"].items()]
     lines += ["token grid (log power at the token period over its neighbours; 0 = none), first / last "
