@@ -33,7 +33,8 @@ import sys
 import torch
 
 from worldsim.pipeline.options import parse_step_indices
-from worldsim.train.evaluate import EvalConfig, ModelSpec, evaluate, format_held, format_prompted, format_table
+from worldsim.train.evaluate import (EvalConfig, ModelSpec, evaluate, format_held, format_prompted, format_switches,
+                                     format_table)
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -60,6 +61,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                    help="from-a-prompt probes: each theme streamed N frames from its prompt alone, and from a start "
                         "frame of its world, no controls held, as worldsim play opens (default 320: 20 s at 16 fps; "
                         "0: off)")
+    p.add_argument("--switch-frames", type=int, default=96, metavar="N",
+                   help="theme-switch probe: from each theme's start frame, a switch to the next theme by each mode, "
+                        "then N frames (default 96: 6 s at 16 fps; 0: off)")
     p.add_argument("--prompt-streams", type=int, default=d.prompt_streams, metavar="N",
                    help=f"from-a-prompt probe: streams (noise seeds) per theme, averaged (default {d.prompt_streams})")
     p.add_argument("--control-guidance", type=float, metavar="S",
@@ -95,6 +99,7 @@ def main(argv: list[str] | None = None) -> int:
     cfg = EvalConfig(episodes=args.episodes, chunks=args.chunks, seed=args.seed, window_frames=args.window,
                      sink_frames=args.sink, strip_episodes=args.strip_episodes, strip_every=args.strip_every,
                      held_frames=args.held_frames, prompt_frames=args.prompt_frames, prompt_streams=args.prompt_streams,
+                     switch_frames=args.switch_frames,
                      control_guidance=args.control_guidance, text_guidance=args.text_guidance,
                      guided_steps=args.guided_steps, chunk_frames=args.chunk_latents, device=args.device)
     results = evaluate(specs, args.codec, cfg, out=args.out)
@@ -104,6 +109,8 @@ def main(argv: list[str] | None = None) -> int:
     for key in ("from_prompt", "from_start"):
         if key in results:
             print(format_prompted(results, key))
+    if "theme_switch" in results:
+        print(format_switches(results))
     print(f"results and strips in {args.out}")
     return 0
 

@@ -5,8 +5,8 @@ and served by ``worldsim serve`` / ``worldsim play --spawn-daemon`` without ``--
         --control-guidance 2 --eval runs/eval/results.json
 
 Copies the package's DiT, codec, reference flow (its own, or ``--reference-flow FILE`` from ``worldsim train
-flow``) and start frames (its own, or with ``--theme-starts PLACE`` the toy world's first frame of each theme at
-that held-out place, for the theme's first prompt: the default palette of ``worldsim play``), keeps its manifest,
+flow``) and start frames (its own, or with ``--theme-starts`` the toy world's first frame of each theme at a
+held-out place, for the theme's first prompt: the default palette of ``worldsim play``), keeps its manifest,
 serves it with ``--steps``
 evenly spaced denoising steps and ``--control-guidance`` / ``--text-guidance`` / ``--guided-steps`` (speed / quality
 choices: the package's own sampler otherwise), and rewrites the provenance so that it names no path of the machine
@@ -72,9 +72,24 @@ def evaluation_summary(results: dict, model: str | None = None) -> dict:
     return out
 
 
-def theme_starts(place: int) -> dict[str, tuple[str, np.ndarray]]:
-    """Per toy-world theme: its first prompt and the world's first frame of the theme at ``place``."""
-    return {name: (theme.prompts[0], theme_start(name, place)) for name, theme in THEMES.items()}
+def parse_places(text: str) -> dict[str, int]:
+    """``--theme-starts``: one place for every theme ("20000") or one per theme ("forest=20000,desert=20001,...")."""
+    if "=" not in text:
+        return dict.fromkeys(THEMES, int(text))
+    places = {}
+    for item in text.split(","):
+        name, _, place = item.partition("=")
+        if name.strip() not in THEMES:
+            raise argparse.ArgumentTypeError(f"unknown theme {name.strip()!r}; the themes are {', '.join(THEMES)}")
+        places[name.strip()] = int(place)
+    if set(places) != set(THEMES):
+        raise argparse.ArgumentTypeError(f"give a place for every theme ({', '.join(THEMES)})")
+    return places
+
+
+def theme_starts(places: dict[str, int]) -> dict[str, tuple[str, np.ndarray]]:
+    """Per toy-world theme: its first prompt and the world's first frame of the theme at its place."""
+    return {name: (theme.prompts[0], theme_start(name, places[name])) for name, theme in THEMES.items()}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -90,10 +105,10 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--reference-flow", type=Path, metavar="FILE",
                    help="serve with this reference flow (worldsim train flow's OUT/final/flow.safetensors) instead of "
                         "the package's own")
-    p.add_argument("--theme-starts", type=int, metavar="PLACE",
-                   help="start frames: each toy-world theme's first frame at this seeded place (use one no training "
-                        "or evaluation episode starts at: the data uses seeds from 0, toy_eval from 10000), for "
-                        "the theme's first prompt")
+    p.add_argument("--theme-starts", type=parse_places, metavar="PLACE|THEME=PLACE,..",
+                   help="start frames: each toy-world theme's first frame at this seeded place, or at its own (use "
+                        "places no training or evaluation episode starts at: the data uses seeds from 0, toy_eval "
+                        "from 10000), for the theme's first prompt")
     p.add_argument("--eval", type=Path, help="toy_eval results.json to record in the provenance")
     p.add_argument("--eval-model", metavar="NAME", help="record only this model of --eval (default: all of them)")
     p.add_argument("--out", type=Path, default=DEFAULT_PACKAGE, help=f"(default {DEFAULT_PACKAGE})")
@@ -147,6 +162,8 @@ def main(argv: list[str] | None = None) -> int:
             manifest["sampler"][key] = getattr(args, key)  # a tuple of guided steps is written as a JSON list
     prov = portable(manifest["provenance"])
     prov["name"] = args.name
+    if args.theme_starts is not None:
+        prov["starts"] = {"toy_world_places": args.theme_starts}
     if evaluation is not None:
         prov["evaluation"] = evaluation
     manifest["provenance"] = prov

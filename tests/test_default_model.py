@@ -11,14 +11,17 @@ import time
 import zipfile
 from pathlib import Path
 
+import numpy as np
 import pytest
+from PIL import Image
 
 from worldsim.client import Client
 from worldsim.codecs.toy_codec import ToyCodec
 from worldsim.model_package import DEFAULT_PACKAGE, default_package, read_package
 from worldsim.runtime import RuntimeOptions, build_runtime
-from worldsim.train.evaluate import EvalConfig, Generator, ModelSpec, held_commands, held_out_episodes
+from worldsim.train.evaluate import EvalConfig, Generator, ModelSpec, held_commands, held_out_episodes, theme_start
 from worldsim.world import AXES, KEYS
+from worldsim.world.themes import THEMES
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 REPO = Path(__file__).resolve().parents[1]
@@ -43,6 +46,18 @@ def test_the_default_model_is_a_small_trained_package_naming_no_machine_path():
     assert pkg.provenance["untrained"] is False and pkg.provenance["steps"] > 0
     manifest = json.loads((DEFAULT_PACKAGE / "worldsim-model.json").read_text())
     assert not [s for s in _strings(manifest) if Path(s).is_absolute()]  # the embed script made them file names
+
+
+def test_every_theme_of_the_palette_starts_from_its_world():
+    """The default palette's prompts (each theme's first) have start frames: the toy world's first frame of the
+    theme at the place the provenance names; the daemon opens the palette's first prompt from it."""
+    pkg = read_package(default_package())
+    places = pkg.provenance["starts"]["toy_world_places"]
+    assert set(places) == set(THEMES) and set(pkg.starts) == {theme.prompts[0] for theme in THEMES.values()}
+    for name, theme in THEMES.items():
+        assert places[name] >= 20_000  # no training (seeds from 0) or evaluation (from 10,000) episode starts there
+        image = np.asarray(Image.open(pkg.starts[theme.prompts[0]]).convert("RGB"))
+        assert np.array_equal(image, theme_start(name, places[name])), name
 
 
 def test_the_wheel_carries_the_default_model(tmp_path):
@@ -81,6 +96,24 @@ def test_the_daemon_serves_it_as_trained(make_daemon):
                 frames.append(f.image)
     assert len(frames) == 4 and frames[0].shape == (64, 64, 3)
     assert frames[0].std() > 5  # a picture, not a flat field
+
+
+def test_the_daemon_opens_a_palette_prompt_from_its_start_frame(make_daemon):
+    """What `worldsim play` shows first: the forest's start frame (through the codec), then the model's frames."""
+    pkg = read_package(default_package())
+    prompt = THEMES["forest"].prompts[0]
+    start = np.asarray(Image.open(pkg.starts[prompt]).convert("RGB")).astype(float)
+    d = make_daemon(build_runtime(RuntimeOptions(model=str(default_package()))))
+    with Client(d.endpoint, timeout=60) as c:
+        assert prompt in c.welcome.model["starts"]
+        s = c.open(prompt, seed=0, fps=0)
+        frames, deadline = [], time.monotonic() + 60
+        while len(frames) < 4 and time.monotonic() < deadline:
+            f = c.frame(1)
+            if f is not None and f.session == s:
+                frames.append(f.image.astype(float))
+    psnr = [10 * np.log10(255 ** 2 / np.mean((f - start) ** 2)) for f in frames]
+    assert psnr[0] > 21 and psnr[3] > 20, psnr  # measured: 23.9 (the codec's blur), then 23.8, 23.7, 23.6
 
 
 def test_mirrored_commands_move_the_view_in_opposite_directions():

@@ -7,6 +7,7 @@ import os
 import subprocess
 import sys
 
+import numpy as np
 import pytest
 
 os.environ["SDL_VIDEODRIVER"] = "dummy"
@@ -104,6 +105,33 @@ def test_number_keys_switch_prompts_and_digits_in_the_box_do_not(backend, make_d
     assert [(p["text"], p["mode"]) for p in episode.prompts] == [
         ("a quiet forest path at dawn", "open"), ("a snowy field at noon", "cut"), ("room 42", "cut")]
     assert 0 < episode.prompts[1]["from_frame"] < episode.prompts[2]["from_frame"]
+
+
+def test_a_number_key_cuts_to_the_models_start_frame_where_it_has_one(backend, make_daemon, tmp_path):
+    """With the switch mode at recache, key 2 (the desert, which the model has a start frame for) cuts to it, key 3
+    (the snow, which it has none for) switches by recache."""
+    import dataclasses
+
+    from clients.play.app import PlayApp, PlayConfig
+    from clients.play.controls import ScriptedInput
+
+    desert = PromptPalette.default().entry(2).text
+    with_starts = dataclasses.replace(backend, start_frames={desert: np.zeros((32, 32, 3), np.uint8)})
+    d = make_daemon(with_starts)
+
+    def keys(sample: int) -> list[str]:
+        if sample in (4, 12):
+            key(pygame.K_2 if sample == 4 else pygame.K_3)
+        return []
+
+    with Client(d.endpoint, name="palette-test") as client:
+        assert client.welcome.model["starts"] == [desert]
+        app = PlayApp(client, PlayConfig(record=str(tmp_path / "rec"), max_frames=20, grab_mouse=False),
+                      ScriptedInput(keys))
+        assert app.run()["error"] is None
+    sent = [v for _, v in sorted(app.recorder.prompts.items())][1:]  # after the opening prompt
+    assert sent == [(desert, "cut"), (PromptPalette.default().entry(3).text, "recache")]
+    assert app.hud_state.mode == "recache"  # the mode F2 sets is unchanged
 
 
 def test_palette_prompts_must_fit_the_daemon(backend, make_daemon, tmp_path):

@@ -16,8 +16,8 @@ from worldsim.checkpoints.worldsim_format import save_worldsim
 from worldsim.codecs.toy_codec import ToyCodec, ToyCodecConfig
 from worldsim.model.config import ControlConfig, DiTConfig
 from worldsim.model.dit import CausalWanDiT
-from worldsim.train.evaluate import (REFERENCES, EvalConfig, ModelSpec, evaluate, format_prompted, format_table,
-                                     theme_start)
+from worldsim.train.evaluate import (REFERENCES, EvalConfig, ModelSpec, evaluate, format_prompted, format_switches,
+                                     format_table, theme_start)
 from worldsim.world import AXES, KEYS
 from worldsim.world.metrics import KINDS, OUTCOMES
 from worldsim.world.themes import THEMES
@@ -142,6 +142,22 @@ def test_the_from_a_prompt_probe_scores_every_theme_against_its_look(tmp_path):
     assert format_prompted(results, "from_start").startswith("from a start frame of the theme (6 frames")
     starts = [theme_start(t, 10) for t in THEMES]
     assert all(f.shape == (64, 64, 3) for f in starts) and len({f.tobytes() for f in starts}) == len(THEMES)
+
+
+def test_the_theme_switch_probe_scores_each_mode_against_the_new_and_the_old_theme(tmp_path):
+    """From each theme's start frame, a switch to the next theme by each mode, scored against the new and the old
+    theme's look; a strip row per mode."""
+    dit, codec = tiny_files(tmp_path)
+    cfg = EvalConfig(episodes=1, chunks=2, seed=1, switch_frames=3)
+    results = evaluate([ModelSpec.parse(f"tiny={dit}:2")], codec, cfg, out=tmp_path / "eval", progress=False)
+    probe = results["theme_switch"]
+    assert probe["pairs"][0] == ["forest", "desert"] and len(probe["pairs"]) == len(THEMES)
+    assert probe["after"] == 3 and probe["before"] == 48
+    modes = probe["models"]["tiny"]
+    assert set(modes) == {"soft", "recache", "cut"}
+    assert all(0 <= m[k][span] <= 1 for m in modes.values() for k in ("to", "from") for span in ("early", "late"))
+    assert Image.open(tmp_path / "eval" / "switch_tiny.png").size[1] == 3 * 64 + 2 * 4  # one row per mode
+    assert "recache" in format_switches(results) and "forest->desert" in format_switches(results)
 
 
 def test_model_spec_and_schema_check(tmp_path):

@@ -57,6 +57,7 @@ class PlayApp:
         self.mapper = ControlMapper(list(w.control.keys), list(w.control.axes), config.sensitivity)
         self.has_controls = bool(w.control.keys or w.control.axes)
         self.palette = config.palette or PromptPalette.default()
+        self.starts = set(w.model.get("starts", ()))  # prompts the model package has a start frame for
         self.palette.check(int(w.prompt["max_chars"]))
         self.hud_state = HudState(prompt=config.prompt, mode=config.mode, target_fps=self.fps,
                                   untrained=bool(w.model.get("untrained")), recording=config.record,
@@ -151,23 +152,27 @@ class PlayApp:
             self.mapper.key_down(key)
 
     # ---- actions -----------------------------------------------------------------------------------------------
-    def switch_prompt(self, text: str) -> None:
+    def switch_prompt(self, text: str, mode: str | None = None) -> None:
+        """Switch to ``text`` with ``mode`` (default: the HUD's, which F2 cycles)."""
         if not text.strip():
             return
-        seq = self.client.send(self.session, prompt=text, mode=self.hud_state.mode)
+        mode = mode or self.hud_state.mode
+        seq = self.client.send(self.session, prompt=text, mode=mode)
         if self.recorder is not None:
-            self.recorder.prompt_sent(seq, text, self.hud_state.mode)
+            self.recorder.prompt_sent(seq, text, mode)
         self.hud_state.prompt = text
         self.hud_state.active = self.palette.active(text)
-        self.notify(f"prompt switch ({self.hud_state.mode}) applies at the next chunk", 3)
+        start = " to the model's start frame" if mode == "cut" and text in self.starts else ""
+        self.notify(f"prompt switch ({mode}{start}) applies at the next chunk", 3)
 
     def pick(self, number: int) -> None:
-        """Number key ``number``: switch to that palette entry's prompt with the current mode (as if typed)."""
+        """Number key ``number``: switch to that palette entry's prompt; a cut to its start frame when the model
+        package has one (``welcome.model.starts``: the scene changes at once), else with the current mode."""
         entry = self.palette.entry(number)
         if entry is None:
             self.notify(f"no prompt on key {number}: the palette has {len(self.palette.entries)}", 3)
         else:
-            self.switch_prompt(entry.text)
+            self.switch_prompt(entry.text, "cut" if entry.text in self.starts else None)
 
     def toggle_pause(self) -> None:
         hs = self.hud_state

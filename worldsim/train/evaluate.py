@@ -59,6 +59,14 @@ tiled with token-size blobs. ``prompt_<model>.png`` shows each theme's first str
 From a start frame (``from_start``, with the above): the same streams, scored the same way, each first continuing
 from one frame of its theme's world at a held-out place of its own (:func:`theme_start`), as the daemon opens a
 prompt for which the model package has a start frame: does the model keep a world it is shown? ``start_<model>.png``.
+
+Theme switches (``switch_frames`` > 0): does a prompt switch change the world? For each theme and the next one
+(forest -> desert -> snow -> lava -> dungeon -> forest), a stream continues ``SWITCH_BEFORE`` frames from a start
+frame of the first theme, then switches to the next theme's first prompt with each mode (``soft``, ``recache``,
+``cut``; the cut continues from a start frame of the new theme, as the daemon's cut to a prompt with a package
+start frame does) and runs ``switch_frames`` frames more, no controls held. Scored after the switch: the
+colour-histogram distance to the new theme's look and to the old one's (the from-a-prompt references apply).
+``switch_<model>.png``: the first pair, one row per mode.
 """
 
 from __future__ import annotations
@@ -82,7 +90,7 @@ from ..model.dit import CausalWanDiT
 from ..model_package import is_package, read_package
 from ..runtime import GUIDANCE_FIELDS, RuntimeOptions, build_runtime
 from ..sampling.schedule import FlowMatchSchedule, SamplerConfig, evenly_spaced_steps
-from ..sampling.session import StreamingSession
+from ..sampling.session import SWITCH_MODES, StreamingSession
 from ..world import AXES, KEYS, World
 from ..world.episodes import EpisodeConfig, episode_seeds, generate_episode, themes_per_frame
 from ..world.game import WorldState
@@ -92,6 +100,7 @@ from ..world.themes import THEMES
 
 THEME_PLACES = 4  # world places per theme pooled into its look (from-a-prompt probe)
 PROMPT_SPAN = 16  # frames averaged for the probe's early and late distances
+SWITCH_BEFORE = 48  # frames streamed from the first theme's start frame before the theme-switch probe's switch
 REFERENCES = ("ground_truth", "codec", "frozen", "ignores_controls", "mismatched", "shuffled")
 MISMATCHES = 7  # other episodes whose controls each ground-truth pair is scored against (all of them for 8 episodes)
 
@@ -133,6 +142,7 @@ class EvalConfig:
     held_frames: int = 0  # > 0: also the held-command probe over this many frames (module docstring)
     prompt_frames: int = 0  # > 0: also the from-a-prompt probe over this many frames (module docstring)
     prompt_streams: int = 3  # the probe's streams per theme (noise seeds), averaged (one stream moved by up to 0.5)
+    switch_frames: int = 0  # > 0: also the theme-switch probe, this many frames after each switch (module docstring)
     control_guidance: float | None = None  # the samplers' (sampling/session.py); None: a package's own, else 1
     text_guidance: float | None = None  # likewise, on the prompt
     guided_steps: tuple[int, ...] | None = None  # steps guidance applies to; None: a package's own, else all
@@ -300,10 +310,11 @@ class Generator:
 
     @torch.no_grad()
     def from_prompt(self, prompt: str, frames: int, seed: int, latent_shape: tuple[int, int, int],
-                    start: np.ndarray | None = None) -> np.ndarray:
+                    start: np.ndarray | None = None, switch: ThemeSwitch | None = None) -> np.ndarray:
         """``frames`` frames [frames, H, W, 3] uint8 streamed from ``prompt`` alone, no key or mouse held (frame 0
         takes no controls, as in training), or continuing from the frame ``start`` [H, W, 3] uint8 (as the daemon
-        opens a prompt that has a package start frame; that frame is not among those returned)."""
+        opens a prompt that has a package start frame; that frame is not among those returned); ``switch``: a prompt
+        switch on the way."""
         n, device = self.n, self.cfg.device
         session = self.session(prompt, latent_shape, seed)
         first = 0  # the stream's frame number of the first generated frame
@@ -313,9 +324,23 @@ class Generator:
         keys, axes = torch.zeros(1, n, 1, len(KEYS), device=device), torch.zeros(1, n, 1, len(AXES), device=device)
         out = []
         for at in range(first, first + frames, n):
+            if switch is not None and at - first == switch.frame:
+                to = None if switch.start is None else self.codec.encode(to_tensor(switch.start[None], device))
+                session.set_prompt(self.text(switch.prompt).to(device), switch.mode, start=to)
             idle = Controls(keys, axes, None, (torch.arange(at, at + n) > 0)[None].to(device))
             out.append(decoded_frames(self.codec.decode(session.step(idle))))
         return np.concatenate(out)[:frames]
+
+
+@dataclass
+class ThemeSwitch:
+    """A prompt switch in a probe's stream: after ``frame`` generated frames (whole chunks), to ``prompt`` with
+    ``mode``; ``start`` [H, W, 3] uint8: the frame a cut continues from (a package's start frame for the prompt)."""
+
+    frame: int
+    prompt: str
+    mode: str
+    start: np.ndarray | None = None
 
 
 @dataclass
@@ -450,6 +475,8 @@ def evaluate(specs: list[ModelSpec], codec_path: str | Path, cfg: EvalConfig = E
     if cfg.prompt_frames > 0:
         for key, from_frame in (("from_prompt", False), ("from_start", True)):
             results[key], probe_strips[key] = from_prompt(generators, codec, cfg, from_frame)
+    if cfg.switch_frames > 0:
+        results["theme_switch"], probe_strips["theme_switch"] = theme_switches(generators, codec, cfg)
     if out is not None:
         out = Path(out)
         out.mkdir(parents=True, exist_ok=True)
@@ -458,9 +485,9 @@ def evaluate(specs: list[ModelSpec], codec_path: str | Path, cfg: EvalConfig = E
             strip_image(rows, cfg.strip_every).save(out / f"strip_{name}.png")
         for name, rows in held_strips.items():
             strip_image(rows, 1).save(out / f"held_{name}.png")
-        for key, prefix in (("from_prompt", "prompt"), ("from_start", "start")):
+        for key, prefix in (("from_prompt", "prompt"), ("from_start", "start"), ("theme_switch", "switch")):
             for name, rows in probe_strips.get(key, {}).items():
-                strip_image(rows, max(1, cfg.prompt_frames // 20)).save(out / f"{prefix}_{name}.png")
+                strip_image(rows, max(1, len(rows[0][0]) // 20)).save(out / f"{prefix}_{name}.png")  # ~20 columns
     return results
 
 
@@ -506,6 +533,24 @@ def theme_views(theme: str, seeds: list[int], frames: int = 48) -> np.ndarray:
     return np.concatenate([world.rollout(world.start_state(s, theme), keys, axes).frames for s in seeds])
 
 
+def theme_looks(cfg: EvalConfig, offset: int = 0) -> dict[str, np.ndarray]:
+    """Each theme's look: its frames turning on the spot at ``THEME_PLACES`` held-out places (``offset``: the next
+    places along, for the references)."""
+    places = [cfg.seed + offset + i for i in range(THEME_PLACES)]
+    return {t: theme_views(t, places) for t in THEMES}
+
+
+def early_late(curve: np.ndarray, span: int) -> dict[str, float]:
+    """A per-frame score's means over its first and last ``span`` frames."""
+    return {"early": float(curve[:span].mean()), "late": float(curve[-span:].mean())}
+
+
+def latent_shape_of(codec: ToyCodec, frame: np.ndarray) -> tuple[int, int, int]:
+    """(C, h, w) of one latent frame of the codec for frames shaped like ``frame`` [..., H, W, 3]."""
+    height, width = frame.shape[-3:-1]
+    return codec.cfg.latent_channels, height // codec.spatial_stride, width // codec.spatial_stride
+
+
 def theme_start(theme: str, place: int) -> np.ndarray:
     """The world's first frame of ``theme`` at the seeded place ``place``: [H, W, 3] uint8 (a stream's start frame)."""
     return World(EpisodeConfig().world).reset(place, theme)
@@ -521,17 +566,14 @@ def from_prompt(generators: list[Generator], codec: ToyCodec, cfg: EvalConfig, f
     n = generators[0].n
     frames = cfg.prompt_frames - cfg.prompt_frames % n or n  # whole chunks
     span = min(PROMPT_SPAN, frames)
-    places = list(range(cfg.seed, cfg.seed + THEME_PLACES))
-    looks = {t: theme_views(t, places) for t in THEMES}
-    elsewhere = {t: theme_views(t, [p + THEME_PLACES for p in places]) for t in THEMES}
-    height, width = next(iter(looks.values())).shape[1:3]
-    latent_shape = (codec.cfg.latent_channels, height // codec.spatial_stride, width // codec.spatial_stride)
+    looks, elsewhere = theme_looks(cfg), theme_looks(cfg, THEME_PLACES)
+    latent_shape = latent_shape_of(codec, looks["forest"])
 
     def distance(video: np.ndarray, theme: str) -> np.ndarray:  # [frames] histogram distance to the theme's look
         return stat_drift(video, looks[theme]).histogram
 
-    def spans(curve: np.ndarray) -> dict[str, float]:  # a per-frame score's early and late means
-        return {"early": float(curve[:span].mean()), "late": float(curve[-span:].mean())}
+    def spans(curve: np.ndarray) -> dict[str, float]:
+        return early_late(curve, span)
 
     def over_themes(per_theme: dict[str, dict[str, float]]) -> dict[str, float]:
         return {k: float(np.mean([v[k] for v in per_theme.values()])) for k in ("early", "late")}
@@ -567,6 +609,56 @@ def from_prompt(generators: list[Generator], codec: ToyCodec, cfg: EvalConfig, f
                      "codec": float(np.mean([token_grid(coded[t], period).mean() for t in THEMES])),
                      "per_theme": grids}}
     return results, strips
+
+
+def theme_switches(generators: list[Generator], codec: ToyCodec, cfg: EvalConfig
+                   ) -> tuple[dict, dict[str, list[tuple[np.ndarray]]]]:
+    """The theme-switch probe (module docstring): {"pairs", "before", "after", "span", "models": {name: {mode:
+    {"to": {"early", "late"}, "from": {"early", "late"}, "per_chunk"}}}}: after the switch, the colour-histogram
+    distance to the new theme's look (to) and to the old one's (from), averaged over the pairs; per model one strip
+    row per mode (the first pair, before and after the switch)."""
+    n = generators[0].n
+    before = max(n, SWITCH_BEFORE - SWITCH_BEFORE % n)
+    after = max(n, cfg.switch_frames - cfg.switch_frames % n)
+    span = min(PROMPT_SPAN, after)
+    names = list(THEMES)
+    pairs = [(a, names[(i + 1) % len(names)]) for i, a in enumerate(names)]
+    looks = theme_looks(cfg)
+    latent_shape = latent_shape_of(codec, looks["forest"])
+    results = {"pairs": [list(p) for p in pairs], "before": before, "after": after, "span": span, "models": {}}
+    strips: dict[str, list[tuple[np.ndarray]]] = {}
+    for g in generators:
+        modes = {}
+        for mode in SWITCH_MODES:
+            to, back = [], []
+            for i, (a, b) in enumerate(pairs):
+                place = cfg.seed + 2 * THEME_PLACES + i
+                switch = ThemeSwitch(before, THEMES[b].prompts[0], mode, theme_start(b, place) if mode == "cut" else None)
+                video = g.from_prompt(THEMES[a].prompts[0], before + after, cfg.seed + i, latent_shape,
+                                      theme_start(a, place), switch)
+                to.append(stat_drift(video[before:], looks[b]).histogram)
+                back.append(stat_drift(video[before:], looks[a]).histogram)
+                if i == 0:
+                    strips.setdefault(g.spec.name, []).append((video,))
+            to, back = np.mean(to, axis=0), np.mean(back, axis=0)
+            modes[mode] = {"to": early_late(to, span), "from": early_late(back, span),
+                           "per_chunk": to.reshape(-1, n).mean(1).tolist()}
+        results["models"][g.spec.name] = modes
+    return results, strips
+
+
+def format_switches(results: dict) -> str:
+    """The theme-switch table: per model and mode, the distance to the new theme's look and to the old one's."""
+    r = results["theme_switch"]
+    pairs = ", ".join(f"{a}->{b}" for a, b in r["pairs"])
+    lines = [f"theme switches ({pairs}; {r['before']} frames from the first theme's start frame, then {r['after']} "
+             f"after the switch, no controls held): colour-histogram distance to the new / the old theme, first -> "
+             f"last {r['span']} frames after the switch", f"  {'model':<18} {'mode':<8} {'to new':>11}  {'to old':>11}"]
+    for name, modes in r["models"].items():
+        for mode, m in modes.items():
+            lines.append(f"  {name:<18} {mode:<8} {m['to']['early']:.2f}->{m['to']['late']:.2f}  "
+                         f"{m['from']['early']:.2f}->{m['from']['late']:.2f}")
+    return "\n".join(lines)
 
 
 def format_prompted(results: dict, key: str = "from_prompt") -> str:
