@@ -65,6 +65,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--warmup", type=float, default=4.0, help="seconds streamed before measuring (default 4)")
     p.add_argument("--soak-seconds", type=float, default=3600.0, help="soak length (default 3600)")
     p.add_argument("--soak-interval", type=float, default=60.0, help="soak sampling interval (default 60)")
+    p.add_argument("--prompt", default="a quiet forest",
+                   help="the sessions' prompt (default 'a quiet forest'; a prompt with a package start frame, e.g. "
+                        "'a quiet forest path at dawn' for the default model, opens from that frame)")
     p.add_argument("--format", default="rgb24", choices=["rgb24", "jpeg"], help="frame format through the daemon")
     p.add_argument("--threads", type=int, default=max(1, (os.cpu_count() or 2) - 1),
                    help="torch threads, in-process and in the daemon (default: cores - 1, the daemon's default)")
@@ -100,7 +103,7 @@ def in_process(args: argparse.Namespace) -> dict:
     k, n = b.schema.frames_per_latent, b.chunk_latents
     keys = torch.zeros(1, n, k, len(b.schema.keys))
     keys[..., 0] = 1
-    session = b.new_session(b.embed_prompt("a quiet forest"))
+    session = b.new_session(b.embed_prompt(args.prompt))
     decoder = b.make_decoder()
     t_start = time.perf_counter()
     frames, latencies, measuring_since = 0, [], None
@@ -183,7 +186,7 @@ def throughput(args: argparse.Namespace, endpoint: str, sessions: int) -> dict:
         opened, first = {}, {}
         for i in range(sessions):
             t_open = time.perf_counter()
-            opened[c.open("a quiet forest", seed=i, fps=0, format=args.format)] = t_open
+            opened[c.open(args.prompt, seed=i, fps=0, format=args.format)] = t_open
         sids = list(opened)
         t_start = next_input = time.perf_counter()
         measuring_since, counts = None, {s: 0 for s in sids}
@@ -225,7 +228,7 @@ def paced_latency(args: argparse.Namespace, endpoint: str, seconds: float) -> di
         keys = len(c.welcome.control.keys)
         if not keys:
             raise SystemExit("the latency benchmark sends keys; this daemon's model takes none")
-        s = c.open("a quiet forest", fps=args.fps, format=args.format)
+        s = c.open(args.prompt, fps=args.fps, format=args.format)
         clock = PlayoutClock(args.fps)
         t_start = time.monotonic()
         next_input = t_start
@@ -268,7 +271,7 @@ def paced_clients(args: argparse.Namespace, endpoint: str, clients: int, fmt: st
     try:
         for i in range(clients):  # an open waits for the chunk in progress: keep the others' heartbeats going
             cs.append(Client(endpoint, name=f"bench{i}", timeout=120))
-            sids.append(cs[-1].open("a quiet forest", seed=i, fps=args.fps, format=fmt))
+            sids.append(cs[-1].open(args.prompt, seed=i, fps=args.fps, format=fmt))
             for c in cs:
                 c.frames_ready()
         keys = len(cs[0].welcome.control.keys)

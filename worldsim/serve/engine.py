@@ -287,7 +287,8 @@ class Engine:
             return
         self.sessions[cmd.sid] = s
         event(self.log, "session_open", session=cmd.sid, seed=cmd.msg.seed, format=cmd.msg.format, fps=s.fps,
-              lookahead=cmd.msg.lookahead, prompt=cmd.msg.prompt[:80], start_frame=cmd.msg.start_frame is not None)
+              lookahead=cmd.msg.lookahead, prompt=cmd.msg.prompt[:80], start_frame=cmd.msg.start_frame is not None,
+              package_start=cmd.msg.start_frame is None and s.start_latents is not None)
         self.emit([Opened(cmd.sid, s.fps)])
         for waited in waiting:
             self._handle(waited)
