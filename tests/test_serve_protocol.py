@@ -77,6 +77,9 @@ def test_start_frame_checks():
     assert code_of({"type": "open", "seq": 1, "start_frame": good | {"data": bytes(17)}}) == "bad_field"
     assert code_of({"type": "open", "seq": 1, "start_frame": good | {"shape": [2, 3, 4]}}) == "bad_field"
     assert code_of({"type": "open", "seq": 1, "start_frame": {"format": "bmp", "data": b""}}) == "bad_field"
+    assert check({"type": "open", "seq": 1}).package_start is True  # a package's start frame unless opted out
+    assert check({"type": "open", "seq": 1, "package_start": False}).package_start is False
+    assert code_of({"type": "open", "seq": 1, "package_start": "no"}) == "bad_field"
 
 
 def test_controls_checked_against_schema():
