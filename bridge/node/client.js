@@ -17,7 +17,7 @@ const { EventEmitter } = require("events");
 const zmq = require("zeromq");
 const { Encoder, Decoder, ExtensionCodec } = require("@msgpack/msgpack");
 
-const PROTOCOL_VERSION = "1.1.0";
+const PROTOCOL_VERSION = "1.2.0";
 const DEFAULT_ENDPOINT = "tcp://127.0.0.1:5555";
 const MAX_SEQ = 2 ** 53 - 1; // seq stays a safe integer so that msgpack carries it as an integer, never a float
 

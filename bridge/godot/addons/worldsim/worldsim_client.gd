@@ -31,7 +31,7 @@ signal shutdown(reason: String)
 signal disconnected(code: int, reason: String)
 
 ## The protocol this client speaks; the daemon must have the same major version.
-const PROTOCOL_VERSION := "1.1.0"
+const PROTOCOL_VERSION := "1.2.0"
 ## Requests the daemon answers (input and bye get no reply unless refused).
 const ANSWERED := ["hello", "open", "pause", "resume", "reset", "close", "stats", "ping"]
 const Msgpack := preload("msgpack.gd")

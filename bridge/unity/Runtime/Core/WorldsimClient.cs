@@ -33,7 +33,7 @@ namespace Worldsim
 
     public sealed class WorldsimClient : IDisposable
     {
-        public const string ProtocolVersion = "1.1.0";
+        public const string ProtocolVersion = "1.2.0";
         const int MaxOutbox = 1024;  // queued outbound messages; more means the socket stopped draining
         const int MaxInboundBytes = 64 << 20;
 
