@@ -633,8 +633,8 @@ def theme_switches(generators: list[Generator], codec: ToyCodec, cfg: EvalConfig
             to, back = [], []
             for i, (a, b) in enumerate(pairs):
                 place = cfg.seed + 2 * THEME_PLACES + i
-                to = theme_start(b, place) if mode == "cut" else None
-                switch = ThemeSwitch(before, THEMES[b].prompts[0], mode, to)
+                cut_to = theme_start(b, place) if mode == "cut" else None
+                switch = ThemeSwitch(before, THEMES[b].prompts[0], mode, cut_to)
                 video = g.from_prompt(THEMES[a].prompts[0], before + after, cfg.seed + i, latent_shape,
                                       theme_start(a, place), switch)
                 to.append(stat_drift(video[before:], looks[b]).histogram)
