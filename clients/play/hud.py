@@ -46,7 +46,7 @@ class HudState:
                  f"FPS {self.fps:.1f} / {self.target_fps:g}   control-to-photon {lat}   dropped {self.dropped}",
                  "keys " + (" ".join(self.held) or "-") + "   axes " + " ".join(f"{a:+.2f}" for a in self.axes)]
         out = [[(t, TEXT)] for t in plain]
-        out.append([("prompt ", TEXT), (f"[{self.mode}]", MODE), (f": {self.prompt}", TEXT)])
+        out.append([(f"prompt: {self.prompt}   switch mode ", TEXT), (f"[{self.mode}]", MODE)])
         if self.palette:
             row: list[Segment] = [("palette", TEXT)]
             for i, label in enumerate(self.palette, 1):
