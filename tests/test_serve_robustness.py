@@ -187,7 +187,8 @@ TEMPLATES = [
     {"type": "open", "prompt": "p", "format": "jpeg", "fps": 1},
     {"type": "pause", "session": "OWN"},
 ]
-FIELDS = sorted({k for t in TEMPLATES for k in t} | {"seq", "keys", "axes", "embedding", "start_frame", "mode"})
+FIELDS = sorted({k for t in TEMPLATES for k in t} | {"seq", "keys", "axes", "embedding", "start_frame", "mode",
+                                                     "package_start"})
 mutation = st.tuples(st.sampled_from(["replace", "drop", "add", "nest"]), st.sampled_from(FIELDS), values)
 mutants = st.tuples(st.integers(0, len(TEMPLATES) - 1), st.lists(mutation, min_size=1, max_size=3))
 cases = st.one_of(st.binary(max_size=64).map(lambda b: ("bytes", b)), values.map(lambda v: ("value", v)),
