@@ -247,14 +247,15 @@ class WorldsimClient extends EventEmitter {
   /**
    * Open a session; resolves with its id. Options: prompt, seed, format ("rgb24" | "jpeg"), jpegQuality, fps
    * (0: unpaced), lookahead (seconds), echoControls, startFrame ({format: "rgb24", shape: [H, W, 3], data} or
-   * {format: "jpeg" | "png", data}).
+   * {format: "jpeg" | "png", data}), packageStart (false: not from the model package's start frame for the prompt).
    */
-  async open({ prompt, seed, format, jpegQuality, fps, lookahead, echoControls, startFrame } = {}) {
+  async open({ prompt, seed, format, jpegQuality, fps, lookahead, echoControls, startFrame, packageStart } = {}) {
     if (seed !== undefined && !(Number.isSafeInteger(seed) && seed >= 0)) {
       throw new RangeError(`seed must be an integer from 0 to ${Number.MAX_SAFE_INTEGER}, got ${seed}`);
     }
     const reply = await this.request("open", {
       prompt, seed, format, jpeg_quality: jpegQuality, fps, lookahead, echo_controls: echoControls, start_frame: startFrame,
+      package_start: packageStart,
     });
     this.sessions.set(reply.session, reply);
     return reply.session;

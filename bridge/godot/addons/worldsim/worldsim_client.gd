@@ -140,7 +140,8 @@ func is_welcomed() -> bool:
 
 
 ## Opens a session. format: "jpeg" or "rgb24"; fps < 0: the daemon's rate, 0: unpaced.
-## options: further open fields (jpeg_quality, lookahead, echo_controls, start_frame).
+## options: further open fields (jpeg_quality, lookahead, echo_controls, start_frame,
+## package_start).
 func open(prompt := "", seed_value := 0, format := "jpeg", fps := -1.0, options := {}) -> int:
 	var fields := {"prompt": prompt, "seed": seed_value, "format": format}
 	if fps >= 0.0:

@@ -29,6 +29,9 @@ namespace Worldsim
         public double Lookahead;
         /// <summary>Frame headers carry the control row that led into each frame.</summary>
         public bool EchoControls;
+        /// <summary>Begin from the model package's start frame for the prompt, if it has one
+        /// (welcome.model.starts); false: from the prompt alone.</summary>
+        public bool PackageStart = true;
     }
 
     public sealed class WorldsimClient : IDisposable
@@ -247,6 +250,7 @@ namespace Worldsim
             if (options.Fps.HasValue) msg["fps"] = options.Fps.Value;
             if (options.Lookahead != 0) msg["lookahead"] = options.Lookahead;
             msg["echo_controls"] = options.EchoControls;
+            if (!options.PackageStart) msg["package_start"] = false;
             Dictionary<string, object> opened = await RequestAsync(msg).ConfigureAwait(false);
             return Fields.Long(opened, "session");
         }
