@@ -102,6 +102,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--text-guidance", type=float, help="serve with this text guidance (sampling/session.py)")
     p.add_argument("--guided-steps", type=parse_step_indices, metavar="I,J,..",
                    help="guide only these denoising steps, 0 = the first (sampling/session.py)")
+    p.add_argument("--hold-idle-reference", action=argparse.BooleanOptionalAction,
+                   help="keep a frame_reference model's reference while nothing is held (SamplerConfig."
+                        "hold_idle_reference; for worlds that do not move by themselves; default: the package's)")
     p.add_argument("--reference-flow", type=Path, metavar="FILE",
                    help="serve with this reference flow (worldsim train flow's OUT/final/flow.safetensors) instead of "
                         "the package's own")
@@ -157,6 +160,8 @@ def main(argv: list[str] | None = None) -> int:
         manifest["reference_flow"] = "reference_flow.safetensors"
     if args.steps:
         manifest["sampler"]["denoising_steps"] = list(args.steps)
+    if args.hold_idle_reference is not None:
+        manifest["sampler"]["hold_idle_reference"] = args.hold_idle_reference
     for key in GUIDANCE_FIELDS:
         if getattr(args, key) is not None:
             manifest["sampler"][key] = getattr(args, key)  # a tuple of guided steps is written as a JSON list

@@ -198,6 +198,9 @@ def test_the_manifest_sampler_guides_on_text_and_options_override_it(package, tm
     assert rt.new_session(s.prompt, seed=1).uncond_prompt is not None
     off = build_runtime(RuntimeOptions(model=str(guided), text_guidance=1.0))
     assert off.sampler.text_guidance == 1 and off.sampler.guided_steps == (0,)
+    held = build_runtime(RuntimeOptions(model=str(guided), hold_idle_reference=True))  # serve --hold-idle-reference
+    assert held.sampler.hold_idle_reference and held.sampler.text_guidance == 1.5
+    assert not rt.sampler.hold_idle_reference  # off unless the manifest or the option says so
 
 
 def test_a_denoising_steps_option_replaces_the_manifests_and_names_guided_steps_it_drops(package, tmp_path):

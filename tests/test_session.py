@@ -239,6 +239,50 @@ def test_a_cut_to_a_start_frame_continues_from_it_as_a_new_stream_would():
 
 
 @torch.no_grad()
+def test_hold_idle_reference_keeps_the_frame_an_idle_stretch_began_with():
+    """With ``hold_idle_reference`` a chunk whose first frame holds nothing reads the reference its idle stretch
+    began with (the pushed start frame here), a chunk with a key held the last generated frame, and the next idle
+    stretch holds the frame it began from; without the option every chunk reads the last frame."""
+
+    from conftest import CONTROL
+    from worldsim.model.control import Controls
+    from worldsim.sampling.schedule import SamplerConfig
+    from worldsim.sampling.session import holds_still
+
+    model = make_model(control=CONTROL, frame_reference=True)
+    k, keys = CONTROL.frames_per_latent, len(CONTROL.keys)
+    idle, walk = torch.zeros(1, 3, k, keys), torch.zeros(1, 3, k, keys)
+    walk[..., 0] = 1
+    assert holds_still(None) and holds_still(Controls(keys=idle)) and not holds_still(Controls(keys=walk))
+    assert holds_still(Controls(keys=walk, present=torch.zeros(1, 3, dtype=torch.bool)))
+    start = torch.randn(1, SHAPE[0], 1, *SHAPE[1:])
+    seen = []
+    forward = model.forward_chunks
+
+    def spy(x, t, context, caches, starts, controls=None, **kw):
+        if kw.get("history") is None and float(t.flatten()[0]) > 0:  # a denoising step of the new chunk
+            seen.append((starts[0], controls.reference[:, :, :1].clone()))
+        return forward(x, t, context, caches, starts, controls, **kw)
+
+    def references(hold: bool) -> tuple[dict, list]:
+        s = session(model, context_latents=start, sampler=SamplerConfig(hold_idle_reference=hold))
+        seen.clear()
+        model.forward_chunks = spy
+        try:
+            out = [s.step(Controls(keys=c)) for c in (idle, idle, walk, idle, idle)]
+        finally:
+            del model.forward_chunks
+        return {f: r for f, r in seen}, out
+
+    refs, out = references(hold=True)
+    assert [torch.equal(refs[f], start) for f in (1, 4)] == [True, True]  # idle from the start frame: held
+    assert torch.equal(refs[7], out[1][:, :, -1:])  # a key held: the last frame
+    assert torch.equal(refs[10], out[2][:, :, -1:]) and torch.equal(refs[13], out[2][:, :, -1:])  # held again
+    refs, out = references(hold=False)
+    assert torch.equal(refs[4], out[0][:, :, -1:]) and torch.equal(refs[13], out[3][:, :, -1:])
+
+
+@torch.no_grad()
 def test_a_fresh_reference_module_changes_nothing():
     """The reference embedding starts at zero: a frame_reference model made from a checkpoint without one streams
     exactly what the checkpoint did."""

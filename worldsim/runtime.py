@@ -87,6 +87,7 @@ class RuntimeOptions:
     control_guidance: float | None = None  # the sampler's guidance on the controls (None: the source's, else 1)
     text_guidance: float | None = None  # the sampler's guidance on the prompt (None: the source's, else 1)
     guided_steps: tuple[int, ...] | None = None  # denoising steps guidance applies to (None: the source's, else all)
+    hold_idle_reference: bool | None = None  # SamplerConfig.hold_idle_reference (None: the source's, else off)
     # a Wan2.1 folder (model=DIR) only:
     checkpoint: str | None = None  # Self-Forcing .pt whose weights replace the folder's DiT
     use_ema: bool = True  # the .pt's generator_ema (else generator)
@@ -310,7 +311,7 @@ def build_runtime(opts: RuntimeOptions) -> Runtime:
             rt = _folder_runtime(opts, device, load_device, dtype)
         else:
             rt = _file_runtime(opts, load_device, dtype)
-    overrides = {k: v for k in GUIDANCE_FIELDS if (v := getattr(opts, k)) is not None}
+    overrides = {k: v for k in (*GUIDANCE_FIELDS, "hold_idle_reference") if (v := getattr(opts, k)) is not None}
     if opts.denoising_steps is not None:
         overrides["denoising_steps"] = steps = tuple(opts.denoising_steps)
         own = rt.sampler or SamplerConfig()

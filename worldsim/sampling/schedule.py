@@ -25,6 +25,7 @@ class SamplerConfig:
     control_guidance: float = 1.0  # classifier-free guidance on the controls alone; 1 = off (sampling/session.py)
     text_guidance: float = 1.0  # classifier-free guidance on the prompt alone; 1 = off (sampling/session.py)
     guided_steps: tuple[int, ...] | None = None  # denoising steps (0 = the first) guidance applies to; None: all
+    hold_idle_reference: bool = False  # a frame_reference model's reference stays put while nothing is held
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "denoising_steps", tuple(int(s) for s in self.denoising_steps))

@@ -117,6 +117,7 @@ class StreamingSession:
         self.frame = 0  # absolute index of the next latent frame
         self._history: list[_Chunk] = []  # clean latents of every resident frame (for recache)
         self._last: torch.Tensor | None = None  # [B, C, 1, H, W] the last clean frame (a frame_reference model's input)
+        self._held: torch.Tensor | None = None  # the reference of an idle stretch (SamplerConfig.hold_idle_reference)
         self._pending: tuple[torch.Tensor, str, str, torch.Tensor | None] | None = None
         self.defer_cache_write = defer_cache_write
         self._unwritten: _Chunk | None = None  # the last chunk as the cache will see it, its write deferred
@@ -162,6 +163,7 @@ class StreamingSession:
         if mode == "cut":
             self.cache.restart_window(self.frame)
             self._prune_history()
+            self._held = None
             if start is not None:
                 self._last = None  # the start frame has no frame before it, as at a stream's first frame
                 self.push_context(start)
@@ -217,18 +219,35 @@ class StreamingSession:
             raise ValueError(f"context latents must be [{self.batch}, {c}, F, {h}, {w}], got {list(latents.shape)}")
         latents = latents.to(self.device, self.dtype)
         write_deferred([self])
+        self._held = None  # an idle stretch from here holds the pushed frames' last
         for a in range(0, latents.shape[2], self.chunk_frames):
             b = min(a + self.chunk_frames, latents.shape[2])
             ctrl = self._chunk_controls(None if controls is None else controls.slice_frames(a, b), b - a)
             self._commit(_Chunk(self.frame, latents[:, :, a:b], ctrl))
             self._last = latents[:, :, b - 1:b]
 
-    def _chunk_controls(self, controls: Controls | None, n: int) -> Controls | None:
-        """The next chunk's controls, with its reference frame when the model takes one."""
+    def _chunk_controls(self, controls: Controls | None, n: int, last: torch.Tensor | None = None
+                        ) -> Controls | None:
+        """The next chunk's controls, with its reference frame when the model takes one: ``last`` (default the
+        stream's last frame), moved by the controls."""
         if not self.model.cfg.frame_reference:
             return controls
-        return with_reference(controls, self._last, (self.batch, self.latent_shape[0], n, *self.latent_shape[1:]),
+        last = self._last if last is None else last
+        return with_reference(controls, last, (self.batch, self.latent_shape[0], n, *self.latent_shape[1:]),
                               device=self.device, dtype=self.dtype, move=self.move_reference)
+
+    def _step_controls(self, controls: Controls | None) -> Controls | None:
+        """A generated chunk's controls. With ``SamplerConfig.hold_idle_reference``, a chunk whose first frame
+        holds nothing takes the reference its idle stretch began with (the stream's first frame after it), not the
+        last generated frame: in a world that does not move by itself, holding nothing leaves the view as it was,
+        and re-reading the model's own re-generations of a still view only compounds their errors. It freezes
+        whatever a world does on its own while idle, so it is for such worlds only (the toy world)."""
+        if self.sampler.hold_idle_reference and self.model.cfg.frame_reference:
+            if holds_still(controls):
+                self._held = self._last if self._held is None else self._held
+                return self._chunk_controls(controls, self.chunk_frames, self._held)
+            self._held = None
+        return self._chunk_controls(controls, self.chunk_frames)
 
     def _commit(self, chunk: _Chunk) -> None:
         """Write a finished chunk's K/V into the cache and remember its latents."""
@@ -259,7 +278,7 @@ def step_sessions(sessions: list[StreamingSession], controls: list[Controls | No
         write_deferred(sessions)  # all in one forward, each under the prompt it was made with, before any switch
     for s in sessions:
         s._apply_pending_prompt()
-    controls = [s._chunk_controls(c, s.chunk_frames) for s, c in zip(sessions, controls)]  # after a cut's start
+    controls = [s._step_controls(c) for s, c in zip(sessions, controls)]  # after a cut's start
     n, model, schedule = first.chunk_frames, first.model, first.schedule
     caches, starts = [s.cache for s in sessions], [s.frame for s in sessions]
     prompt = torch.cat([s.prompt for s in sessions]) if len(sessions) > 1 else first.prompt
@@ -321,6 +340,16 @@ def step_sessions(sessions: list[StreamingSession], controls: list[Controls | No
         s.frame += n
         s._prune_history()
     return out
+
+
+def holds_still(controls: Controls | None) -> bool:
+    """True when the first frame of ``controls`` holds nothing: no controls, marked absent, or every key, axis and
+    embedding value zero (in every row of the batch)."""
+    if controls is None or not controls.sources():
+        return True
+    if controls.present is not None and not bool(controls.present[:, :1].any()):
+        return True
+    return all(not bool(t[:, :1].any()) for t in controls.sources())
 
 
 def unconditional_branches(sessions: list[StreamingSession], prompt: torch.Tensor, controls: Controls | None

@@ -59,6 +59,10 @@ def add_serve_arguments(p: argparse.ArgumentParser) -> None:
                    help="the denoising steps guidance applies to, 0 = the first (default: the model package's, else "
                         "all); the toy model holds its theme as well with the last step alone, at a fraction of "
                         "the cost")
+    m.add_argument("--hold-idle-reference", action=argparse.BooleanOptionalAction,
+                   help="while nothing is held, a frame-reference model reads the frame the idle stretch began with, "
+                        "not its own last frame (for worlds that do not move by themselves, like the toy world; "
+                        "default: the model package's, else off)")
     m.add_argument("--no-reference-flow", dest="reference_flow", action="store_false",
                    help="serve a package that has a reference flow without it: the DiT reads its last frame unmoved "
                         "(comparisons; the default model walks only with it)")
@@ -93,8 +97,9 @@ def add_serve_arguments(p: argparse.ArgumentParser) -> None:
     n.add_argument("--max-message-bytes", type=int, help="inbound message size limit (default: fits a start frame "
                                                          "or max_samples control rows for this model)")
     w = p.add_argument_group("WebSocket gateway (browsers, Godot, Unity; bridge/PROTOCOL.md section 14)")
-    w.add_argument("--ws", metavar="HOST:PORT", help="also serve protocol v1 over WebSocket here (e.g. 127.0.0.1:8765), "
-                                                     "with the browser client at http://HOST:PORT/")
+    w.add_argument("--ws", metavar="HOST:PORT",
+                   help="also serve protocol v1 over WebSocket here (e.g. 127.0.0.1:8765), with the browser client at "
+                        "http://HOST:PORT/")
     add_ws_security_arguments(w)
     o = p.add_argument_group("logs")
     o.add_argument("--log-format", choices=["text", "json"], default="text")
@@ -161,7 +166,8 @@ def run_serve(args: argparse.Namespace) -> int:
             use_ema=args.use_ema, decoder=args.decoder or "auto", taehv=args.taehv and str(args.taehv),
             attn=args.attn, compile=args.compile, offload_text_encoder=args.offload_text_encoder,
             control_guidance=args.control_guidance, text_guidance=args.text_guidance,
-            guided_steps=args.guided_steps, denoising_steps=args.steps, reference_flow=args.reference_flow))
+            guided_steps=args.guided_steps, denoising_steps=args.steps, reference_flow=args.reference_flow,
+            hold_idle_reference=args.hold_idle_reference))
         lim = dataclasses.replace(Limits(), max_sessions=args.max_sessions, max_clients=args.max_clients,
                                   max_sessions_per_client=args.max_sessions_per_client, queue_frames=args.queue_frames,
                                   idle_timeout_s=args.idle_timeout, heartbeat_s=min(2.0, args.idle_timeout / 4),
