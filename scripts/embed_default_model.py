@@ -4,10 +4,10 @@ and served by ``worldsim serve`` / ``worldsim play --spawn-daemon`` without ``--
     python scripts/embed_default_model.py runs/teacher/final --name "toy-world teacher" --steps 8 \\
         --control-guidance 2 --eval runs/eval/results.json
 
-Copies the package's DiT, codec, reference flow (its own, or ``--reference-flow FILE`` from ``worldsim train
-flow``) and start frames (its own, or with ``--theme-starts`` the toy world's first frame of each theme at a
-held-out place, for the theme's first prompt: the default palette of ``worldsim play``), keeps its manifest,
-serves it with ``--steps``
+Copies the package's DiT, codec, ``--include`` files, reference flow (its own, or ``--reference-flow FILE`` from
+``worldsim train flow``) and start frames (its own, or with ``--theme-starts`` the toy world's first frame of each
+theme at a held-out place, for the theme's first prompt: the default palette of ``worldsim play``), keeps its
+manifest, serves it with ``--steps``
 evenly spaced denoising steps and ``--control-guidance`` / ``--text-guidance`` / ``--guided-steps`` (speed / quality
 choices: the package's own sampler otherwise), and rewrites the provenance so that it names no path of the machine
 it was trained on (file names stay). Refuses a result over the size budget.
@@ -112,6 +112,9 @@ def main(argv: list[str] | None = None) -> int:
                    help="start frames: each toy-world theme's first frame at this seeded place, or at its own (use "
                         "places no training or evaluation episode starts at: the data uses seeds from 0, toy_eval "
                         "from 10000), for the theme's first prompt")
+    p.add_argument("--include", type=Path, action="append", default=[], metavar="FILE",
+                   help="also copy FILE into the package as it is (e.g. the teacher a student was distilled from, so "
+                        "that the README's distillation commands run from the package); repeatable")
     p.add_argument("--eval", type=Path, help="toy_eval results.json to record in the provenance")
     p.add_argument("--eval-model", metavar="NAME", help="record only this model of --eval (default: all of them)")
     p.add_argument("--out", type=Path, default=DEFAULT_PACKAGE, help=f"(default {DEFAULT_PACKAGE})")
@@ -131,6 +134,12 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: --reference-flow {flow} does not exist", file=sys.stderr)
         return 1
     files = [pkg.dit] + ([pkg.file(pkg.codec["path"])] if "path" in pkg.codec else []) + ([flow] if flow else [])
+    missing = [f for f in args.include if not f.is_file()]
+    if missing or len({f.name for f in files + args.include}) < len(files) + len(args.include):
+        print(f"error: --include names {missing[0]}, which does not exist" if missing else
+              "error: --include names a file whose name the package already uses", file=sys.stderr)
+        return 1
+    files += args.include
     size = sum(f.stat().st_size for f in files)
     if size > SIZE_BUDGET:
         print(f"error: the package's weights take {size / 2**20:.1f} MiB, over the {SIZE_BUDGET / 2**20:.0f} MiB "
