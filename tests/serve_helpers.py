@@ -23,6 +23,17 @@ TEST_LIMITS = Limits(max_message_bytes=256 << 10, idle_timeout_s=10.0, heartbeat
                      rate_burst=5000)
 
 
+def frames_for(client, session: int, n: int, timeout: float = 30.0) -> list:
+    """The session's next ``n`` frames (other sessions' are dropped); fails after ``timeout`` seconds."""
+    out, deadline = [], time.monotonic() + timeout
+    while len(out) < n and time.monotonic() < deadline:
+        f = client.frame(timeout=1.0)
+        if f is not None and f.session == session:
+            out.append(f)
+    assert len(out) == n, f"got {len(out)} of {n} frames in {timeout} s"
+    return out
+
+
 def tiny_backend(size: int = 32, embedding_dim: int = 5, **kw):
     """The tiny preset with a control schema (6 keys, 2 axes, an engine embedding) at ``size`` x ``size`` pixels."""
     return build_runtime(RuntimeOptions(preset="tiny", height=size, width=size, embedding_dim=embedding_dim,
@@ -36,7 +47,8 @@ def backend(one_torch_thread):
 
 @pytest.fixture
 def make_daemon(one_torch_thread):
-    """make_daemon(backend, max_batch=None, **limit_overrides) -> a started Daemon on tcp://127.0.0.1:<free port>; stopped after."""
+    """make_daemon(backend, max_batch=None, **limit_overrides) -> a started Daemon on tcp://127.0.0.1:<free port>;
+    stopped after."""
     started: list[Daemon] = []
 
     def make(backend, keys_dir: str | None = None, max_batch: int | None = None, **limits) -> Daemon:

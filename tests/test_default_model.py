@@ -14,6 +14,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 from PIL import Image
+from serve_helpers import frames_for
 
 from worldsim.client import Client
 from worldsim.codecs.toy_codec import ToyCodec
@@ -106,12 +107,7 @@ def test_the_daemon_opens_a_palette_prompt_from_its_start_frame(make_daemon):
     d = make_daemon(build_runtime(RuntimeOptions(model=str(default_package()))))
     with Client(d.endpoint, timeout=60) as c:
         assert prompt in c.welcome.model["starts"]
-        s = c.open(prompt, seed=0, fps=0)
-        frames, deadline = [], time.monotonic() + 60
-        while len(frames) < 4 and time.monotonic() < deadline:
-            f = c.frame(1)
-            if f is not None and f.session == s:
-                frames.append(f.image.astype(float))
+        frames = [f.image.astype(float) for f in frames_for(c, c.open(prompt, seed=0, fps=0), 4, 60)]
     psnr = [10 * np.log10(255 ** 2 / np.mean((f - start) ** 2)) for f in frames]
     assert psnr[0] > 21 and psnr[3] > 20, psnr  # measured: 23.9 (the codec's blur), then 23.7, 23.5, 23.5
 

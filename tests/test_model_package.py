@@ -6,13 +6,13 @@ from __future__ import annotations
 import argparse
 import json
 import shutil
-import time
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 from PIL import Image
+from serve_helpers import frames_for
 from tiny_models import randomize
 from train_helpers import write_dataset
 
@@ -92,17 +92,6 @@ def reference(pkg_dir: Path, chunks: int, seed: int, start: torch.Tensor | None 
     return np.concatenate(frames)
 
 
-def frames_of(c: Client, session: int, n: int) -> list:
-    """The session's next ``n`` frames (other sessions' are dropped)."""
-    frames, deadline = [], time.monotonic() + 60
-    while len(frames) < n and time.monotonic() < deadline:
-        f = c.frame(1)
-        if f is not None and f.session == session:
-            frames.append(f)
-    assert len(frames) == n, f"got {len(frames)} of {n} frames"
-    return frames
-
-
 def test_daemon_serves_the_package_as_trained(package, make_daemon):
     d = make_daemon(build_runtime(RuntimeOptions(model=str(package))))
     with Client(d.endpoint, timeout=60) as c:
@@ -110,7 +99,7 @@ def test_daemon_serves_the_package_as_trained(package, make_daemon):
         assert model["untrained"] is False and model["decoder"] == "toy" and model["text_encoder"] == "hashing"
         assert model["package"] == str(package) and model["window_frames"] == 6 and model["starts"] == []
         assert c.welcome.video["fps"] == read_package(package).geometry["fps"]
-        frames = [f.image for f in frames_of(c, c.open(PROMPT, seed=3, fps=0), 9)]
+        frames = [f.image for f in frames_for(c, c.open(PROMPT, seed=3, fps=0), 9, 60)]
     assert np.array_equal(np.stack(frames), reference(package, chunks=3, seed=3))
 
 
@@ -137,16 +126,17 @@ def test_a_packaged_start_frame_opens_its_prompt_and_a_cut_goes_to_anothers(pack
     with Client(d.endpoint, timeout=60) as c:
         assert c.welcome.model["starts"] == [PROMPT, other]
         s = c.open(PROMPT, seed=3, fps=0)
-        first = frames_of(c, s, 7)
+        first = frames_for(c, s, 7, 60)
         lead = to_uint8(codec.decode(latents[PROMPT]))[0, 0].numpy()
         assert first[0].index == 0 and np.array_equal(first[0].image, lead)
         assert np.array_equal(np.stack([f.image for f in first[1:]]),
                               reference(pkg, chunks=2, seed=3, start=latents[PROMPT]))
         plain = c.open(PROMPT, seed=3, fps=0, package_start=False)
-        assert np.array_equal(np.stack([f.image for f in frames_of(c, plain, 6)]), reference(pkg, chunks=2, seed=3))
+        plain_frames = np.stack([f.image for f in frames_for(c, plain, 6, 60)])
+        assert np.array_equal(plain_frames, reference(pkg, chunks=2, seed=3))
         c.close_session(plain)
         seq = c.send(s, prompt=other, mode="cut")
-        after = [f for f in frames_of(c, s, 40) if f.header["prompt_seq"] == seq]
+        after = [f for f in frames_for(c, s, 40, 60) if f.header["prompt_seq"] == seq]
         assert after, "the cut never applied"
         assert c.reset(s)["epoch"] == 1  # a reset starts over from the prompt now in effect, and its image
         again = next(f for f in iter(lambda: c.frame(10), None) if f.session == s and f.epoch == 1)

@@ -16,20 +16,10 @@ import time
 import numpy as np
 import pytest
 
-from serve_helpers import TEST_LIMITS, RawPeer, WsPeer, rss_mb, tiny_backend, wait_for
+from serve_helpers import TEST_LIMITS, RawPeer, WsPeer, frames_for, rss_mb, tiny_backend, wait_for
 from worldsim.client import AsyncClient, Client, ConnectionLost, ServerError
 from worldsim.client.photon import PlayoutClock, expected_control_to_photon
 from worldsim.serve.protocol import PROTOCOL_VERSION
-
-
-def frames_for(client: Client, session: int, n: int, timeout: float = 30.0) -> list:
-    out, deadline = [], time.monotonic() + timeout
-    while len(out) < n and time.monotonic() < deadline:
-        f = client.frame(timeout=1.0)
-        if f is not None and f.session == session:
-            out.append(f)
-    assert len(out) == n, f"got {len(out)} of {n} frames in {timeout} s"
-    return out
 
 
 def test_handshake_announces_capabilities(backend, make_daemon):

@@ -123,6 +123,7 @@ class Runtime:
     modules: list[nn.Module] = field(default_factory=list)  # decoder/encoder modules moved with the DiT
     move_reference: Callable[[torch.Tensor, Controls], torch.Tensor] | None = None  # a package's reference flow
     start_frames: dict[str, np.ndarray] = field(default_factory=dict)  # prompt -> a package's start [H, W, 3] uint8
+    _start_latents: dict[str, torch.Tensor] = field(default_factory=dict)  # start_frames encoded, once each
     _empty_prompt: torch.Tensor | None = None  # the empty prompt's embedding, for text guidance (kept once made)
 
     @property
@@ -142,6 +143,15 @@ class Runtime:
         k, n = self.schema.frames_per_latent, self.chunk_latents
         return {"width": self.video_shape[1], "height": self.video_shape[0], "fps": self.fps, "chunk_latents": n,
                 "frames_per_latent": k, "frames_per_chunk": k * n, "first_chunk_frames": 1 + k * (n - 1)}
+
+    def start_latents(self, prompt: str) -> torch.Tensor | None:
+        """The clean latents [1, C, 1, h, w] of the package's start frame for ``prompt`` (encoded on first use, then
+        kept: sessions only read them), or None when it has none."""
+        if prompt not in self.start_frames or self.encode_start is None:
+            return None
+        if prompt not in self._start_latents:
+            self._start_latents[prompt] = self.encode_start(self.start_frames[prompt])
+        return self._start_latents[prompt]
 
     def encode_prompts(self, prompts: Sequence[str]) -> dict[str, torch.Tensor]:
         """prompt -> its embedding [1, L, D] (float32, CPU), each distinct prompt encoded once."""

@@ -63,12 +63,9 @@ class ServeSession:
         return self.backend.encode_start(frame_format.fit(image, h, w))
 
     def _package_start(self, prompt: str) -> torch.Tensor | None:
-        """The latents of the model package's start frame for ``prompt``, when the session uses them (it brought no
-        start frame of its own and did not opt out) and the package has one."""
-        spec, b = self.spec, self.backend
-        if spec.start_frame is not None or not spec.package_start or prompt not in b.start_frames:
-            return None
-        return b.encode_start(b.start_frames[prompt])
+        """The latents of the model package's start frame for ``prompt`` for a session without a start frame of its
+        own: None when it opted out or the package has none."""
+        return self.backend.start_latents(prompt) if self.spec.package_start else None
 
     # ---- lifecycle ------------------------------------------------------------------------------------------
     def reset(self, epoch: int) -> None:

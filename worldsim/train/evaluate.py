@@ -572,9 +572,6 @@ def from_prompt(generators: list[Generator], codec: ToyCodec, cfg: EvalConfig, f
     def distance(video: np.ndarray, theme: str) -> np.ndarray:  # [frames] histogram distance to the theme's look
         return stat_drift(video, looks[theme]).histogram
 
-    def spans(curve: np.ndarray) -> dict[str, float]:
-        return early_late(curve, span)
-
     def over_themes(per_theme: dict[str, dict[str, float]]) -> dict[str, float]:
         return {k: float(np.mean([v[k] for v in per_theme.values()])) for k in ("early", "late")}
 
@@ -601,7 +598,7 @@ def from_prompt(generators: list[Generator], codec: ToyCodec, cfg: EvalConfig, f
                     strips.setdefault(g.spec.name, []).append((video,))
             d, grid = np.mean(d, axis=0), np.mean(grid, axis=0)  # [frames], over the streams
             curves.append(d.reshape(-1, n).mean(1))
-            per_theme[theme], grids[theme] = spans(d), spans(grid)
+            per_theme[theme], grids[theme] = early_late(d, span), early_late(grid, span)
         results["models"][g.spec.name] = {
             **over_themes(per_theme), "per_theme": per_theme, "per_chunk": np.mean(curves, axis=0).tolist(),
             "grid": {"period": period, **over_themes(grids),
@@ -623,6 +620,8 @@ def theme_switches(generators: list[Generator], codec: ToyCodec, cfg: EvalConfig
     span = min(PROMPT_SPAN, after)
     names = list(THEMES)
     pairs = [(a, names[(i + 1) % len(names)]) for i, a in enumerate(names)]
+    places = [cfg.seed + 2 * THEME_PLACES + i for i in range(len(pairs))]
+    starts = [(theme_start(a, p), theme_start(b, p)) for (a, b), p in zip(pairs, places)]  # each pair's two themes
     looks = theme_looks(cfg)
     latent_shape = latent_shape_of(codec, looks["forest"])
     results = {"pairs": [list(p) for p in pairs], "before": before, "after": after, "span": span, "models": {}}
@@ -631,12 +630,9 @@ def theme_switches(generators: list[Generator], codec: ToyCodec, cfg: EvalConfig
         modes = {}
         for mode in SWITCH_MODES:
             to, back = [], []
-            for i, (a, b) in enumerate(pairs):
-                place = cfg.seed + 2 * THEME_PLACES + i
-                cut_to = theme_start(b, place) if mode == "cut" else None
-                switch = ThemeSwitch(before, THEMES[b].prompts[0], mode, cut_to)
-                video = g.from_prompt(THEMES[a].prompts[0], before + after, cfg.seed + i, latent_shape,
-                                      theme_start(a, place), switch)
+            for i, ((a, b), (start, cut_to)) in enumerate(zip(pairs, starts)):
+                switch = ThemeSwitch(before, THEMES[b].prompts[0], mode, cut_to if mode == "cut" else None)
+                video = g.from_prompt(THEMES[a].prompts[0], before + after, cfg.seed + i, latent_shape, start, switch)
                 to.append(stat_drift(video[before:], looks[b]).histogram)
                 back.append(stat_drift(video[before:], looks[a]).histogram)
                 if i == 0:
