@@ -14,7 +14,10 @@ mouse deltas negated). Reported per model:
   motion in both rollouts); results.json has each outcome (correct, reversed, same, no_motion) and per-sign scores;
 - motion agreement with the commanded direction (true controls only; its chance level is the mismatched row's);
 - PSNR and SSIM against the ground truth of the first generated chunk, and per chunk;
-- drift of image statistics over the first and the last two chunks (--chunks 60: 10x the toy recipe's training clips);
+- drift of image statistics over the first and the last two chunks (--chunks 60: 10x the toy recipe's training clips),
+  paired with each episode's ground truth, and pooled over the episodes per window of --drift-window frames (first
+  and last window and their ratio in results.json: the Self Forcing paper's drift, which a rollout that merely shows
+  another part of the world keeps);
 - seconds per chunk (denoising only).
 
 Next to them, references scored the same way: the ground truth (the world under the true and the mirrored
@@ -45,6 +48,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                         "few-step sampler; N > 4: N evenly spaced steps, as the teacher samples); repeatable")
     p.add_argument("--codec", required=True, help="the toy codec the models were trained with")
     p.add_argument("--episodes", type=int, default=d.episodes, help=f"held-out episodes (default {d.episodes})")
+    p.add_argument("--drift-window", type=int, default=d.drift_window,
+                   help=f"frames per window of the pooled drift (default {d.drift_window}: a toy training clip)")
     p.add_argument("--chunks", type=int, default=d.chunks, help=f"generated chunks per episode (default {d.chunks}: "
                                                                "10x the toy recipe's 6-chunk training clips)")
     p.add_argument("--seed", type=int, default=d.seed, help=f"episode and noise seed (default {d.seed}; the "
@@ -99,7 +104,7 @@ def main(argv: list[str] | None = None) -> int:
     cfg = EvalConfig(episodes=args.episodes, chunks=args.chunks, seed=args.seed, window_frames=args.window,
                      sink_frames=args.sink, strip_episodes=args.strip_episodes, strip_every=args.strip_every,
                      held_frames=args.held_frames, prompt_frames=args.prompt_frames, prompt_streams=args.prompt_streams,
-                     switch_frames=args.switch_frames,
+                     switch_frames=args.switch_frames, drift_window=args.drift_window,
                      control_guidance=args.control_guidance, text_guidance=args.text_guidance,
                      guided_steps=args.guided_steps, chunk_frames=args.chunk_latents, device=args.device)
     results = evaluate(specs, args.codec, cfg, out=args.out)

@@ -95,7 +95,8 @@ from ..world import AXES, KEYS, World
 from ..world.episodes import EpisodeConfig, episode_seeds, generate_episode, themes_per_frame
 from ..world.game import WorldState
 from ..world.metrics import (KINDS, OUTCOMES, SIGNS, counterfactual_counts, counterfactual_summary, estimate_motion,
-                             horizons, mirror_controls, motion_breakdown, ssim, stat_drift, token_grid)
+                             frame_statistics, horizons, mirror_controls, motion_breakdown, pooled_drift, ssim,
+                             stat_drift, token_grid)
 from ..world.themes import THEMES
 
 THEME_PLACES = 4  # world places per theme pooled into its look (from-a-prompt probe)
@@ -147,6 +148,7 @@ class EvalConfig:
     text_guidance: float | None = None  # likewise, on the prompt
     guided_steps: tuple[int, ...] | None = None  # steps guidance applies to; None: a package's own, else all
     chunk_frames: int | None = None  # latent frames per generated chunk; None: the model's own (serve --chunk-latents)
+    drift_window: int = 6  # frames per window of the pooled drift: the toy recipe's training clip
     device: str = "cpu"
 
 
@@ -349,6 +351,7 @@ class Tally:
 
     chunks: int
     chunk_frames: int
+    drift_window: int = 6  # frames per window of the pooled drift (EvalConfig.drift_window)
     hits: dict[str, int] = field(default_factory=lambda: dict.fromkeys(KINDS, 0))
     rows: dict[str, int] = field(default_factory=lambda: dict.fromkeys(KINDS, 0))
     pairs: dict[str, np.ndarray] = field(  # counterfactual counts [SIGNS, OUTCOMES] per kind
@@ -357,6 +360,7 @@ class Tally:
     histogram: list[np.ndarray] = field(default_factory=list)
     mse: list[np.ndarray] = field(default_factory=list)
     ssim: list[np.ndarray] = field(default_factory=list)
+    stats: list[tuple[np.ndarray, ...]] = field(default_factory=list)  # per episode: frame_statistics of video, truth
     seconds: list[float] = field(default_factory=list)
 
     def add(self, span: np.ndarray, mirrored: np.ndarray, ep: HeldOutEpisode) -> None:
@@ -376,9 +380,23 @@ class Tally:
         self.histogram.append(self._per_chunk(drift.histogram))
         self.mse.append(self._per_chunk(err.mean(axis=(1, 2, 3))))
         self.ssim.append(self._per_chunk(ssim(video, truth)))
+        self.stats.append((*frame_statistics(video), *frame_statistics(truth)))
 
     def _per_chunk(self, per_frame: np.ndarray) -> np.ndarray:
         return per_frame.reshape(self.chunks, self.chunk_frames).mean(1)
+
+    def _pooled_drift(self) -> dict:
+        """:func:`~worldsim.world.metrics.pooled_drift` per window of frames: first and last window, their ratio
+        (the drift the Self Forcing paper measures: 1 when the last frames look as much like the world as the
+        first), and the curve."""
+        moments, histograms, ref_moments, ref_histograms = (np.stack(x) for x in zip(*self.stats))
+        drift = pooled_drift(moments, histograms, ref_moments, ref_histograms, self.drift_window)
+        out = {}
+        for name, curve in (("moments", drift.moments), ("histogram", drift.histogram)):
+            first, last = float(curve[0]), float(curve[-1])
+            out[name] = {"first": first, "last": last, "ratio": last / first if first > 0 else None,
+                         "per_window": curve.tolist()}
+        return {"window_frames": self.drift_window, **out}
 
     def summary(self) -> dict:
         """JSON-ready metrics: motion agreement and the counterfactual pairs per kind; per-chunk curves with first
@@ -390,7 +408,8 @@ class Tally:
         out = {"motion": motion, "counterfactual": {k: counterfactual_summary(self.pairs[k]) for k in KINDS},
                "drift_moments": _curve(np.mean(self.moments, axis=0)),
                "drift_histogram": _curve(np.mean(self.histogram, axis=0)), "mse": _curve(mse),
-               "psnr": {**_curve(mse, psnr=True), "per_chunk": psnr}, "ssim": _curve(np.mean(self.ssim, axis=0))}
+               "psnr": {**_curve(mse, psnr=True), "per_chunk": psnr}, "ssim": _curve(np.mean(self.ssim, axis=0)),
+               "drift_pooled": self._pooled_drift()}
         if self.seconds:
             out["seconds_per_chunk"] = float(np.mean(self.seconds))
         return out
@@ -435,8 +454,9 @@ def evaluate(specs: list[ModelSpec], codec_path: str | Path, cfg: EvalConfig = E
         raise ValueError(f"the models generate chunks of different sizes {sorted(sizes)}; evaluate them apart")
     n = sizes.pop()
     episodes = held_out_episodes(cfg, n)
-    refs = {name: Tally(cfg.chunks, n) for name in REFERENCES if name != "mismatched" or len(episodes) > 1}
-    tallies = {g.spec.name: Tally(cfg.chunks, n) for g in generators}
+    refs = {name: Tally(cfg.chunks, n, cfg.drift_window) for name in REFERENCES
+            if name != "mismatched" or len(episodes) > 1}
+    tallies = {g.spec.name: Tally(cfg.chunks, n, cfg.drift_window) for g in generators}
     strips: dict[str, list] = {g.spec.name: [] for g in generators}
     bar = tqdm(total=2 * len(generators) * len(episodes) * cfg.chunks, unit="chunk", disable=not progress)
     for i, ep in enumerate(episodes):
@@ -696,9 +716,11 @@ def format_held(results: dict) -> str:
 
 def format_table(results: dict) -> str:
     """A plain-text table of the models, then the references: per kind the counterfactual score with its
-    detection rate, overall motion agreement, first-chunk PSNR and SSIM, drift and speed."""
+    detection rate, overall motion agreement, first-chunk PSNR and SSIM, paired drift (early / late chunks),
+    pooled drift of the moments (first / last window) and speed."""
     head = (f"{'model':<18} {'steps':>5}  {'turn':>9} {'move':>9} {'strafe':>9}  {'agree':>5}  {'PSNR1':>5} "
-            f"{'SSIM1':>5}  {'drift early/late':>16}  {'PSNR early/late':>15}  {'s/chunk':>7}")
+            f"{'SSIM1':>5}  {'drift early/late':>16}  {'pooled first/last':>17}  {'PSNR early/late':>15}  "
+            f"{'s/chunk':>7}")
     lines = [head, "-" * len(head)]
 
     def fmt(v, spec: str) -> str:
@@ -712,9 +734,11 @@ def format_table(results: dict) -> str:
         cf = " ".join(f"{kind(r['counterfactual'][k]):>9}" for k in KINDS)
         pair = {k: f"{fmt(r[k]['early'], f)} / {fmt(r[k]['late'], f)}" for k, f in
                 (("drift_moments", ".1f"), ("psnr", ".1f"))}
+        pooled = r["drift_pooled"]["moments"]
+        pooled = f"{fmt(pooled['first'], '.1f')} / {fmt(pooled['last'], '.1f')}"
         return (f"{name:<18} {steps:>5}  {cf}  {fmt(r['motion']['all']['agreement'], '5.2f')}  "
                 f"{fmt(r['psnr']['first'], '5.1f')} {fmt(r['ssim']['first'], '5.3f')}  {pair['drift_moments']:>16}  "
-                f"{pair['psnr']:>15}  {fmt(r.get('seconds_per_chunk'), '7.3f')}")
+                f"{pooled:>17}  {pair['psnr']:>15}  {fmt(r.get('seconds_per_chunk'), '7.3f')}")
 
     lines += [row(name, r, str(r["steps"])) for name, r in results["models"].items()]
     lines += [row(f"({name})", r, "") for name, r in results["references"].items()]
