@@ -15,9 +15,10 @@ mouse deltas negated). Reported per model:
 - motion agreement with the commanded direction (true controls only; its chance level is the mismatched row's);
 - PSNR and SSIM against the ground truth of the first generated chunk, and per chunk;
 - drift of image statistics over the first and the last two chunks (--chunks 60: 10x the toy recipe's training clips),
-  paired with each episode's ground truth, and pooled over the episodes per window of --drift-window frames (first
-  and last window and their ratio in results.json: the Self Forcing paper's drift, which a rollout that merely shows
-  another part of the world keeps);
+  paired with each episode's ground truth; and the theme drift: each frame's colour-histogram distance to its
+  theme's look (the world's frames of the theme at held-out places), per window of --drift-window frames, first
+  and last window and their ratio in results.json (the Self Forcing paper's drift, which a rollout that merely
+  shows another part of the world keeps; the ground truth's own ratio is the drift-free level);
 - seconds per chunk (denoising only).
 
 Next to them, references scored the same way: the ground truth (the world under the true and the mirrored
@@ -49,7 +50,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--codec", required=True, help="the toy codec the models were trained with")
     p.add_argument("--episodes", type=int, default=d.episodes, help=f"held-out episodes (default {d.episodes})")
     p.add_argument("--drift-window", type=int, default=d.drift_window,
-                   help=f"frames per window of the pooled drift (default {d.drift_window}: a toy training clip)")
+                   help=f"frames per window of the theme drift (default {d.drift_window}: a toy training clip)")
     p.add_argument("--chunks", type=int, default=d.chunks, help=f"generated chunks per episode (default {d.chunks}: "
                                                                "10x the toy recipe's 6-chunk training clips)")
     p.add_argument("--seed", type=int, default=d.seed, help=f"episode and noise seed (default {d.seed}; the "

@@ -64,8 +64,9 @@ def test_evaluate_structure_and_references(tmp_path):
     assert truth["motion"]["all"]["agreement"] > frozen["motion"]["all"]["agreement"]
     assert truth["drift_moments"]["late"] == 0 and frozen["drift_moments"]["late"] > 0
     for r in [model, *refs.values()]:  # 2 frames: one window of EvalConfig's 6
-        assert r["drift_pooled"]["window_frames"] == 6 and len(r["drift_pooled"]["moments"]["per_window"]) == 1
-    assert truth["drift_pooled"]["moments"]["last"] == 0 and refs["codec"]["drift_pooled"]["moments"]["last"] > 0
+        theme = r["drift_theme"]
+        assert theme["window_frames"] == 6 and theme["per_window"] == [theme["first"]] == [theme["last"]]
+        assert 0 < theme["first"] < 1 and theme["ratio"] == 1
     assert truth["ssim"]["first"] == 1.0 and truth["psnr"]["first"] is None  # identical frames
     assert frozen["ssim"]["first"] < 1.0
     turn = truth["counterfactual"]["turn"]

@@ -91,12 +91,12 @@ from ..model_package import is_package, read_package
 from ..runtime import GUIDANCE_FIELDS, RuntimeOptions, build_runtime
 from ..sampling.schedule import FlowMatchSchedule, SamplerConfig, evenly_spaced_steps
 from ..sampling.session import SWITCH_MODES, StreamingSession
-from ..world import AXES, KEYS, World
+from ..world import AXES, KEYS, World, theme_for_prompt
 from ..world.episodes import EpisodeConfig, episode_seeds, generate_episode, themes_per_frame
 from ..world.game import WorldState
 from ..world.metrics import (KINDS, OUTCOMES, SIGNS, counterfactual_counts, counterfactual_summary, estimate_motion,
-                             frame_statistics, horizons, mirror_controls, motion_breakdown, pooled_drift, ssim,
-                             stat_drift, token_grid)
+                             colour_look, horizons, look_distance, mirror_controls, motion_breakdown, ssim, stat_drift,
+                             token_grid)
 from ..world.themes import THEMES
 
 THEME_PLACES = 4  # world places per theme pooled into its look (from-a-prompt probe)
@@ -148,7 +148,7 @@ class EvalConfig:
     text_guidance: float | None = None  # likewise, on the prompt
     guided_steps: tuple[int, ...] | None = None  # steps guidance applies to; None: a package's own, else all
     chunk_frames: int | None = None  # latent frames per generated chunk; None: the model's own (serve --chunk-latents)
-    drift_window: int = 6  # frames per window of the pooled drift: the toy recipe's training clip
+    drift_window: int = 6  # frames per window of the theme drift: the toy recipe's training clip
     device: str = "cpu"
 
 
@@ -351,7 +351,8 @@ class Tally:
 
     chunks: int
     chunk_frames: int
-    drift_window: int = 6  # frames per window of the pooled drift (EvalConfig.drift_window)
+    looks: dict[str, np.ndarray] | None = None  # each theme's colour_look, for the theme drift
+    drift_window: int = 6  # frames per window of the theme drift (EvalConfig.drift_window)
     hits: dict[str, int] = field(default_factory=lambda: dict.fromkeys(KINDS, 0))
     rows: dict[str, int] = field(default_factory=lambda: dict.fromkeys(KINDS, 0))
     pairs: dict[str, np.ndarray] = field(  # counterfactual counts [SIGNS, OUTCOMES] per kind
@@ -360,7 +361,7 @@ class Tally:
     histogram: list[np.ndarray] = field(default_factory=list)
     mse: list[np.ndarray] = field(default_factory=list)
     ssim: list[np.ndarray] = field(default_factory=list)
-    stats: list[tuple[np.ndarray, ...]] = field(default_factory=list)  # per episode: frame_statistics of video, truth
+    theme_drift: list[np.ndarray] = field(default_factory=list)  # per episode [frames]: look_distance to its theme
     seconds: list[float] = field(default_factory=list)
 
     def add(self, span: np.ndarray, mirrored: np.ndarray, ep: HeldOutEpisode) -> None:
@@ -380,23 +381,27 @@ class Tally:
         self.histogram.append(self._per_chunk(drift.histogram))
         self.mse.append(self._per_chunk(err.mean(axis=(1, 2, 3))))
         self.ssim.append(self._per_chunk(ssim(video, truth)))
-        self.stats.append((*frame_statistics(video), *frame_statistics(truth)))
+        if self.looks is not None:
+            themes = np.repeat([theme_for_prompt(p) for p in ep.prompts[1:]], self.chunk_frames)  # per frame
+            distance = np.empty(len(video))
+            for theme in set(themes):
+                distance[themes == theme] = look_distance(video[themes == theme], self.looks[theme])
+            self.theme_drift.append(distance)
 
     def _per_chunk(self, per_frame: np.ndarray) -> np.ndarray:
         return per_frame.reshape(self.chunks, self.chunk_frames).mean(1)
 
-    def _pooled_drift(self) -> dict:
-        """:func:`~worldsim.world.metrics.pooled_drift` per window of frames: first and last window, their ratio
-        (the drift the Self Forcing paper measures: 1 when the last frames look as much like the world as the
-        first), and the curve."""
-        moments, histograms, ref_moments, ref_histograms = (np.stack(x) for x in zip(*self.stats))
-        drift = pooled_drift(moments, histograms, ref_moments, ref_histograms, self.drift_window)
-        out = {}
-        for name, curve in (("moments", drift.moments), ("histogram", drift.histogram)):
-            first, last = float(curve[0]), float(curve[-1])
-            out[name] = {"first": first, "last": last, "ratio": last / first if first > 0 else None,
-                         "per_window": curve.tolist()}
-        return {"window_frames": self.drift_window, **out}
+    def _theme_drift(self) -> dict:
+        """Colour-histogram distance to the theme's look per window of frames, averaged over episodes: first and
+        last window, their ratio (the drift the Self Forcing paper measures: 1 when the last frames look as much
+        like the world as the first; the ground truth's own ratio is the level a drift-free model reaches), and
+        the curve."""
+        per_frame = np.mean(self.theme_drift, axis=0)
+        curve = np.array([w.mean() for w in np.array_split(per_frame, range(self.drift_window, len(per_frame),
+                                                                             self.drift_window))])
+        first, last = float(curve[0]), float(curve[-1])
+        return {"window_frames": self.drift_window, "first": first, "last": last,
+                "ratio": last / first if first > 0 else None, "per_window": curve.tolist()}
 
     def summary(self) -> dict:
         """JSON-ready metrics: motion agreement and the counterfactual pairs per kind; per-chunk curves with first
@@ -409,7 +414,7 @@ class Tally:
                "drift_moments": _curve(np.mean(self.moments, axis=0)),
                "drift_histogram": _curve(np.mean(self.histogram, axis=0)), "mse": _curve(mse),
                "psnr": {**_curve(mse, psnr=True), "per_chunk": psnr}, "ssim": _curve(np.mean(self.ssim, axis=0)),
-               "drift_pooled": self._pooled_drift()}
+               **({"drift_theme": self._theme_drift()} if self.theme_drift else {})}
         if self.seconds:
             out["seconds_per_chunk"] = float(np.mean(self.seconds))
         return out
@@ -454,9 +459,10 @@ def evaluate(specs: list[ModelSpec], codec_path: str | Path, cfg: EvalConfig = E
         raise ValueError(f"the models generate chunks of different sizes {sorted(sizes)}; evaluate them apart")
     n = sizes.pop()
     episodes = held_out_episodes(cfg, n)
-    refs = {name: Tally(cfg.chunks, n, cfg.drift_window) for name in REFERENCES
+    looks = {theme: colour_look(views) for theme, views in theme_looks(cfg).items()}
+    refs = {name: Tally(cfg.chunks, n, looks, cfg.drift_window) for name in REFERENCES
             if name != "mismatched" or len(episodes) > 1}
-    tallies = {g.spec.name: Tally(cfg.chunks, n, cfg.drift_window) for g in generators}
+    tallies = {g.spec.name: Tally(cfg.chunks, n, looks, cfg.drift_window) for g in generators}
     strips: dict[str, list] = {g.spec.name: [] for g in generators}
     bar = tqdm(total=2 * len(generators) * len(episodes) * cfg.chunks, unit="chunk", disable=not progress)
     for i, ep in enumerate(episodes):
@@ -717,9 +723,9 @@ def format_held(results: dict) -> str:
 def format_table(results: dict) -> str:
     """A plain-text table of the models, then the references: per kind the counterfactual score with its
     detection rate, overall motion agreement, first-chunk PSNR and SSIM, paired drift (early / late chunks),
-    pooled drift of the moments (first / last window) and speed."""
+    theme drift (first / last window) and speed."""
     head = (f"{'model':<18} {'steps':>5}  {'turn':>9} {'move':>9} {'strafe':>9}  {'agree':>5}  {'PSNR1':>5} "
-            f"{'SSIM1':>5}  {'drift early/late':>16}  {'pooled first/last':>17}  {'PSNR early/late':>15}  "
+            f"{'SSIM1':>5}  {'drift early/late':>16}  {'theme first/last':>16}  {'PSNR early/late':>15}  "
             f"{'s/chunk':>7}")
     lines = [head, "-" * len(head)]
 
@@ -734,11 +740,11 @@ def format_table(results: dict) -> str:
         cf = " ".join(f"{kind(r['counterfactual'][k]):>9}" for k in KINDS)
         pair = {k: f"{fmt(r[k]['early'], f)} / {fmt(r[k]['late'], f)}" for k, f in
                 (("drift_moments", ".1f"), ("psnr", ".1f"))}
-        pooled = r["drift_pooled"]["moments"]
-        pooled = f"{fmt(pooled['first'], '.1f')} / {fmt(pooled['last'], '.1f')}"
+        theme = r.get("drift_theme", {})
+        theme = f"{fmt(theme.get('first'), '.2f')} / {fmt(theme.get('last'), '.2f')}"
         return (f"{name:<18} {steps:>5}  {cf}  {fmt(r['motion']['all']['agreement'], '5.2f')}  "
                 f"{fmt(r['psnr']['first'], '5.1f')} {fmt(r['ssim']['first'], '5.3f')}  {pair['drift_moments']:>16}  "
-                f"{pooled:>17}  {pair['psnr']:>15}  {fmt(r.get('seconds_per_chunk'), '7.3f')}")
+                f"{theme:>16}  {pair['psnr']:>15}  {fmt(r.get('seconds_per_chunk'), '7.3f')}")
 
     lines += [row(name, r, str(r["steps"])) for name, r in results["models"].items()]
     lines += [row(f"({name})", r, "") for name, r in results["references"].items()]

@@ -36,8 +36,8 @@ reported as the detection rate.
 with a reference: the ground-truth frames of the same rollout (paired) or the opening frames (pooled). A model
 that slowly washes out, darkens or saturates over a long rollout shows a growing curve. Paired drift also grows
 when a rollout merely shows another part of the world than the ground truth (a frozen first frame reaches the
-same values as a drifting model); :func:`pooled_drift` compares statistics pooled over episodes per window of
-frames, which a valid rollout that goes elsewhere keeps.
+same values as a drifting model); :func:`look_distance` compares each frame with its theme's look (the world's
+frames of the theme at many places), which a valid rollout that goes elsewhere keeps.
 
 **Token grid.** :func:`token_grid`: power at the DiT's token period against its neighbouring frequencies, for
 the checkerboard a model's rollout can break into while its colours stay right.
@@ -333,34 +333,16 @@ def stat_drift(frames: np.ndarray, reference: np.ndarray | None = None, paired: 
     return Drift(moments=np.abs(m - rm).mean(1), histogram=0.5 * np.abs(h - rh).sum(1))
 
 
-def frame_statistics(frames: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Frames [N, H, W, 3] -> (channel means and stds [N, 6], colour histograms [N, 64]): what
-    :func:`pooled_drift` compares."""
-    return _moments(frames), _histograms(frames)
+def colour_look(frames: np.ndarray) -> np.ndarray:
+    """The pooled colour histogram [64] of frames [N, H, W, 3]: a theme's look, from the world's own frames of it."""
+    return _histograms(frames).mean(0)
 
 
-def pooled_drift(moments: np.ndarray, histograms: np.ndarray, ref_moments: np.ndarray, ref_histograms: np.ndarray,
-                 window: int) -> Drift:
-    """Drift of a model's image statistics from the world's, per window of ``window`` frames, pooled over episodes.
-
-    moments [E, N, 6] and histograms [E, N, B] of E generated videos (:func:`frame_statistics`), the ``ref_`` ones
-    of the E ground-truth videos they continue. For each window the mean statistics of all its frames in all
-    episodes are compared: the mean |difference| of the moments and the total-variation distance of the pooled
-    histograms. Pooling, unlike the paired :func:`stat_drift`, does not count a rollout that merely goes elsewhere
-    than the ground truth (another view of the same world) as drift, only statistics that stop being the world's
-    (washing out, darkening, colours of another theme). Returns one value per window (the last one may be shorter).
-    """
-    if moments.shape[:2] != ref_moments.shape[:2] or histograms.shape != ref_histograms.shape:
-        raise ValueError(f"pooled_drift: the videos' statistics {moments.shape[:2]} and the ground truth's "
-                         f"{ref_moments.shape[:2]} must cover the same episodes and frames")
-    if window < 1:
-        raise ValueError(f"pooled_drift window must be >= 1 frame, got {window}")
-    starts = range(0, moments.shape[1], window)
-    m = [np.abs(moments[:, i:i + window].mean((0, 1)) - ref_moments[:, i:i + window].mean((0, 1))).mean()
-         for i in starts]
-    h = [0.5 * np.abs(histograms[:, i:i + window].mean((0, 1)) - ref_histograms[:, i:i + window].mean((0, 1))).sum()
-         for i in starts]
-    return Drift(moments=np.array(m), histogram=np.array(h))
+def look_distance(frames: np.ndarray, look: np.ndarray) -> np.ndarray:
+    """[N] total-variation distance of each frame's colour histogram from ``look`` (:func:`colour_look`): 0 = the
+    same colours, 1 = none shared. Unlike the paired :func:`stat_drift` it does not grow when a rollout merely
+    shows another part of the world than the ground truth, only when its colours stop being the theme's."""
+    return 0.5 * np.abs(_histograms(frames) - look).sum(1)
 
 
 def token_grid(frames: np.ndarray, period: int) -> np.ndarray:
