@@ -66,6 +66,7 @@ def test_evaluate_structure_and_references(tmp_path):
     for r in [model, *refs.values()]:  # 2 frames: one window of EvalConfig's 6
         theme = r["drift_theme"]
         assert theme["window_frames"] == 6 and theme["per_window"] == [theme["first"]] == [theme["last"]]
+        assert theme["episodes"] == 2
         assert 0 < theme["first"] < 1 and theme["ratio"] == 1
     assert truth["ssim"]["first"] == 1.0 and truth["psnr"]["first"] is None  # identical frames
     assert frozen["ssim"]["first"] < 1.0

@@ -361,7 +361,7 @@ class Tally:
     histogram: list[np.ndarray] = field(default_factory=list)
     mse: list[np.ndarray] = field(default_factory=list)
     ssim: list[np.ndarray] = field(default_factory=list)
-    theme_drift: list[np.ndarray] = field(default_factory=list)  # per episode [frames], NaN after a theme switch
+    theme_drift: list[np.ndarray] = field(default_factory=list)  # per one-theme episode [frames]
     seconds: list[float] = field(default_factory=list)
 
     def add(self, span: np.ndarray, mirrored: np.ndarray, ep: HeldOutEpisode) -> None:
@@ -381,29 +381,24 @@ class Tally:
         self.histogram.append(self._per_chunk(drift.histogram))
         self.mse.append(self._per_chunk(err.mean(axis=(1, 2, 3))))
         self.ssim.append(self._per_chunk(ssim(video, truth)))
-        if self.looks is not None:  # up to the episode's first theme switch (a switch is not drift)
-            themes = np.repeat([theme_for_prompt(p) for p in ep.prompts[1:]], self.chunk_frames)  # per frame
-            opening = theme_for_prompt(ep.prompts[0])
-            distance = np.full(len(video), np.nan)
-            kept = np.cumprod(themes == opening).astype(bool)
-            if kept.any():
-                distance[kept] = look_distance(video[kept], self.looks[opening])
-            self.theme_drift.append(distance)
+        themes = {theme_for_prompt(p) for p in ep.prompts}
+        if self.looks is not None and len(themes) == 1:  # episodes that switch themes are left out: not drift
+            self.theme_drift.append(look_distance(video, self.looks[themes.pop()]))
 
     def _per_chunk(self, per_frame: np.ndarray) -> np.ndarray:
         return per_frame.reshape(self.chunks, self.chunk_frames).mean(1)
 
     def _theme_drift(self) -> dict:
-        """Colour-histogram distance to the theme's look per window of frames, averaged over the episodes' frames
-        before their first theme switch (every episode's context and first frame keep its opening theme): first and
+        """Colour-histogram distance to the theme's look per window of frames, averaged over the episodes that
+        keep one theme (``episodes`` of them; a soft switch a model does not follow is not drift): first and
         last window, their ratio (the drift the Self Forcing paper measures: 1 when the last frames look as much
         like the world as the first; the ground truth's own ratio is the level a drift-free model reaches), and
         the curve."""
-        per_frame = np.stack(self.theme_drift)  # [episodes, frames], NaN after a theme switch
-        curve = np.array([np.nanmean(w) for w in np.array_split(per_frame, range(self.drift_window, per_frame.shape[1],
-                                                                                   self.drift_window), axis=1)])
+        per_frame = np.mean(self.theme_drift, axis=0)
+        curve = np.array([w.mean() for w in np.array_split(per_frame, range(self.drift_window, len(per_frame),
+                                                                             self.drift_window))])
         first, last = float(curve[0]), float(curve[-1])
-        return {"window_frames": self.drift_window, "first": first, "last": last,
+        return {"window_frames": self.drift_window, "episodes": len(self.theme_drift), "first": first, "last": last,
                 "ratio": last / first if first > 0 else None, "per_window": curve.tolist()}
 
     def summary(self) -> dict:
