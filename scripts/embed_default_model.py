@@ -62,6 +62,8 @@ def evaluation_summary(results: dict, model: str | None = None) -> dict:
                      "psnr_first": r["psnr"]["first"],
                      "drift_moments": [r["drift_moments"]["early"], r["drift_moments"]["late"]],
                      "held_commands": results.get("held_commands", {}).get(name)}
+        if "drift_theme" in r:  # distance to the theme's look, first and last window
+            out[name]["drift_theme"] = [r["drift_theme"]["first"], r["drift_theme"]["last"]]
         for key in ("from_prompt", "from_start"):  # histogram distance to each theme's look, first and last frames
             if key in results:
                 r = results[key]["models"][name]
