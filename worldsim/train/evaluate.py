@@ -498,9 +498,9 @@ def evaluate(specs: list[ModelSpec], codec_path: str | Path, cfg: EvalConfig = E
     probe_strips = {}
     if cfg.prompt_frames > 0:
         for key, from_frame in (("from_prompt", False), ("from_start", True)):
-            results[key], probe_strips[key] = from_prompt(generators, codec, cfg, from_frame)
+            results[key], probe_strips[key] = from_prompt(generators, codec, cfg, looks, from_frame)
     if cfg.switch_frames > 0:
-        results["theme_switch"], probe_strips["theme_switch"] = theme_switches(generators, codec, cfg)
+        results["theme_switch"], probe_strips["theme_switch"] = theme_switches(generators, codec, cfg, looks)
     if out is not None:
         out = Path(out)
         out.mkdir(parents=True, exist_ok=True)
@@ -580,21 +580,22 @@ def theme_start(theme: str, place: int) -> np.ndarray:
     return World(EpisodeConfig().world).reset(place, theme)
 
 
-def from_prompt(generators: list[Generator], codec: ToyCodec, cfg: EvalConfig, from_frame: bool = False
-                ) -> tuple[dict, dict[str, list[tuple[np.ndarray]]]]:
+def from_prompt(generators: list[Generator], codec: ToyCodec, cfg: EvalConfig, looks: dict[str, np.ndarray],
+                from_frame: bool = False) -> tuple[dict, dict[str, list[tuple[np.ndarray]]]]:
     """The from-a-prompt probe (module docstring): {"themes": [...], "references": {name: {"mean": d}}, "models":
     {name: {"early", "late", "per_theme": {theme: {"early", "late"}}, "per_chunk", "grid": {"period", "early",
     "late", "world", "codec", "per_theme"}}}}: colour-histogram distance, and the token grid with its references at
     the model's token size; per model one strip row per theme. ``from_frame``: each stream continues from a start
-    frame of its theme (:func:`theme_start` at a place of its own, none of the looks' places) instead."""
+    frame of its theme (:func:`theme_start` at a place of its own, none of the looks' places) instead. ``looks``:
+    each theme's :func:`~worldsim.world.metrics.colour_look` (of :func:`theme_looks`)."""
     n = generators[0].n
     frames = cfg.prompt_frames - cfg.prompt_frames % n or n  # whole chunks
     span = min(PROMPT_SPAN, frames)
-    looks, elsewhere = theme_looks(cfg), theme_looks(cfg, THEME_PLACES)
-    latent_shape = latent_shape_of(codec, looks["forest"])
+    elsewhere = theme_looks(cfg, THEME_PLACES)
+    latent_shape = latent_shape_of(codec, elsewhere["forest"])
 
     def distance(video: np.ndarray, theme: str) -> np.ndarray:  # [frames] histogram distance to the theme's look
-        return stat_drift(video, looks[theme]).histogram
+        return look_distance(video, looks[theme])
 
     def over_themes(per_theme: dict[str, dict[str, float]]) -> dict[str, float]:
         return {k: float(np.mean([v[k] for v in per_theme.values()])) for k in ("early", "late")}
@@ -632,12 +633,12 @@ def from_prompt(generators: list[Generator], codec: ToyCodec, cfg: EvalConfig, f
     return results, strips
 
 
-def theme_switches(generators: list[Generator], codec: ToyCodec, cfg: EvalConfig
+def theme_switches(generators: list[Generator], codec: ToyCodec, cfg: EvalConfig, looks: dict[str, np.ndarray]
                    ) -> tuple[dict, dict[str, list[tuple[np.ndarray]]]]:
     """The theme-switch probe (module docstring): {"pairs", "before", "after", "span", "models": {name: {mode:
     {"to": {"early", "late"}, "from": {"early", "late"}, "per_chunk"}}}}: after the switch, the colour-histogram
     distance to the new theme's look (to) and to the old one's (from), averaged over the pairs; per model one strip
-    row per mode (the first pair, before and after the switch)."""
+    row per mode (the first pair, before and after the switch). ``looks``: as for :func:`from_prompt`."""
     n = generators[0].n
     before = max(n, SWITCH_BEFORE - SWITCH_BEFORE % n)
     after = max(n, cfg.switch_frames - cfg.switch_frames % n)
@@ -646,8 +647,7 @@ def theme_switches(generators: list[Generator], codec: ToyCodec, cfg: EvalConfig
     pairs = [(a, names[(i + 1) % len(names)]) for i, a in enumerate(names)]
     places = [cfg.seed + 2 * THEME_PLACES + i for i in range(len(pairs))]
     starts = [(theme_start(a, p), theme_start(b, p)) for (a, b), p in zip(pairs, places)]  # each pair's two themes
-    looks = theme_looks(cfg)
-    latent_shape = latent_shape_of(codec, looks["forest"])
+    latent_shape = latent_shape_of(codec, starts[0][0])
     results = {"pairs": [list(p) for p in pairs], "before": before, "after": after, "span": span, "models": {}}
     strips: dict[str, list[tuple[np.ndarray]]] = {}
     for g in generators:
@@ -657,8 +657,8 @@ def theme_switches(generators: list[Generator], codec: ToyCodec, cfg: EvalConfig
             for i, ((a, b), (start, cut_to)) in enumerate(zip(pairs, starts)):
                 switch = ThemeSwitch(before, THEMES[b].prompts[0], mode, cut_to if mode == "cut" else None)
                 video = g.from_prompt(THEMES[a].prompts[0], before + after, cfg.seed + i, latent_shape, start, switch)
-                to.append(stat_drift(video[before:], looks[b]).histogram)
-                back.append(stat_drift(video[before:], looks[a]).histogram)
+                to.append(look_distance(video[before:], looks[b]))
+                back.append(look_distance(video[before:], looks[a]))
                 if i == 0:
                     strips.setdefault(g.spec.name, []).append((video,))
             to, back = np.mean(to, axis=0), np.mean(back, axis=0)
