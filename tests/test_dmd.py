@@ -122,3 +122,41 @@ def test_dmd_gradient_is_normalised_difference_of_x0_predictions():
     xt = (1 - s) * x.detach() + s * noise
     expected = -s / (x.detach() - xt).abs().mean(dim=(1, 2, 3, 4), keepdim=True) / x.numel()
     assert torch.allclose(x.grad, expected.expand_as(x), rtol=1e-4, atol=1e-9)
+
+
+def test_guidance_on_the_controls_apart_composes_with_the_prompts_and_equal_scales_give_the_joint_form():
+    """guided_flow with a control scale of its own: uncond + s (text_only - uncond) + c (cond - text_only), each
+    branch keeping the reference; c == s (or None) is the standard joint form exactly, with no text-only call."""
+    from worldsim.model.control import Controls
+    from worldsim.train.guidance import guided_flow
+
+    calls = []
+
+    def model(x, t, context, controls=None):  # each condition adds its own, distinguishable term
+        calls.append(controls is not None and controls.keys is not None)
+        keys = 0 if controls is None or controls.keys is None else 3 * controls.keys.sum()
+        ref = 0 if controls is None or controls.reference is None else 5 * controls.reference.sum()
+        return 2 * x + context.sum() + keys + ref
+
+    g = torch.Generator().manual_seed(0)
+    x, t = torch.randn(1, 2, 3, 1, 1, generator=g), torch.full((1,), 500.0)
+    text, empty = torch.randn(1, 4, 8, generator=g), torch.zeros(1, 4, 8)
+    controls = Controls(keys=torch.rand(1, 3, 1, 6, generator=g), reference=torch.randn(1, 2, 3, 1, 1, generator=g))
+    base, ref = 2 * x + 5 * controls.reference.sum(), 5 * controls.reference.sum()
+    uncond, text_only, cond = base, base + text.sum(), base + text.sum() + 3 * controls.keys.sum()
+    assert ref != 0 and text.sum() != 0
+
+    joint = guided_flow(model, x, t, text, controls, empty, 1.5)
+    torch.testing.assert_close(joint, uncond + 1.5 * (cond - uncond))
+    assert len(calls) == 2
+    calls.clear()
+    torch.testing.assert_close(guided_flow(model, x, t, text, controls, empty, 1.5, control_scale=1.5), joint)
+    assert len(calls) == 2
+    calls.clear()
+    composed = guided_flow(model, x, t, text, controls, empty, 1.5, control_scale=3.0)
+    torch.testing.assert_close(composed, uncond + 1.5 * (text_only - uncond) + 3.0 * (cond - text_only))
+    assert calls == [True, False, False]  # cond, text-only, uncond
+    calls.clear()
+    only_controls = guided_flow(model, x, t, text, controls, empty, 1.0, control_scale=2.0)
+    torch.testing.assert_close(only_controls, text_only + 2.0 * (cond - text_only))
+    assert calls == [True, False]  # the text-only branch is the unconditional one at prompt scale 1

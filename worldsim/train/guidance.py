@@ -39,16 +39,24 @@ def clip_flow(model, x: torch.Tensor, t: torch.Tensor, text: torch.Tensor, contr
 
 
 def guided_flow(model, x: torch.Tensor, t: torch.Tensor, text: torch.Tensor, controls: Controls | None,
-                uncond_text: torch.Tensor, scale: float) -> torch.Tensor:
+                uncond_text: torch.Tensor, scale: float, control_scale: float | None = None) -> torch.Tensor:
     """Classifier-free guidance, standard form: uncond + scale * (cond - uncond); scale 1 is the plain conditional flow.
 
     The unconditional branch drops both the text (``uncond_text`` [B, L, D], the empty prompt's embedding) and the
     controls, so guidance sharpens prompt and control following together; a reference frame (the history, not a
     condition to sharpen) stays in both branches.
+
+    ``control_scale`` (None: ``scale``) guides the controls apart from the prompt, in the composed form
+    uncond + scale * (text_only - uncond) + control_scale * (cond - text_only), where text_only keeps the prompt and
+    drops the controls; equal scales give the standard form exactly (and skip the text_only call).
     """
     cond = clip_flow(model, x, t, text, controls)
-    if scale == 1:
-        return cond
     kept = None if controls is None or controls.reference is None else Controls(reference=controls.reference)
-    uncond = model(x, t, uncond_text, controls=kept)
-    return uncond + scale * (cond - uncond)
+    if control_scale is None or control_scale == scale or controls is None:
+        if scale == 1:
+            return cond
+        uncond = model(x, t, uncond_text, controls=kept)
+        return uncond + scale * (cond - uncond)
+    text_only = clip_flow(model, x, t, text, kept)
+    uncond = text_only if scale == 1 else model(x, t, uncond_text, controls=kept)
+    return uncond + scale * (text_only - uncond) + control_scale * (cond - text_only)

@@ -23,6 +23,8 @@ class DistillOptions:
     teacher: str = ""  # teacher checkpoint (`worldsim train teacher` output); required
     student: str = ""  # student initialisation (default: the teacher's weights); ``--init`` overrides it
     guidance_scale: float = 4.0  # teacher CFG on text and controls: uncond + w (cond - uncond); 1 = none
+    control_guidance_scale: float | None = None  # the controls' own scale in the composed form (train/guidance.py);
+    #                                              None: guidance_scale (one joint scale, no extra teacher call)
     shift: float = 5.0  # the student's sampler (SamplerConfig): timestep shift, steps, warping, context noise
     denoising_steps: tuple[int, ...] = (1000, 750, 500, 250)
     warp: bool = True
@@ -58,7 +60,8 @@ class DistillStage(Stage):
         return partial(self._guided, self.frozen["teacher"], batch, uncond)
 
     def _guided(self, model, batch: LatentBatch, uncond: torch.Tensor, xt: torch.Tensor, t: torch.Tensor):
-        return guided_flow(model, xt, t, batch.text, batch.controls, uncond, self.opts.guidance_scale)
+        return guided_flow(model, xt, t, batch.text, batch.controls, uncond, self.opts.guidance_scale,
+                           self.opts.control_guidance_scale)
 
     def denoiser(self, name: str):
         """A model (trained or frozen) as a denoiser over whole clips with per-chunk prompts (see
