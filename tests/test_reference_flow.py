@@ -24,6 +24,7 @@ from worldsim.model_package import PackageError, read_package
 from worldsim.runtime import RuntimeOptions, build_runtime
 from worldsim.train.config import load_recipe
 from worldsim.train.data import TrainData
+from worldsim.train.stages.flow import frame_pairs
 from worldsim.train.trainer import Trainer
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")  # tiny tensors: one thread (conftest)
@@ -129,6 +130,35 @@ def test_the_flow_learns_how_each_key_moves_the_picture(tmp_path):
     other = ReferenceFlow(ReferenceFlowConfig(), ControlConfig(keys=("X",), frames_per_latent=1))
     with pytest.raises(ValueError, match="reads controls"):
         Trainer("flow", again, init=other.save(tmp_path / "other.safetensors"))
+
+
+def test_through_codec_trains_the_flow_on_the_served_round_trip_with_the_codec_frozen(tmp_path):
+    """stage.through_codec: the pair's frames are taken through the codec, the moved frame through it again (the
+    loss the served path sees), the gradient reaches the flow only; without data.codec it says what to set."""
+    frames = write_textures(tmp_path / "data", episodes=6)
+    codec_path = random_codec(frames, tmp_path / "codec.safetensors")
+    overrides = [f"data.path={tmp_path / 'data'}", f"out={tmp_path / 'flow'}", "stage.through_codec=true",
+                 "max_steps=2", "sample_every=0", "data.val_episodes=2"]
+    with pytest.raises(ValueError, match="set data.codec"):
+        Trainer("flow", load_recipe(RECIPES / "flow_micro.yaml", overrides))
+    trainer = Trainer("flow", load_recipe(RECIPES / "flow_micro.yaml", [*overrides, f"data.codec={codec_path}"]))
+    stage, batch = trainer.stage, trainer.data.batch(0)
+    randomize(stage.unwrap("flow"))  # a fresh flow moves nothing
+    raw_before, raw_after, controls = frame_pairs(batch)
+    before, after, moved = stage._moved(batch)
+    codec = stage.codec
+    flow = stage.unwrap("flow")
+    with torch.no_grad():
+        torch.testing.assert_close(before, codec(raw_before).clamp(0, 1))
+        torch.testing.assert_close(after, codec(raw_after).clamp(0, 1))
+        expected = codec(flow(before, flow.features(controls)[0])).clamp(0, 1)
+    torch.testing.assert_close(moved.detach(), expected)
+    assert (moved.detach() - flow(raw_before, flow.features(controls)[0]).detach()).abs().amax() > 1e-3
+    codec_before = {k: v.clone() for k, v in codec.state_dict().items()}
+    flow_before = {k: v.clone() for k, v in flow.state_dict().items()}
+    trainer.run()
+    assert all(torch.equal(v, codec.state_dict()[k]) for k, v in codec_before.items())
+    assert any(not torch.equal(v, flow.state_dict()[k]) for k, v in flow_before.items())
 
 
 def test_flow_files_round_trip_and_bad_ones_are_named(tmp_path):

@@ -7,6 +7,13 @@ of several pixels, where the full-resolution gradient of a bilinear warp is blin
 that of copying frame t-1 (what a model that does not move its reference gets). Needs no codec and no DiT; minutes
 on one CPU thread. ``--init FLOW`` continues from a flow file of the same control schema (e.g. on new data). The
 export is ``OUT/final/flow.safetensors``, which a model package names as its ``reference_flow``.
+
+``through_codec: true`` (with ``data.codec``, the toy codec; usually with ``--init`` a flow trained without it) trains
+the flow on the path it is served on: a stream's frame is a latent, decoded, moved and encoded again as the DiT's
+reference, and the codec's round trip is not the identity (it shifts the near ground and the view by a fraction of
+a pixel per pass, which a walk of 1-2 pixels per frame feels). Both frames of a pair are taken through the codec
+(before: as the stream holds it; after: the reference a perfect flow would give, the next frame encoded), and the
+loss compares the moved reference's decoding with the answer's; the gradient runs through the frozen codec.
 """
 
 from __future__ import annotations
@@ -30,6 +37,7 @@ class FlowOptions:
     grid: int = 16
     hidden: int = 64
     scales: tuple[int, ...] = (1, 2, 4)  # average-pooling factors of the loss terms
+    through_codec: bool = False  # train on the served path: the codec's round trip around the flow (data.codec)
 
 
 def frame_pairs(batch: FrameBatch) -> tuple[torch.Tensor, torch.Tensor, Controls]:
@@ -75,11 +83,30 @@ class FlowStage(Stage):
             flow = ReferenceFlow(self.flow_cfg, self.control)
         self.models["flow"] = flow
         self.optimizers["flow"] = self.adamw(self.models["flow"])
+        self.codec = self._frozen_codec() if o.through_codec else None
+
+    def _frozen_codec(self):
+        from ...codecs.toy_codec import ToyCodec
+
+        path = self.ctx.cfg.data.codec
+        if not path:
+            raise ValueError("stage.through_codec trains the flow around the codec's round trip: set data.codec to "
+                             "the toy codec the model packages serve")
+        codec = ToyCodec.load(path).requires_grad_(False).eval()
+        return codec.to(next(self.models["flow"].parameters()).device)
+
+    def _round_trip(self, frames: torch.Tensor) -> torch.Tensor:
+        """frames [N, 3, H, W] -> encoded and decoded by the frozen codec (the gradient passes through)."""
+        return self.codec(frames).clamp(0, 1)
 
     def _moved(self, batch: FrameBatch) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         before, after, controls = frame_pairs(batch)
         u, _ = self.unwrap("flow").features(controls)
-        return before, after, self.models["flow"](before, u)  # through the (DDP) wrapper
+        if self.codec is None:
+            return before, after, self.models["flow"](before, u)  # through the (DDP) wrapper
+        with torch.no_grad():
+            before, after = self._round_trip(before), self._round_trip(after)
+        return before, after, self._round_trip(self.models["flow"](before, u))
 
     def step(self, batch: FrameBatch, step: int) -> dict[str, float]:
         before, after, moved = self._moved(batch)
