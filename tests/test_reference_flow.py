@@ -135,8 +135,8 @@ def test_the_flow_learns_how_each_key_moves_the_picture(tmp_path):
 def test_through_codec_trains_the_flow_on_the_served_round_trip_with_the_codec_frozen(tmp_path):
     """stage.through_codec: the pair's frames are taken through the codec, the moved frame through it again (the
     loss the served path sees), the gradient reaches the flow only; without data.codec it says what to set."""
-    frames = write_textures(tmp_path / "data", episodes=6)
-    codec_path = random_codec(frames, tmp_path / "codec.safetensors")
+    write_textures(tmp_path / "data", episodes=6)
+    codec_path = DEFAULT / "codec.safetensors"  # a trained codec: its round trip keeps some texture
     overrides = [f"data.path={tmp_path / 'data'}", f"out={tmp_path / 'flow'}", "stage.through_codec=true",
                  "max_steps=2", "sample_every=0", "data.val_episodes=2"]
     with pytest.raises(ValueError, match="set data.codec"):
@@ -151,6 +151,7 @@ def test_through_codec_trains_the_flow_on_the_served_round_trip_with_the_codec_f
     with torch.no_grad():
         torch.testing.assert_close(before, codec(raw_before).clamp(0, 1))
         torch.testing.assert_close(after, codec(raw_after).clamp(0, 1))
+        assert float(after.std(dim=(2, 3)).mean()) > 0.01  # not flat: an idle row passing unchanged is a real check
         expected = codec(flow(before, flow.features(controls)[0])).clamp(0, 1)
     torch.testing.assert_close(moved.detach(), expected)
     assert (moved.detach() - flow(raw_before, flow.features(controls)[0]).detach()).abs().amax() > 1e-3
@@ -159,6 +160,26 @@ def test_through_codec_trains_the_flow_on_the_served_round_trip_with_the_codec_f
     trainer.run()
     assert all(torch.equal(v, codec.state_dict()[k]) for k, v in codec_before.items())
     assert any(not torch.equal(v, flow.state_dict()[k]) for k, v in flow_before.items())
+
+    # streamed: every frame after the clip's first is the previous moved frame moved again; idle rows pass as they are
+    with pytest.raises(ValueError, match="needs stage.through_codec"):
+        Trainer("flow", load_recipe(RECIPES / "flow_micro.yaml",
+                                    [overrides[0], f"out={tmp_path / 'other'}", "stage.streamed=true"]))
+    stage.opts.streamed = True
+    before, after, moved = stage._streamed(batch)
+    b, t = batch.frames.shape[:2]
+    assert before.shape == after.shape == moved.shape == (b * (t - 1), *batch.frames.shape[2:])
+    before, after, moved = (x.detach().unflatten(0, (b, t - 1)) for x in (before, after, moved))
+    with torch.no_grad():
+        torch.testing.assert_close(after, codec(batch.frames[:, 1:].flatten(0, 1)).clamp(0, 1).unflatten(0, (b, t - 1)))
+        torch.testing.assert_close(before[:, 1:], moved[:, :-1])  # each step starts from the last moved frame
+        keys = batch.controls.keys[:, 1:, 0]  # [B, T-1, K]
+        for i, j in zip(*torch.where(keys.sum(-1) == 0)):  # nothing held: the frame passes unchanged
+            torch.testing.assert_close(moved[i, j], before[i, j])
+        i, j = (int(x[0]) for x in torch.where(keys.sum(-1) > 0))
+        c = batch.controls
+        one = Controls(*(None if x is None else x[i:i + 1, j + 1:j + 2] for x in (c.keys, c.axes, c.embedding)))
+        torch.testing.assert_close(moved[i, j], codec(flow(before[i, j][None], flow.features(one)[0]))[0].clamp(0, 1))
 
 
 def test_flow_files_round_trip_and_bad_ones_are_named(tmp_path):

@@ -14,6 +14,10 @@ reference, and the codec's round trip is not the identity (it shifts the near gr
 a pixel per pass, which a walk of 1-2 pixels per frame feels). Both frames of a pair are taken through the codec
 (before: as the stream holds it; after: the reference a perfect flow would give, the next frame encoded), and the
 loss compares the moved reference's decoding with the answer's; the gradient runs through the frozen codec.
+``streamed: true`` (with ``through_codec``) compounds the passes as a stream does: each clip starts from its first
+frame through the codec, and every later frame is the previous *moved* one moved again (rows where nothing is
+held pass unchanged, as served), compared with the world's frame through the codec; the gradient runs through the
+whole clip, so a motion the round trip takes back a little at every pass shows in the loss.
 """
 
 from __future__ import annotations
@@ -38,6 +42,7 @@ class FlowOptions:
     hidden: int = 64
     scales: tuple[int, ...] = (1, 2, 4)  # average-pooling factors of the loss terms
     through_codec: bool = False  # train on the served path: the codec's round trip around the flow (data.codec)
+    streamed: bool = False  # with through_codec: each clip streamed from its first frame, the passes compounding
 
 
 def frame_pairs(batch: FrameBatch) -> tuple[torch.Tensor, torch.Tensor, Controls]:
@@ -83,6 +88,8 @@ class FlowStage(Stage):
             flow = ReferenceFlow(self.flow_cfg, self.control)
         self.models["flow"] = flow
         self.optimizers["flow"] = self.adamw(self.models["flow"])
+        if o.streamed and not o.through_codec:
+            raise ValueError("stage.streamed compounds the codec's round trips: it needs stage.through_codec: true")
         self.codec = self._frozen_codec() if o.through_codec else None
 
     def _frozen_codec(self):
@@ -108,15 +115,31 @@ class FlowStage(Stage):
             before, after = self._round_trip(before), self._round_trip(after)
         return before, after, self._round_trip(self.models["flow"](before, u))
 
+    def _streamed(self, batch: FrameBatch) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Each clip streamed as served (``streamed``): (the frames before each step, the world's frames, the moved
+        ones), each [B * (T-1), 3, H, W], all through the codec."""
+        flow, frames, c = self.unwrap("flow"), batch.frames, batch.controls
+        with torch.no_grad():
+            truth = self._round_trip(frames.flatten(0, 1)).unflatten(0, frames.shape[:2])  # [B, T, 3, H, W]
+        out = [truth[:, 0]]
+        for t in range(1, frames.shape[1]):
+            u, gate = flow.features(Controls(*(None if x is None else x[:, t:t + 1] for x in
+                                               (c.keys, c.axes, c.embedding, c.present))))
+            moving = (gate[:, 0] > 0) & (flow.weights(u).abs().amax(dim=1) > 0)  # [B]: as the served path decides
+            moved = self._round_trip(self.models["flow"](out[-1], u))
+            out.append(torch.where(moving[:, None, None, None], moved, out[-1]))
+        return (torch.stack(out[:-1], 1).flatten(0, 1), truth[:, 1:].flatten(0, 1),
+                torch.stack(out[1:], 1).flatten(0, 1))
+
     def step(self, batch: FrameBatch, step: int) -> dict[str, float]:
-        before, after, moved = self._moved(batch)
+        before, after, moved = self._streamed(batch) if self.opts.streamed else self._moved(batch)
         loss = multiscale_mse(moved.float(), after, tuple(self.opts.scales))
         self.update(loss, "flow")
         return {"loss": loss.item(), "mse": F.mse_loss(moved.detach().float(), after).item(),
                 "copy_mse": F.mse_loss(before, after).item()}
 
     def validate(self, batch: FrameBatch) -> dict[str, float]:
-        before, after, moved = self._moved(batch)
+        before, after, moved = self._streamed(batch) if self.opts.streamed else self._moved(batch)
         return {"mse": F.mse_loss(moved.float(), after).item(), "copy_mse": F.mse_loss(before, after).item()}
 
     def sample(self, batch: FrameBatch) -> torch.Tensor:
