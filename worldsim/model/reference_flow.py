@@ -78,6 +78,12 @@ class ReferenceFlow(nn.Module):
         idle = torch.cat([torch.zeros_like(u[:, :-3]), u[:, -3:]], dim=1)
         return self.mix(u) - self.mix(idle)
 
+    @staticmethod
+    def moves(weights: torch.Tensor, gate: torch.Tensor) -> torch.Tensor:
+        """[B] bool: the rows that move (carry controls and hold something), from weights [B, bases] and gate
+        [B, 1]; a stream's other frames pass unchanged, not through the codec."""
+        return (gate[:, 0].to(weights.device) > 0) & (weights.abs().amax(dim=1) > 0)
+
     def flow(self, u: torch.Tensor, height: int, width: int) -> torch.Tensor:
         """Control features [B, D] -> flow [B, 2, H, W] in pixels (x right, y down)."""
         return self._flow(self.weights(u), height, width)
@@ -126,8 +132,7 @@ class ReferenceFlow(nn.Module):
         u, gate = u.flatten(0, 1).to(self.mix[0].weight.device), gate.flatten(0, 1)  # [N, D], [N, 1]
         rows = references.transpose(1, 2).flatten(0, 1)  # [N, C, h, w]
         weights = self.weights(u)  # [N, bases]
-        moving = (gate[:, 0].to(rows.device) > 0) & has_reference(rows[:, :, None])[:, 0]
-        moving &= (weights.abs().amax(dim=1) > 0).to(rows.device)  # [N]
+        moving = self.moves(weights, gate).to(rows.device) & has_reference(rows[:, :, None])[:, 0]  # [N]
         if not bool(moving.any()):
             return references
         frames = codec.decode(rows[moving][:, :, None])[:, 0].clamp(0, 1)  # [M, 3, H, W], in the codec's dtype

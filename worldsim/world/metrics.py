@@ -316,6 +316,11 @@ def _histograms(frames: np.ndarray, bins: int = 4) -> np.ndarray:
     return h / h.sum(1, keepdims=True)
 
 
+def _tv_distance(histograms: np.ndarray, reference: np.ndarray) -> np.ndarray:
+    """[N] total-variation distance of histograms [N, B] from reference [B] or [N or 1, B], in [0, 1]."""
+    return 0.5 * np.abs(histograms - reference).sum(1)
+
+
 def stat_drift(frames: np.ndarray, reference: np.ndarray | None = None, paired: bool = False,
                window: int = 8) -> Drift:
     """Drift of frames [N, H, W, 3] from ``reference``.
@@ -330,7 +335,7 @@ def stat_drift(frames: np.ndarray, reference: np.ndarray | None = None, paired: 
     rm, rh = _moments(ref), _histograms(ref)
     if not paired:
         rm, rh = rm.mean(0, keepdims=True), rh.mean(0, keepdims=True)
-    return Drift(moments=np.abs(m - rm).mean(1), histogram=0.5 * np.abs(h - rh).sum(1))
+    return Drift(moments=np.abs(m - rm).mean(1), histogram=_tv_distance(h, rh))
 
 
 def colour_look(frames: np.ndarray) -> np.ndarray:
@@ -342,7 +347,7 @@ def look_distance(frames: np.ndarray, look: np.ndarray) -> np.ndarray:
     """[N] total-variation distance of each frame's colour histogram from ``look`` (:func:`colour_look`): 0 = the
     same colours, 1 = none shared. Unlike the paired :func:`stat_drift` it does not grow when a rollout merely
     shows another part of the world than the ground truth, only when its colours stop being the theme's."""
-    return 0.5 * np.abs(_histograms(frames) - look).sum(1)
+    return _tv_distance(_histograms(frames), look)
 
 
 def token_grid(frames: np.ndarray, period: int) -> np.ndarray:

@@ -94,12 +94,17 @@ class FlowStage(Stage):
 
     def _frozen_codec(self):
         from ...codecs.toy_codec import ToyCodec
+        from ..data import load_codec
 
         path = self.ctx.cfg.data.codec
         if not path:
             raise ValueError("stage.through_codec trains the flow around the codec's round trip: set data.codec to "
                              "the toy codec the model packages serve")
-        codec = ToyCodec.load(path).requires_grad_(False).eval()
+        codec = load_codec(path)
+        if not isinstance(codec, ToyCodec):
+            raise ValueError(f"stage.through_codec moves single frames through the toy codec; data.codec {path} is "
+                             f"a {type(codec).__name__}")
+        codec = codec.requires_grad_(False).eval()
         return codec.to(next(self.models["flow"].parameters()).device)
 
     def _round_trip(self, frames: torch.Tensor) -> torch.Tensor:
@@ -125,7 +130,7 @@ class FlowStage(Stage):
         for t in range(1, frames.shape[1]):
             u, gate = flow.features(Controls(*(None if x is None else x[:, t:t + 1] for x in
                                                (c.keys, c.axes, c.embedding, c.present))))
-            moving = (gate[:, 0] > 0) & (flow.weights(u).abs().amax(dim=1) > 0)  # [B]: as the served path decides
+            moving = flow.moves(flow.weights(u), gate)  # [B]: as the served path decides
             moved = self._round_trip(self.models["flow"](out[-1], u))
             out.append(torch.where(moving[:, None, None, None], moved, out[-1]))
         return (torch.stack(out[:-1], 1).flatten(0, 1), truth[:, 1:].flatten(0, 1),
