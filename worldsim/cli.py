@@ -257,7 +257,8 @@ def _train_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--resume", action="store_true", help="continue from the newest complete checkpoint in --out")
     p.add_argument("--max-steps", type=int, help="optimizer steps to train to (overrides max_steps)")
     p.add_argument("--init", type=Path, help="start the trained model from this checkpoint (any supported format; "
-                                             "a missing control module starts at zero: the control fine-tune path)")
+                                             "a missing control module starts at zero: the control fine-tune path; "
+                                             "codec: a toy codec file)")
 
 
 def _train_run(args: argparse.Namespace) -> int:
