@@ -7,10 +7,14 @@ right) and its mirror, three ways: ``own``, as served (each frame's reference is
 ``answer``, the reference replaced by the world's frame being generated (through the codec), under the same
 controls (a package's reference flow left out: the answer has moved already); ``answer_idle``, the same with no
 key or mouse held; ``warp_alone`` / ``flow_alone``, for a model with a reference warp or a package with a
-reference flow, that alone iterated on its own output (no DiT). Printed: pixels per frame of the cue each command
-moves (the held-command probe of ``worldsim.train.evaluate``), along the world's direction, under the command and
-its mirror, with the world's own. A model that copies its reference streams at about the codec's speed in the
-``answer`` rows whatever it learned of the controls; the ``own`` rows show how much of the motion it predicts.
+reference flow, that alone iterated on its own output (no DiT); ``round_trip``: the codec's decode and encode alone,
+iterated with nothing moved (any motion it shows is the codec's own). For a package with a reference flow the
+``own`` stream is also split into its two halves: ``own_reference``, how far each frame's reference moved from the
+model's previous frame (decoded), and ``own_vs_reference``, how far the model's frame moved from its reference.
+Printed: pixels per frame of the cue each command moves (the held-command probe of ``worldsim.train.evaluate``),
+along the world's direction, under the command and its mirror, with the world's own. A model that copies its
+reference streams at about the codec's speed in the ``answer`` rows whatever it learned of the controls; the
+``own`` rows show how much of the motion it predicts.
 """
 
 from __future__ import annotations
@@ -28,6 +32,7 @@ from worldsim.train.evaluate import (EvalConfig, Generator, ModelSpec, decoded_f
                                      held_motion, held_out_episodes, held_summary, to_tensor)
 from worldsim.world import World
 from worldsim.world.episodes import EpisodeConfig
+from worldsim.world.metrics import estimate_motion, horizons
 from worldsim.world.metrics import KINDS
 
 MODES = ("own", "answer", "answer_idle")
@@ -49,8 +54,10 @@ def alone_video(move, codec: ToyCodec, ep, keys: np.ndarray, axes: np.ndarray) -
 
 @torch.no_grad()
 def held_video(g: Generator, codec: ToyCodec, ep, keys: np.ndarray, axes: np.ndarray, truth: np.ndarray, mode: str,
-               seed: int) -> np.ndarray:
-    """The context frame and the model's frames under held controls [frames + 1, ...], with ``mode``'s reference."""
+               seed: int, references: list | None = None) -> np.ndarray:
+    """The context frame and the model's frames under held controls [frames + 1, ...], with ``mode``'s reference;
+    ``references``: a list that receives each frame's reference as the package's flow moved it (``own`` only),
+    decoded [H, W, 3]."""
     frames = len(keys) - 1
     held = replace(ep, keys=keys, axes=axes, prompts=[ep.prompts[0]] * (frames + 1))
     context = codec.encode(to_tensor(ep.frames[:1], "cpu"))  # [1, C, 1, h, w]
@@ -59,6 +66,12 @@ def held_video(g: Generator, codec: ToyCodec, ep, keys: np.ndarray, axes: np.nda
     session.push_context(context, episode_controls(held, 0, 1, "cpu"))
     if mode != "own":
         session.move_reference = None  # a package's reference flow would move the answer a second time
+    elif references is not None and g.move_reference is not None:
+        def recorded(last: torch.Tensor, controls: Controls) -> torch.Tensor:
+            moved = g.move_reference(last, controls)
+            references.append(decoded_frames(codec.decode(moved))[0])
+            return moved
+        session.move_reference = recorded
     out = [ep.frames[0]]
     for t in range(1, frames + 1):
         controls = episode_controls(held, t, t + 1, "cpu")
@@ -68,6 +81,13 @@ def held_video(g: Generator, codec: ToyCodec, ep, keys: np.ndarray, axes: np.nda
             controls = replace(controls, keys=torch.zeros_like(controls.keys), axes=torch.zeros_like(controls.axes))
         out.append(decoded_frames(codec.decode(session.step(controls)))[0])
     return np.stack(out)
+
+
+def step_motion(starts: np.ndarray, ends: np.ndarray, kind: str, axes: np.ndarray, pitch: float) -> float:
+    """The ``kind`` cue's motion from each frame of ``starts`` [N, H, W, 3] to the same frame of ``ends``, summed
+    (frame i is stream frame i + 1: its horizon), in pixels."""
+    rows = horizons(axes, pitch=pitch)
+    return float(sum(getattr(estimate_motion(a, b, rows[i + 1]), kind) for i, (a, b) in enumerate(zip(starts, ends))))
 
 
 def main() -> None:
@@ -92,21 +112,30 @@ def main() -> None:
             c, 1, 1))
     if g.move_reference is not None:
         alone["flow_alone"] = g.move_reference
+    alone["round_trip"] = lambda latent, c: codec.encode(codec.decode(latent))
+    halves = ("own_reference", "own_vs_reference") if g.move_reference is not None else ()
     for kind in KINDS:
-        sums = {mode: np.zeros((len(episodes), 2)) for mode in ("world", *MODES, *alone)}
+        sums = {mode: np.zeros((len(episodes), 2)) for mode in ("world", *MODES, *halves, *alone)}
         for i, ep in enumerate(episodes):
             for j, mirrored in enumerate((False, True)):
                 keys, axes = held_controls(kind, mirrored, args.frames)
                 truth = world.rollout(ep.state, keys[1:], axes[1:]).frames  # [frames + 1, H, W, 3]
                 sums["world"][i, j] = held_motion(truth, kind, axes, ep.pitch)
                 for mode in MODES:
-                    video = held_video(g, codec, ep, keys, axes, truth, mode, cfg.seed + i)
+                    references: list[np.ndarray] = []
+                    video = held_video(g, codec, ep, keys, axes, truth, mode, cfg.seed + i, references)
                     sums[mode][i, j] = held_motion(video, kind, axes, ep.pitch)
+                    if mode == "own" and halves:
+                        if len(references) != args.frames:
+                            raise SystemExit(f"the flow moved {len(references)} references in {args.frames} frames")
+                        refs = np.stack(references)  # [frames, H, W, 3]: the reference of stream frames 1..
+                        sums[halves[0]][i, j] = step_motion(video[:-1], refs, kind, axes, ep.pitch)
+                        sums[halves[1]][i, j] = step_motion(refs, video[1:], kind, axes, ep.pitch)
                 for mode, move in alone.items():
                     sums[mode][i, j] = held_motion(alone_video(move, codec, ep, keys, axes), kind, axes, ep.pitch)
         for mode, s in sums.items():
             along = held_summary(s, sums["world"], args.frames)["px_per_frame"]
-            print(f"{kind:7s} {mode:12s} {along[0]:+.2f} / {along[1]:+.2f} px per frame (command / mirror)", flush=True)
+            print(f"{kind:7s} {mode:16s} {along[0]:+.2f} / {along[1]:+.2f} px per frame (command / mirror)", flush=True)
 
 
 if __name__ == "__main__":
