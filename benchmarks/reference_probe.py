@@ -32,8 +32,7 @@ from worldsim.train.evaluate import (EvalConfig, Generator, ModelSpec, decoded_f
                                      held_motion, held_out_episodes, held_summary, to_tensor)
 from worldsim.world import World
 from worldsim.world.episodes import EpisodeConfig
-from worldsim.world.metrics import estimate_motion, horizons
-from worldsim.world.metrics import KINDS
+from worldsim.world.metrics import KINDS, estimate_motion, horizons
 
 MODES = ("own", "answer", "answer_idle")
 
