@@ -313,6 +313,9 @@ def _world_arguments(p: argparse.ArgumentParser) -> None:
                       help="chance a segment turns while its keys are held (default 0.5; lower gives more walking "
                            "and strafing without turning)")
     data.add_argument("--idle", type=float, metavar="P", help="chance a segment holds nothing (default 0.15)")
+    data.add_argument("--backward", type=float, metavar="P",
+                      help="chance a walking segment walks back, S instead of W, running included (default: the "
+                           "built-in mix, 3 of 11 walking segments; 0.5 balances the two)")
     data.add_argument("--workers", type=int, default=1, help="generating processes (default 1)")
     data.add_argument("--quiet", action="store_true", help="no progress bar")
 
@@ -331,7 +334,8 @@ def _world_run(args: argparse.Namespace) -> int:
     if args.switches < 0:
         print(f"error: --switches must be >= 0, got {args.switches}", file=sys.stderr)
         return 2
-    mix = {name: p for name, p in (("turn", args.turn), ("idle", args.idle)) if p is not None}
+    mix = {name: p for name, p in (("turn", args.turn), ("idle", args.idle), ("backward", args.backward))
+           if p is not None}
     for name, p in mix.items():
         if not 0 <= p <= 1:
             print(f"error: --{name} is a probability in [0, 1], got {p}", file=sys.stderr)

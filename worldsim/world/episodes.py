@@ -46,6 +46,7 @@ class EpisodeConfig:
     idle: float = 0.15  # nothing pressed, no mouse motion
     turn: float = 0.5  # a smooth turn on top of the keys
     turn_speed: tuple[float, float] = (0.15, 1.0)  # |mouse_dx| range of a turn's peak
+    backward: float | None = None  # chance a walking segment walks back (S for W); None: COMBOS' mix (3 of 11)
     look: float = 0.15  # a slow look up or down
     jump: float = 0.08  # a Space tap at the segment's start
     blocked: int = 3  # frames stuck against an object before the player turns away
@@ -73,7 +74,11 @@ def _segment(rng: np.random.Generator, cfg: EpisodeConfig, pitch: float) -> tupl
     axes = np.zeros((m, len(AXES)), np.float32)
     if rng.random() < cfg.idle:
         return keys, axes
-    keys[:] = key_row(COMBOS[rng.integers(len(COMBOS))])
+    combo = COMBOS[rng.integers(len(COMBOS))]
+    if cfg.backward is not None and {"W", "S"} & set(combo):
+        walk = "S" if rng.random() < cfg.backward else "W"
+        combo = tuple(walk if k in ("W", "S") else k for k in combo)
+    keys[:] = key_row(combo)
     if rng.random() < cfg.turn or not keys[0].any():
         peak = rng.uniform(*cfg.turn_speed) * rng.choice((-1.0, 1.0))
         profile = (np.ones(m), np.linspace(0.3, 1.0, m), np.sin(np.pi * (np.arange(m) + 0.5) / m))
