@@ -315,7 +315,7 @@ def _world_arguments(p: argparse.ArgumentParser) -> None:
     data.add_argument("--idle", type=float, metavar="P", help="chance a segment holds nothing (default 0.15)")
     data.add_argument("--backward", type=float, metavar="P",
                       help="chance a walking segment walks back, S instead of W, running included (default: the "
-                           "built-in mix, 3 of 11 walking segments; 0.5 balances the two)")
+                           "built-in mix: 3 of the 11 walking key combinations walk back; 0.5 balances the two)")
     data.add_argument("--workers", type=int, default=1, help="generating processes (default 1)")
     data.add_argument("--quiet", action="store_true", help="no progress bar")
 
