@@ -75,6 +75,17 @@ def test_resume_gives_the_same_next_losses(workdir, stage):
         assert all(torch.equal(sa[k], sb[k]) for k in sa)
 
 
+def test_max_minutes_stops_at_a_step_boundary_and_exports_as_at_max_steps(workdir):
+    # any step outlasts 6e-5 s: the run stops after its first step, long before max_steps
+    result = train("codec", recipe("codec", workdir, "timed", "max_steps=1000000", "max_minutes=1e-6"))
+    assert result.step == 1
+    assert (result.out / "checkpoints" / "step_0000001").is_dir()
+    assert (result.out / "final" / "codec.safetensors").is_file()
+    assert 1 in losses(result.out)  # the last step's metrics are logged
+    with pytest.raises(ValueError, match="max_minutes"):
+        recipe("codec", workdir, "bad", "max_minutes=-1")
+
+
 def test_kill_while_writing_a_checkpoint_keeps_the_previous_one(workdir, monkeypatch):
     out = workdir / "killed"
     real, written = ckpt.save_tensors, []

@@ -256,6 +256,8 @@ def _train_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--out", help="output directory: checkpoints, metrics, samples, final weights (overrides out)")
     p.add_argument("--resume", action="store_true", help="continue from the newest complete checkpoint in --out")
     p.add_argument("--max-steps", type=int, help="optimizer steps to train to (overrides max_steps)")
+    p.add_argument("--max-minutes", type=float, help="also stop and export after this much training time, at a step "
+                                                     "boundary (overrides max_minutes; 0: no limit)")
     p.add_argument("--init", type=Path, help="start the trained model from this checkpoint (any supported format; "
                                              "a missing control module starts at zero: the control fine-tune path; "
                                              "codec: a toy codec file)")
@@ -272,7 +274,8 @@ def _train_run(args: argparse.Namespace) -> int:
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     recipe = args.config or configs_dir() / "train" / f"{args.stage.replace('-', '_')}.yaml"
     overrides = list(args.overrides) + list(args.rest)
-    for key, value in (("data.path", args.data), ("out", args.out), ("max_steps", args.max_steps)):
+    for key, value in (("data.path", args.data), ("out", args.out), ("max_steps", args.max_steps),
+                       ("max_minutes", args.max_minutes)):
         if value is not None:
             overrides.append(f"{key}={value}")
     try:

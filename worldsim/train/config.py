@@ -59,6 +59,7 @@ class TrainConfig:
     stage: dict[str, Any] = field(default_factory=dict)  # stage-specific options (the stage's Options)
     out: str = "runs/train"
     max_steps: int = 1000  # optimizer steps
+    max_minutes: float = 0.0  # also stop (and export) at the first step after this much training time; 0: no limit
     grad_accum: int = 1
     mixed_precision: str = "no"  # "no" | "bf16" (autocast; parameters stay fp32)
     gradient_checkpointing: bool = False
@@ -81,8 +82,8 @@ class TrainConfig:
         _coerce_floats(self)
         if self.mixed_precision not in ("no", "bf16"):
             raise ValueError(f"mixed_precision must be 'no' or 'bf16', got {self.mixed_precision!r}")
-        if self.grad_accum < 1 or self.max_steps < 0:
-            raise ValueError("grad_accum must be >= 1 and max_steps >= 0")
+        if self.grad_accum < 1 or self.max_steps < 0 or self.max_minutes < 0:
+            raise ValueError("grad_accum must be >= 1, max_steps >= 0 and max_minutes >= 0")
 
     def to_dict(self) -> dict[str, Any]:
         d = dataclasses.asdict(self)

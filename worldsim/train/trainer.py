@@ -294,6 +294,7 @@ class Trainer:
         sums: dict[str, list[float]] = {}
         last: dict[str, float] = {}
         models = list(st.models.values())
+        started = time.monotonic()
         while self.step < total:
             st.stepped.clear()
             self._set_lr()
@@ -306,6 +307,9 @@ class Trainer:
                 self.ema.update(st.unwrap(st.ema_model), self.step)
             self.step += 1
             bar.update(1)
+            if cfg.max_minutes and self._out_of_time(started):
+                log.info("max_minutes %g reached at step %d: stopping there", cfg.max_minutes, self.step)
+                total = self.step  # the last step's logging, validation, checkpoint and export run as at max_steps
             if self.step % cfg.log_every == 0 or self.step == total:
                 last = self._mean_across(sums)
                 sums = {}
@@ -322,6 +326,15 @@ class Trainer:
         if self.tb:
             self.tb.close()
         return RunResult(self.out, self.step, last)
+
+    def _out_of_time(self, started: float) -> bool:
+        """Whether ``max_minutes`` of training have passed since ``started``; every process gets the main one's
+        answer, so all stop at the same step."""
+        over = time.monotonic() - started > self.cfg.max_minutes * 60
+        if self.acc.num_processes == 1:
+            return over
+        from accelerate.utils import broadcast
+        return bool(broadcast(torch.tensor(float(over), device=self.acc.device), from_process=0).item())
 
     def export(self, metrics: dict[str, float] | None = None) -> None:
         """Write each trained model (EMA weights where kept) to ``OUT/final/<name>`` in its serving format; a stage
