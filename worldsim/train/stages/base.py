@@ -34,6 +34,7 @@ The registry ``STAGES`` (CLI name -> class, imported lazily) is in :mod:`worldsi
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 from dataclasses import dataclass
 from pathlib import Path
@@ -90,6 +91,7 @@ class Stage:
         self.stepped: set[str] = set()  # optimizers that really stepped in the current trainer step
         self.reference_flow = None  # a ReferenceFlow that moves each frame's reference, as the served package does
         self.reference_flow_file: Path | None = None  # its file (the trainer's package names it)
+        self.reference_codec: nn.Module | None = None  # the data's codec on the training device, for the flow's moves
 
     # ---- to implement --------------------------------------------------------------------------------------
     def build(self) -> None:
@@ -165,8 +167,13 @@ class Stage:
         if not flow.reads_controls_of(c):
             raise ValueError(f"{path} reads controls {flow.control.keys} + {flow.control.axes}; the dataset records "
                              f"{None if c is None else (c.keys, c.axes)}: train the flow on this dataset")
-        self.reference_flow, self.reference_flow_file = flow.to(next(data.codec.parameters()).device), Path(path)
-        channels_last_convs(data.codec)  # every step decodes and encodes the moved frames: the faster layout
+        device = self.accelerator.device
+        # the data's codec stays on the CPU with the data; every step decodes and encodes the moved frames, so on an
+        # accelerator they go through a copy of it there
+        on_device = next(data.codec.parameters()).device == device
+        self.reference_codec = data.codec if on_device else copy.deepcopy(data.codec).to(device)
+        self.reference_flow, self.reference_flow_file = flow.to(device), Path(path)
+        channels_last_convs(self.reference_codec)  # the faster layout for the per-step convolutions
 
     def unwrap(self, name: str) -> nn.Module:
         return self.accelerator.unwrap_model(self.models[name])
@@ -174,8 +181,8 @@ class Stage:
     def referenced(self, batch: "LatentBatch", latents: torch.Tensor) -> "LatentBatch":
         """The batch with each frame's reference (the clean frame before its chunk, taken from ``latents``
         [B, C, F, H, W]: the data, or a rollout) in its controls, for a ``frame_reference`` DiT; else unchanged.
-        With ``self.reference_flow`` each reference is moved by its chunk's controls through the data's codec (on
-        the codec's device), as a package with that flow serves."""
+        With ``self.reference_flow`` each reference is moved by its chunk's controls through the data's codec (a
+        copy of it on the training device), as a package with that flow serves."""
         cfg = self.ctx.model_cfg
         if cfg is None or not cfg.frame_reference:
             return batch
@@ -186,7 +193,7 @@ class Stage:
 
     def move_references(self, batch: "LatentBatch", ref: torch.Tensor) -> torch.Tensor:
         """References [B, C, F, H, W] moved by ``self.reference_flow`` and the batch's controls (through the data's
-        codec, on its device); unchanged without a flow. Zero (absent) references stay zero and cost nothing."""
+        codec on the training device); unchanged without a flow. Zero (absent) references stay zero and cost nothing."""
         if self.reference_flow is None:
             return ref
         return self._move(ref, batch.controls, self.ctx.model_cfg.chunk_frames)
@@ -198,7 +205,7 @@ class Stage:
         return None if self.reference_flow is None else self._move
 
     def _move(self, ref: torch.Tensor, controls, chunk_frames: int = 1) -> torch.Tensor:
-        codec = self.ctx.data.codec
+        codec = self.reference_codec
         where = next(codec.parameters()).device
         moved = self.reference_flow.move_latents(ref.to(where, torch.float32), controls.to(where), codec, chunk_frames)
         return moved.to(ref)

@@ -104,8 +104,7 @@ class FlowStage(Stage):
         if not isinstance(codec, ToyCodec):
             raise ValueError(f"stage.through_codec moves single frames through the toy codec; data.codec {path} is "
                              f"a {type(codec).__name__}")
-        codec = codec.requires_grad_(False).eval()
-        return codec.to(next(self.models["flow"].parameters()).device)
+        return codec.requires_grad_(False).eval().to(self.accelerator.device)
 
     def _round_trip(self, frames: torch.Tensor) -> torch.Tensor:
         """frames [N, 3, H, W] -> encoded and decoded by the frozen codec (the gradient passes through)."""
