@@ -29,26 +29,12 @@ import torch
 from worldsim.codecs.toy_codec import ToyCodec
 from worldsim.model.control import Controls
 from worldsim.train.evaluate import (EvalConfig, Generator, ModelSpec, decoded_frames, episode_controls, held_controls,
-                                     held_motion, held_out_episodes, held_summary, to_tensor)
+                                     held_motion, held_out_episodes, held_summary, stream_video, to_tensor)
 from worldsim.world import World
 from worldsim.world.episodes import EpisodeConfig
 from worldsim.world.metrics import KINDS, estimate_motion, horizons
 
 MODES = ("own", "answer", "answer_idle")
-
-
-@torch.no_grad()
-def alone_video(move, codec: ToyCodec, ep, keys: np.ndarray, axes: np.ndarray) -> np.ndarray:
-    """The context frame and ``move``'s frames [frames + 1, H, W, 3], each moved from the last: ``move(latent
-    [1, C, 1, h, w], controls of one frame)`` is a reference warp or flow."""
-    latent = codec.encode(to_tensor(ep.frames[:1], "cpu"))  # [1, C, 1, h, w]
-    out = [ep.frames[0]]
-    for t in range(1, len(keys)):
-        controls = Controls(keys=torch.from_numpy(keys[t:t + 1])[None, :, None],
-                            axes=torch.from_numpy(axes[t:t + 1])[None, :, None])
-        latent = move(latent, controls)
-        out.append(decoded_frames(codec.decode(latent))[0])
-    return np.stack(out)
 
 
 @torch.no_grad()
@@ -131,7 +117,8 @@ def main() -> None:
                         sums[halves[0]][i, j] = step_motion(video[:-1], refs, kind, axes, ep.pitch)
                         sums[halves[1]][i, j] = step_motion(refs, video[1:], kind, axes, ep.pitch)
                 for mode, move in alone.items():
-                    sums[mode][i, j] = held_motion(alone_video(move, codec, ep, keys, axes), kind, axes, ep.pitch)
+                    sums[mode][i, j] = held_motion(stream_video(move, codec, ep.frames[0], keys, axes), kind, axes,
+                                                   ep.pitch)
         for mode, s in sums.items():
             along = held_summary(s, sums["world"], args.frames)["px_per_frame"]
             print(f"{kind:7s} {mode:16s} {along[0]:+.2f} / {along[1]:+.2f} px per frame (command / mirror)", flush=True)

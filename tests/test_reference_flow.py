@@ -16,12 +16,16 @@ import yaml
 from conftest import randomize
 from test_train_control_gap import KEYS, OFFSETS, RECIPES, SIZE, random_codec, write_squares
 from worldsim.checkpoints.base import CheckpointError
+from worldsim.checkpoints.safetensors_io import read_metadata, read_tensors, save_tensors
+from worldsim.cli import main
+from worldsim.codecs.toy_codec import ToyCodec
 from worldsim.dataset import DatasetWriter, episode_dirs, load_episode
 from worldsim.model.config import ControlConfig
 from worldsim.model.control import Controls
 from worldsim.model.reference_flow import ReferenceFlow, ReferenceFlowConfig
 from worldsim.model_package import PackageError, read_package
 from worldsim.runtime import RuntimeOptions, build_runtime
+from worldsim.train.calibrate import calibrate_gains
 from worldsim.train.config import load_recipe
 from worldsim.train.data import TrainData
 from worldsim.train.stages.flow import frame_pairs
@@ -197,6 +201,34 @@ def test_flow_files_round_trip_and_bad_ones_are_named(tmp_path):
         ReferenceFlow.load(random_codec(np.zeros((2, 16, 16, 3), np.uint8), tmp_path / "codec.safetensors"))
 
 
+def test_gains_scale_each_held_controls_flow_and_version_1_files_load_with_gains_1(tmp_path):
+    torch.manual_seed(0)
+    flow = ReferenceFlow(ReferenceFlowConfig(bases=3, grid=4, hidden=8), CONTROL)
+    torch.nn.init.normal_(flow.mix[2].weight)
+    def weights(key: str | None, axis: float = 0.0) -> torch.Tensor:
+        return flow.weights(flow.features(held(key, axis=axis))[0])
+
+    walk, turn, both = weights("W"), weights(None, 1.0), weights("W", 1.0)
+    flow.gain[KEYS.index("W")] = 2.0
+    assert torch.allclose(weights("W"), 2 * walk)
+    assert torch.equal(weights(None, 1.0), turn)  # mouse_dx keeps gain 1
+    assert torch.allclose(weights("W", 1.0), 1.5 * both)  # W and the mouse held alike: the mean of their gains
+    idle = flow.weights(flow.features(held(None))[0])
+    assert torch.equal(idle, torch.zeros_like(idle))
+    back = ReferenceFlow.load(flow.save(tmp_path / "v2.safetensors", calibration={"gains": {"W": 2.0}}))
+    assert torch.equal(back.gain, flow.gain)
+    assert json.loads(read_metadata(tmp_path / "v2.safetensors")["calibration"]) == {"gains": {"W": 2.0}}
+    meta = {**read_metadata(tmp_path / "v2.safetensors"), "version": "1"}  # a file written before gains existed
+    save_tensors({k: v for k, v in read_tensors(tmp_path / "v2.safetensors").items() if k != "gain"},
+                 tmp_path / "v1.safetensors", meta)
+    old = ReferenceFlow.load(tmp_path / "v1.safetensors")
+    assert torch.equal(old.gain, torch.ones_like(old.gain))
+    assert torch.equal(old.weights(old.features(held("W"))[0]), walk)
+    save_tensors(read_tensors(tmp_path / "v2.safetensors"), tmp_path / "v9.safetensors", {**meta, "version": "9"})
+    with pytest.raises(CheckpointError, match="reads versions 1, 2"):
+        ReferenceFlow.load(tmp_path / "v9.safetensors")
+
+
 def package_with_flow(tmp_path: Path, flow: Path) -> Path:
     """The default model package with ``flow`` as its reference flow."""
     pkg = tmp_path / "pkg"
@@ -282,3 +314,28 @@ def test_the_teacher_trains_on_moved_references_and_packages_the_flow(tmp_path):
             f"data.path={tmp_path / 'data2'}", f"data.codec={codec}", f"out={tmp_path / 'bad'}",
             f"model={tmp_path / 'model.yaml'}",
             "data.val_episodes=2", f"stage.reference_flow={other.save(tmp_path / 'other.safetensors')}"]))
+
+
+def test_calibration_brings_a_slowed_flows_stream_to_the_worlds_speed(tmp_path, capsys):
+    flow = ReferenceFlow.load(DEFAULT / "reference_flow.safetensors")
+    codec = ToyCodec.load(DEFAULT / "codec.safetensors")
+    keys = flow.control.keys
+    untouched = [keys.index("Space"), keys.index("Shift"), len(keys) + flow.control.axes.index("mouse_dy")]
+    flow.gain[:] = 0.5  # half speed: the stream lags the world under every command
+    report = calibrate_gains(flow, codec, episodes=2, frames=6, rounds=2)
+    before, after = ({(s["control"], s["mirrored"]): s for s in report[k]} for k in ("before", "after"))
+    for command in (("W", False), ("S", True), ("D", False), ("A", True)):
+        b, a = before[command], after[command]
+        assert abs(a["stream"] - a["world"]) < 0.5 * abs(b["stream"] - b["world"]), (command, b, a)
+    assert report["gains"]["W"] > 0.5 and report["gains"]["S"] > 0.5
+    assert torch.equal(flow.gain[untouched], torch.full((3,), 0.5))  # no held command measures these
+
+    out = tmp_path / "calibrated.safetensors"
+    args = ["world", "calibrate-flow", "--flow", str(DEFAULT / "reference_flow.safetensors"), "--codec",
+            str(DEFAULT / "codec.safetensors"), "--out", str(out), "--episodes", "1", "--frames", "4", "--rounds", "1"]
+    assert main(args) == 0
+    assert "round 1:" in capsys.readouterr().out
+    assert json.loads(read_metadata(out)["calibration"])["rounds"] == 1
+    assert main([*args[:-2], "--rounds", "0"]) == 2
+    assert main([*args[:2], "--flow", str(tmp_path / "missing.safetensors"), *args[4:]]) == 1
+    assert "missing.safetensors" in capsys.readouterr().err

@@ -321,6 +321,14 @@ def _world_arguments(p: argparse.ArgumentParser) -> None:
                            "built-in mix: 3 of the 11 walking key combinations walk back; 0.5 balances the two)")
     data.add_argument("--workers", type=int, default=1, help="generating processes (default 1)")
     data.add_argument("--quiet", action="store_true", help="no progress bar")
+    cal = sub.add_parser("calibrate-flow", help="set a reference flow's gains so that its stream moves as fast as the "
+                                                "world under each held key and mouse axis (README, Training)")
+    cal.add_argument("--flow", type=Path, required=True, help="reference flow file (`worldsim train flow`)")
+    cal.add_argument("--codec", type=Path, required=True, help="the toy codec it is served with")
+    cal.add_argument("--out", type=Path, required=True, help="calibrated flow file to write")
+    cal.add_argument("--episodes", type=int, default=16, help="training-seed episodes measured (default 16)")
+    cal.add_argument("--frames", type=int, default=12, help="frames each command is held (default 12)")
+    cal.add_argument("--rounds", type=int, default=3, help="measure-and-rescale rounds (default 3)")
 
 
 def _world_run(args: argparse.Namespace) -> int:
@@ -331,6 +339,8 @@ def _world_run(args: argparse.Namespace) -> int:
                                 sensitivity=args.sensitivity, frames=args.frames, headless=args.headless))
         print(f"played {shown} frames")
         return 0
+    if args.world_command == "calibrate-flow":
+        return _calibrate_flow(args)
     from worldsim.world import Camera, WorldConfig
     from worldsim.world.episodes import EpisodeConfig, write_dataset
 
@@ -352,6 +362,37 @@ def _world_run(args: argparse.Namespace) -> int:
         print(f"error: {err}", file=sys.stderr)
         return 1
     print(f"wrote {len(dirs)} episodes of {cfg.frames} frames ({args.size}x{args.size}) to {args.out}")
+    return 0
+
+
+def _calibrate_flow(args: argparse.Namespace) -> int:
+    import torch
+
+    from worldsim.checkpoints import CheckpointError
+    from worldsim.codecs.toy_codec import ToyCodec
+    from worldsim.model.reference_flow import ReferenceFlow
+    from worldsim.train.calibrate import calibrate_gains
+
+    for name in ("episodes", "frames", "rounds"):
+        if getattr(args, name) < 1:
+            print(f"error: --{name} must be >= 1, got {getattr(args, name)}", file=sys.stderr)
+            return 2
+    torch.set_num_threads(default_threads())
+    try:
+        flow, codec = ReferenceFlow.load(args.flow), ToyCodec.load(args.codec)
+    except (OSError, CheckpointError, ValueError) as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 1
+
+    def show(round_: int, speeds) -> None:
+        cells = (f"{s.control}{'-' if s.control in flow.control.axes and s.mirrored else ''} {s.stream:+.2f}/"
+                 f"{s.world:+.2f}" for s in speeds)
+        print(f"{'before' if round_ == 0 else f'round {round_}'}: " + ", ".join(cells), flush=True)
+
+    report = calibrate_gains(flow, codec, args.episodes, args.frames, args.rounds, progress=show)
+    print("px per frame, stream/world; gains: " + ", ".join(f"{k} {v:.2f}" for k, v in report["gains"].items()))
+    flow.save(args.out, calibration=report)
+    print(f"wrote {args.out}")
     return 0
 
 

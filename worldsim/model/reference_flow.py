@@ -17,6 +17,13 @@ passes through the codec again. The MLP's last layer is zero-initialised: a fres
 ``worldsim train flow`` on a dataset's frame pairs (train/stages/flow.py); served from a model package's
 ``reference_flow`` file. Needs a per-frame codec (``frames_per_latent`` 1).
 
+``gain`` (one per key and axis, 1 when trained) scales the flow of each control: a frame's weights are multiplied by
+the mean gain of what it holds, weighted by how much each key or axis is held. A squared-error fit moves the
+picture less than the world does (it prefers a short step to a misplaced one, and a served stream loses some of
+each step in the codec's round trip), so :func:`calibrate_gains` measures the reference stream's speed under each
+held command against the world's and sets the gains that make them match (``worldsim world calibrate-flow``).
+File version 2 stores them; version 1 files (no gains) load with gains 1.
+
     flow = ReferenceFlow(ReferenceFlowConfig(), control_cfg)
     moved = flow(frames, *flow.features(controls))    # frames [B, 3, H, W] in [0, 1], controls of one frame
     reference = flow.move_latents(last, controls, codec)   # latents [B, C, F, h, w] through a per-frame codec
@@ -37,7 +44,8 @@ from ..checkpoints.safetensors_io import read_metadata, read_tensors, save_tenso
 from .config import ControlConfig
 from .control import Controls, control_features, has_reference
 
-FORMAT, VERSION = "worldsim-reference-flow", 1
+FORMAT, VERSION = "worldsim-reference-flow", 2
+READS = ("1", "2")  # version 1: no gains (all 1)
 
 
 @dataclass(frozen=True)
@@ -65,6 +73,7 @@ class ReferenceFlow(nn.Module):
         nn.init.zeros_(self.mix[2].weight)
         nn.init.zeros_(self.mix[2].bias)
         self.fields = nn.Parameter(torch.randn(cfg.bases, 2, cfg.grid, cfg.grid) * 0.5)  # pixels per frame (x, y)
+        self.register_buffer("gain", torch.ones(len(control.keys) + len(control.axes)))  # per key, then per axis
 
     def features(self, controls: Controls) -> tuple[torch.Tensor, torch.Tensor]:
         """Controls of one frame per batch row (keys [B, 1, 1, K], ...) -> (u [B, D], gate [B, 1])."""
@@ -74,9 +83,17 @@ class ReferenceFlow(nn.Module):
 
     def weights(self, u: torch.Tensor) -> torch.Tensor:
         """Control features [B, D] -> each field's weight [B, bases]; exactly 0 for a row with nothing held (its
-        keys, axes and engine vector all 0; the "source given" bits, the last 3 features, are kept)."""
+        keys, axes and engine vector all 0; the "source given" bits, the last 3 features, are kept), scaled by the
+        held controls' mean gain."""
         idle = torch.cat([torch.zeros_like(u[:, :-3]), u[:, -3:]], dim=1)
-        return self.mix(u) - self.mix(idle)
+        return (self.mix(u) - self.mix(idle)) * self.held_gain(u)[:, None]
+
+    def held_gain(self, u: torch.Tensor) -> torch.Tensor:
+        """Control features [B, D] -> [B]: the gains of the held keys and axes, averaged with their magnitudes as
+        weights (1 where nothing is held)."""
+        held = u[:, :self.gain.numel()].abs()  # [B, keys + axes]
+        total = held.sum(dim=1)
+        return torch.where(total > 0, (held * self.gain.to(u)).sum(dim=1) / total.clamp_min(1e-12), 1.0)
 
     @staticmethod
     def moves(weights: torch.Tensor, gate: torch.Tensor) -> torch.Tensor:
@@ -143,10 +160,14 @@ class ReferenceFlow(nn.Module):
         return rows.unflatten(0, (b, f)).transpose(1, 2)
 
     # ---- files ---------------------------------------------------------------------------------------------
-    def save(self, path: str | Path, state: dict[str, torch.Tensor] | None = None) -> Path:
-        """Write the weights (``state``, default this module's) with config and control schema in the header."""
+    def save(self, path: str | Path, state: dict[str, torch.Tensor] | None = None,
+             calibration: dict | None = None) -> Path:
+        """Write the weights (``state``, default this module's) with config and control schema in the header, and
+        ``calibration`` (the report of :func:`~worldsim.train.calibrate.calibrate_gains`) where given."""
         meta = {"format": FORMAT, "version": str(VERSION), "config": json.dumps(asdict(self.cfg)),
                 "control": json.dumps(asdict(self.control))}
+        if calibration is not None:
+            meta["calibration"] = json.dumps(calibration)
         tensors = {k: v.detach().float().cpu().contiguous() for k, v in (state or self.state_dict()).items()}
         return save_tensors(tensors, Path(path), meta)
 
@@ -158,15 +179,18 @@ class ReferenceFlow(nn.Module):
         if meta.get("format") != FORMAT:
             raise CheckpointError(f"{path} is not a worldsim reference flow (format {meta.get('format')!r}); "
                                   f"train one with `worldsim train flow`")
-        if meta.get("version") != str(VERSION):
+        if meta.get("version") not in READS:
             raise CheckpointError(f"{path}: reference flow version {meta.get('version')!r}; this worldsim reads "
-                                  f"version {VERSION}")
+                                  f"versions {', '.join(READS)}")
         try:
             flow = cls(ReferenceFlowConfig(**json.loads(meta["config"])), ControlConfig(**json.loads(meta["control"])))
         except (KeyError, TypeError, ValueError) as err:
             raise CheckpointError(f"{path}: bad reference flow header ({err})") from err
+        tensors = read_tensors(path)
+        if meta["version"] == "1":
+            tensors.setdefault("gain", flow.gain.clone())  # before gains: all 1
         try:
-            flow.load_state_dict(read_tensors(path))
+            flow.load_state_dict(tensors)
         except RuntimeError as err:
             raise CheckpointError(f"{path}: reference flow weights do not match its header ({err})") from err
         return flow.eval()

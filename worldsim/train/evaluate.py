@@ -247,6 +247,21 @@ def decoded_frames(frames: torch.Tensor) -> np.ndarray:
     return to_uint8(frames[0]).numpy()
 
 
+@torch.no_grad()
+def stream_video(move, codec: ToyCodec, first: np.ndarray, keys: np.ndarray, axes: np.ndarray) -> np.ndarray:
+    """The frame ``first`` [H, W, 3] and ``move``'s frames [len(keys), H, W, 3], each moved from the last:
+    ``move(latent [1, C, 1, h, w], controls of one frame)`` (a reference flow's ``move_latents`` through the codec,
+    as a session moves its reference, or a warp); row 0 of ``keys`` / ``axes`` is ``first``'s own."""
+    latent = codec.encode(to_tensor(first[None], "cpu"))  # [1, C, 1, h, w]
+    out = [first]
+    for t in range(1, len(keys)):
+        controls = Controls(keys=torch.from_numpy(keys[t:t + 1])[None, :, None],
+                            axes=torch.from_numpy(axes[t:t + 1])[None, :, None])
+        latent = move(latent, controls)
+        out.append(decoded_frames(codec.decode(latent))[0])
+    return np.stack(out)
+
+
 def reconstructed(codec: ToyCodec, frames: np.ndarray, device) -> np.ndarray:
     """World frames [T, H, W, 3] uint8 through the codec (encoded, decoded): what its latent space keeps of them."""
     return decoded_frames(codec.decode(codec.encode(to_tensor(frames, device))))
