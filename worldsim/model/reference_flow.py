@@ -20,8 +20,9 @@ passes through the codec again. The MLP's last layer is zero-initialised: a fres
 ``gain`` (one per key and axis, 1 when trained) scales the flow of each control: a frame's weights are multiplied by
 the mean gain of what it holds, weighted by how much each key or axis is held. A squared-error fit moves the
 picture less than the world does (it prefers a short step to a misplaced one, and a served stream loses some of
-each step in the codec's round trip), so :func:`calibrate_gains` measures the reference stream's speed under each
-held command against the world's and sets the gains that make them match (``worldsim world calibrate-flow``).
+each step in the codec's round trip), so :func:`~worldsim.train.calibrate.calibrate_gains` measures the reference
+stream's speed under each held command against the world's and sets the gains that make them match (``worldsim
+world calibrate-flow``).
 File version 2 stores them; version 1 files (no gains) load with gains 1.
 
     flow = ReferenceFlow(ReferenceFlowConfig(), control_cfg)
