@@ -339,3 +339,6 @@ def test_calibration_brings_a_slowed_flows_stream_to_the_worlds_speed(tmp_path, 
     assert main([*args[:-2], "--rounds", "0"]) == 2
     assert main([*args[:2], "--flow", str(tmp_path / "missing.safetensors"), *args[4:]]) == 1
     assert "missing.safetensors" in capsys.readouterr().err
+    other = ReferenceFlow(ReferenceFlowConfig(bases=2, grid=4, hidden=4), CONTROL).save(tmp_path / "other.safetensors")
+    assert main([*args[:2], "--flow", str(other), *args[4:]]) == 1  # not the toy world's controls
+    assert "calibrate a flow trained on toy-world data" in capsys.readouterr().err

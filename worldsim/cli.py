@@ -389,7 +389,11 @@ def _calibrate_flow(args: argparse.Namespace) -> int:
                  f"{s.world:+.2f}" for s in speeds)
         print(f"{'before' if round_ == 0 else f'round {round_}'}: " + ", ".join(cells), flush=True)
 
-    report = calibrate_gains(flow, codec, args.episodes, args.frames, args.rounds, progress=show)
+    try:
+        report = calibrate_gains(flow, codec, args.episodes, args.frames, args.rounds, progress=show)
+    except ValueError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 1
     print("px per frame, stream/world; gains: " + ", ".join(f"{k} {v:.2f}" for k, v in report["gains"].items()))
     flow.save(args.out, calibration=report)
     print(f"wrote {args.out}")

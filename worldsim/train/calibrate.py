@@ -19,9 +19,11 @@ from dataclasses import dataclass
 import numpy as np
 
 from ..codecs.toy_codec import ToyCodec
+from ..model.config import ControlConfig
 from ..model.reference_flow import ReferenceFlow
 from ..world import World
 from ..world.episodes import EpisodeConfig
+from ..world.game import control_schema
 from .evaluate import HELD_COMMANDS, EvalConfig, held_controls, held_motion, held_out_episodes, stream_video
 
 TRAINING_SEED = 0  # `worldsim world dataset`'s default seed: the calibration episodes are training episodes
@@ -81,6 +83,11 @@ def calibrate_gains(flow: ReferenceFlow, codec: ToyCodec, episodes: int = 16, fr
     """Set ``flow.gain`` (in place) so each held command's stream speed meets the world's. Returns the report:
     the speeds before and after (``CommandSpeed`` as dicts), the gains per key and axis, and the settings.
     ``progress(round, speeds)`` is called with the speeds measured before (round 0) and after each round."""
+    world = ControlConfig(**control_schema(frames_per_latent=1))
+    if not flow.reads_controls_of(world):
+        raise ValueError(f"the flow reads keys {list(flow.control.keys)} and axes {list(flow.control.axes)}; the "
+                         f"calibration holds the toy world's ({list(world.keys)}, {list(world.axes)}): calibrate a "
+                         "flow trained on toy-world data")
     cal = Calibration(episodes, frames)
     before = speeds = cal.speeds(flow, codec)
     if progress:
