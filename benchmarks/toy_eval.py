@@ -17,8 +17,11 @@ mouse deltas negated). Reported per model:
 - drift of image statistics over the first and the last two chunks (--chunks 60: 10x the toy recipe's training clips),
   paired with each episode's ground truth; and the theme drift: each frame's colour-histogram distance to its
   theme's look (the world's frames of the theme at held-out places), per window of --drift-window frames, first
-  and last window and their ratio in results.json (the Self Forcing paper's drift, which a rollout that merely
-  shows another part of the world keeps; the ground truth's own ratio is the drift-free level);
+  and last window and their ratio (the Self Forcing paper's drift, which a rollout that merely shows another part
+  of the world keeps; the ground truth's own ratio is the drift-free level: above 1 when its episodes walk into
+  other parts of the world), with a 90% bootstrap interval over the episodes, and each model's difference of ratios
+  from the ground truth and from every other model with its interval (paired: both resampled alike, so an
+  interval that excludes 0 separates them);
 - seconds per chunk (denoising only).
 
 Next to them, references scored the same way: the ground truth (the world under the true and the mirrored
@@ -37,8 +40,8 @@ import sys
 import torch
 
 from worldsim.pipeline.options import parse_step_indices
-from worldsim.train.evaluate import (EvalConfig, ModelSpec, evaluate, format_held, format_prompted, format_switches,
-                                     format_table)
+from worldsim.train.evaluate import (EvalConfig, ModelSpec, evaluate, format_drift, format_held, format_prompted,
+                                     format_switches, format_table)
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -110,6 +113,7 @@ def main(argv: list[str] | None = None) -> int:
                      guided_steps=args.guided_steps, chunk_frames=args.chunk_latents, device=args.device)
     results = evaluate(specs, args.codec, cfg, out=args.out)
     print(format_table(results))
+    print(format_drift(results))
     if "held_commands" in results:
         print(format_held(results))
     for key in ("from_prompt", "from_start"):

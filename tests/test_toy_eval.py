@@ -16,8 +16,9 @@ from worldsim.checkpoints.worldsim_format import save_worldsim
 from worldsim.codecs.toy_codec import ToyCodec, ToyCodecConfig
 from worldsim.model.config import ControlConfig, DiTConfig
 from worldsim.model.dit import CausalWanDiT
-from worldsim.train.evaluate import (REFERENCES, EvalConfig, ModelSpec, evaluate, format_prompted, format_switches,
-                                     format_table, theme_start)
+from worldsim.train.evaluate import (REFERENCES, EvalConfig, ModelSpec, bootstrap_interval, drift_differences,
+                                     drift_ratios, episode_ratio, evaluate, format_drift, format_prompted,
+                                     format_switches, format_table, theme_start)
 from worldsim.world import AXES, KEYS
 from worldsim.world.metrics import KINDS, OUTCOMES
 from worldsim.world.themes import THEMES
@@ -66,8 +67,8 @@ def test_evaluate_structure_and_references(tmp_path):
     for r in [model, *refs.values()]:  # 2 frames: one window of EvalConfig's 6
         theme = r["drift_theme"]
         assert theme["window_frames"] == 6 and theme["per_window"] == [theme["first"]] == [theme["last"]]
-        assert theme["episodes"] == 2
-        assert 0 < theme["first"] < 1 and theme["ratio"] == 1
+        assert theme["episodes"] == 2 and len(theme["per_episode"]) == 2
+        assert 0 < theme["first"] < 1 and theme["ratio"] == 1 and theme["ratio_interval"] == [1, 1]
     assert truth["ssim"]["first"] == 1.0 and truth["psnr"]["first"] is None  # identical frames
     assert frozen["ssim"]["first"] < 1.0
     turn = truth["counterfactual"]["turn"]
@@ -82,10 +83,41 @@ def test_evaluate_structure_and_references(tmp_path):
     assert strip.size == (64 * 3, 2 * (4 * 64) + 4)
     table = format_table(results)
     assert all(name in table for name in ("tiny", "(frozen)", "(mismatched)", "(shuffled)"))
+    assert set(results["drift_differences"]["drift_theme"]) == {"tiny - (ground_truth)"}
+    assert results["drift_differences"]["drift_moments"] == {}  # the ground truth's paired drift has no ratio
+    assert truth["drift_moments"]["ratio"] is None and len(model["drift_moments"]["per_episode"]) == 2
+    assert model["drift_moments"]["ratio"] == pytest.approx(model["drift_moments"]["late"] /
+                                                            model["drift_moments"]["early"])
+    assert "tiny - (ground_truth)" in format_drift(results) and "(frozen)" in format_drift(results)
 
     again = evaluate([ModelSpec.parse(f"tiny={dit}:2")], codec, cfg, progress=False)
     assert again["models"]["tiny"]["mse"] == model["mse"]  # deterministic for a seed
     assert again["models"]["tiny"]["counterfactual"] == model["counterfactual"]
+
+
+def test_paired_drift_differences_separate_what_the_models_own_intervals_do_not():
+    """Episodes differ a lot (the spread both models share), the second model ends 10% further from the theme in
+    every one: its own interval overlaps the first's, the paired difference's excludes 0; a model identical to the
+    first differs by exactly 0."""
+    rng = np.random.default_rng(0)
+    first = rng.uniform(0.2, 0.6, 12)
+    last = first * rng.uniform(0.8, 1.6, 12)
+    a = np.stack([first, last], axis=1)
+    b = np.stack([first, 1.1 * last], axis=1)
+    assert bootstrap_interval(lambda idx: drift_ratios(a, idx), 1) is None
+    models = {name: {"drift_theme": episode_ratio(x)} for name, x in (("a", a), ("b", b), ("same", a))}
+    for x in (a, b):
+        lo, hi = bootstrap_interval(lambda idx: drift_ratios(x, idx), len(x))
+        assert lo < x[:, 1].mean() / x[:, 0].mean() < hi
+    own_a, own_b = (models[name]["drift_theme"]["ratio_interval"] for name in ("a", "b"))
+    assert own_b[0] < own_a[1]  # the models' own intervals overlap
+    diffs = drift_differences(models)
+    assert set(diffs) == {"b - a", "same - a", "same - b"}
+    d = diffs["b - a"]
+    assert d["ratio_difference"] == pytest.approx(0.1 * a[:, 1].mean() / a[:, 0].mean())
+    assert 0 < d["interval"][0] < d["ratio_difference"] < d["interval"][1]
+    assert diffs["same - a"]["ratio_difference"] == 0 and diffs["same - a"]["interval"] == [0, 0]
+    assert diffs["same - b"]["interval"][1] < 0
 
 
 def test_a_model_that_ignores_controls_scores_chance(tmp_path):

@@ -409,12 +409,15 @@ class Tally:
         last window, their ratio (the drift the Self Forcing paper measures: 1 when the last frames look as much
         like the world as the first; the ground truth's own ratio is the level a drift-free model reaches), and
         the curve."""
-        per_frame = np.mean(self.theme_drift, axis=0)
-        curve = np.array([w.mean() for w in np.array_split(per_frame, range(self.drift_window, len(per_frame),
-                                                                             self.drift_window))])
-        first, last = float(curve[0]), float(curve[-1])
-        return {"window_frames": self.drift_window, "episodes": len(self.theme_drift), "first": first, "last": last,
-                "ratio": last / first if first > 0 else None, "per_window": curve.tolist()}
+        windows = np.stack([self._windows(d) for d in self.theme_drift])  # [episodes, windows]
+        curve = windows.mean(0)
+        return {"window_frames": self.drift_window, "episodes": len(self.theme_drift), "first": float(curve[0]),
+                "last": float(curve[-1]), **episode_ratio(windows[:, [0, -1]]), "per_window": curve.tolist()}
+
+    def _windows(self, per_frame: np.ndarray) -> np.ndarray:
+        """[windows] mean of per-frame values over each window of ``drift_window`` frames (the last may be shorter)."""
+        return np.array([w.mean() for w in np.array_split(per_frame, range(self.drift_window, len(per_frame),
+                                                                            self.drift_window))])
 
     def summary(self) -> dict:
         """JSON-ready metrics: motion agreement and the counterfactual pairs per kind; per-chunk curves with first
@@ -424,13 +427,66 @@ class Tally:
         mse = np.mean(self.mse, axis=0)
         psnr = [-10 * math.log10(m) if m > 0 else None for m in mse]
         out = {"motion": motion, "counterfactual": {k: counterfactual_summary(self.pairs[k]) for k in KINDS},
-               "drift_moments": _curve(np.mean(self.moments, axis=0)),
+               "drift_moments": {**_curve(np.mean(self.moments, axis=0)),
+                                 **episode_ratio(np.stack([[m[:2].mean(), m[-2:].mean()] for m in self.moments]))},
                "drift_histogram": _curve(np.mean(self.histogram, axis=0)), "mse": _curve(mse),
                "psnr": {**_curve(mse, psnr=True), "per_chunk": psnr}, "ssim": _curve(np.mean(self.ssim, axis=0)),
                **({"drift_theme": self._theme_drift()} if self.theme_drift else {})}
         if self.seconds:
             out["seconds_per_chunk"] = float(np.mean(self.seconds))
         return out
+
+
+BOOTSTRAP_DRAWS, BOOTSTRAP_LEVEL = 2000, 0.9
+
+
+def bootstrap_interval(statistic, n: int, draws: int = BOOTSTRAP_DRAWS, level: float = BOOTSTRAP_LEVEL,
+                       seed: int = 0) -> list[float] | None:
+    """The central ``level`` interval of ``statistic(idx)`` over episodes resampled with replacement: idx
+    [draws, n] indexes n episodes per draw, statistic returns [draws]. None with fewer than 2 episodes. The seed is
+    fixed, so a result file is reproducible; statistics computed with the same ``n`` and seed see the same draws
+    (what a paired comparison needs)."""
+    if n < 2:
+        return None
+    idx = np.random.default_rng(seed).integers(0, n, size=(draws, n))
+    values = statistic(idx)
+    tail = (1 - level) / 2
+    return [float(np.quantile(values, tail)), float(np.quantile(values, 1 - tail))]
+
+
+def drift_ratios(per_episode: np.ndarray, idx: np.ndarray) -> np.ndarray:
+    """[draws] drift ratio (mean late / mean early value) of per-episode values [E, 2] resampled by idx [draws, n]."""
+    return per_episode[idx, 1].mean(1) / per_episode[idx, 0].mean(1)
+
+
+def episode_ratio(per_episode: np.ndarray) -> dict:
+    """A drift's late / early ratio from per-episode values [E, 2] (early, late): the ratio of the means, its
+    bootstrap interval over the episodes and the values themselves (for paired comparisons)."""
+    if not (per_episode[:, 0] > 0).all():  # the ground truth's paired drift: 0 from the start, no ratio
+        return {"ratio": None, "ratio_interval": None, "per_episode": per_episode.tolist()}
+    return {"ratio": float(per_episode[:, 1].mean() / per_episode[:, 0].mean()),
+            "ratio_interval": bootstrap_interval(lambda idx: drift_ratios(per_episode, idx), len(per_episode)),
+            "per_episode": per_episode.tolist()}
+
+
+def drift_differences(sources: dict[str, dict], key: str = "drift_theme") -> dict:
+    """Paired comparisons of one drift (``key``: drift_theme or drift_moments) between every two sources scored on
+    the same episodes (in order: the later's ratio minus the earlier's; :func:`evaluate` puts the ground truth
+    first, whose theme-drift ratio is not 1 when its episodes walk into other parts of the world), with a bootstrap
+    interval over the episodes (both resampled alike). An interval that excludes 0 separates the two; the sources'
+    own intervals overlapping does not say they do not (the episodes are shared, so most of their spread is
+    common). Sources with an early value of 0 (the ground truth's paired drift) are left out."""
+    values = {name: np.asarray(r[key]["per_episode"]) for name, r in sources.items()
+              if key in r and r[key].get("ratio") is not None}
+    names = list(values)
+    out = {}
+    for i, a in enumerate(names):
+        for b in names[i + 1:]:
+            x, y = values[a], values[b]
+            diff = float(y[:, 1].mean() / y[:, 0].mean() - x[:, 1].mean() / x[:, 0].mean())
+            out[f"{b} - {a}"] = {"ratio_difference": diff, "interval": bootstrap_interval(
+                lambda idx: drift_ratios(y, idx) - drift_ratios(x, idx), len(x))}
+    return out
 
 
 def _agreement(hits: int, rows: int) -> dict:
@@ -508,6 +564,8 @@ def evaluate(specs: list[ModelSpec], codec_path: str | Path, cfg: EvalConfig = E
                "models": {g.spec.name: {"path": str(g.spec.path), "steps": len(g.sampler.denoising_steps),
                                         "timesteps": g.timesteps, **tallies[g.spec.name].summary()}
                           for g in generators}}
+    sources = {"(ground_truth)": results["references"]["ground_truth"], **results["models"]}
+    results["drift_differences"] = {key: drift_differences(sources, key) for key in ("drift_theme", "drift_moments")}
     if held is not None:
         results["held_commands"] = held
     probe_strips = {}
@@ -717,6 +775,31 @@ def format_prompted(results: dict, key: str = "from_prompt") -> str:
     for name, m in r["models"].items():
         g = m["grid"]
         lines.append(row(name, g) + f"   (period {g['period']} px; world {g['world']:+.2f}, codec {g['codec']:+.2f})")
+    return "\n".join(lines)
+
+
+def format_drift(results: dict) -> str:
+    """The drift ratios with their bootstrap intervals (models, then the references whose videos are not the ground
+    truth's own) and the paired differences (models against the ground truth and each other): the theme drift
+    (last / first window) and the paired statistics drift (last / first two chunks)."""
+    def interval(v: list[float] | None) -> str:
+        return f"[{v[0]:.2f}, {v[1]:.2f}]" if v else "[-]"
+
+    sources = [*results["models"].items(), *((f"({n})", r) for n, r in results["references"].items()
+                                             if n not in ("ignores_controls", "mismatched"))]
+    level = f"{100 * BOOTSTRAP_LEVEL:.0f}%"
+    lines = []
+    for key, what in (("drift_theme", "theme drift, last / first window"),
+                      ("drift_moments", "paired statistics drift, last / first two chunks")):
+        rows = [(name, r[key]) for name, r in sources if key in r and r[key]["ratio"] is not None]
+        if not rows:
+            lines.append(f"{what}: not measured (no episode keeps one theme)")
+            continue
+        lines.append(f"{what}, over {len(rows[0][1]['per_episode'])} episodes ({level} bootstrap interval over "
+                     f"the episodes; differences paired)")
+        lines += [f"  {name:<18} {d['ratio']:.2f} {interval(d['ratio_interval'])}" for name, d in rows]
+        lines += [f"  {pair}: {d['ratio_difference']:+.2f} {interval(d['interval'])}"
+                  for pair, d in results.get("drift_differences", {}).get(key, {}).items()]
     return "\n".join(lines)
 
 
