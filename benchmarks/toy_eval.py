@@ -52,6 +52,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                         "few-step sampler; N > 4: N evenly spaced steps, as the teacher samples); repeatable")
     p.add_argument("--codec", required=True, help="the toy codec the models were trained with")
     p.add_argument("--episodes", type=int, default=d.episodes, help=f"held-out episodes (default {d.episodes})")
+    p.add_argument("--switches", type=int, default=d.switches,
+                   help="theme switches per held-out episode, at most (default 2, as the training data; 0: every "
+                        "episode keeps one theme and counts for the theme drift)")
     p.add_argument("--drift-window", type=int, default=d.drift_window,
                    help=f"frames per window of the theme drift (default {d.drift_window}: a toy training clip)")
     p.add_argument("--chunks", type=int, default=d.chunks, help=f"generated chunks per episode (default {d.chunks}: "
@@ -91,9 +94,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--out", default="runs/eval", help="results.json and PNG strips (default runs/eval)")
     args = p.parse_args(argv)
     if args.episodes < 1 or args.chunks < 2 or args.strip_every < 1 or args.prompt_streams < 1 or \
-            (args.chunk_latents is not None and args.chunk_latents < 1):
+            (args.chunk_latents is not None and args.chunk_latents < 1) or args.switches < 0:
         p.error("--episodes must be >= 1, --chunks >= 2 (early and late spans), --strip-every, --prompt-streams "
-                "and --chunk-latents >= 1")
+                "and --chunk-latents >= 1, --switches >= 0")
     return args
 
 
@@ -108,7 +111,7 @@ def main(argv: list[str] | None = None) -> int:
     cfg = EvalConfig(episodes=args.episodes, chunks=args.chunks, seed=args.seed, window_frames=args.window,
                      sink_frames=args.sink, strip_episodes=args.strip_episodes, strip_every=args.strip_every,
                      held_frames=args.held_frames, prompt_frames=args.prompt_frames, prompt_streams=args.prompt_streams,
-                     switch_frames=args.switch_frames, drift_window=args.drift_window,
+                     switch_frames=args.switch_frames, drift_window=args.drift_window, switches=args.switches,
                      control_guidance=args.control_guidance, text_guidance=args.text_guidance,
                      guided_steps=args.guided_steps, chunk_frames=args.chunk_latents, device=args.device)
     results = evaluate(specs, args.codec, cfg, out=args.out)

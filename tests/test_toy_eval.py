@@ -18,8 +18,8 @@ from worldsim.model.config import ControlConfig, DiTConfig
 from worldsim.model.dit import CausalWanDiT
 from worldsim.train.evaluate import (REFERENCES, EvalConfig, ModelSpec, bootstrap_interval, drift_differences,
                                      drift_ratios, episode_ratio, evaluate, format_drift, format_prompted,
-                                     format_switches, format_table, theme_start)
-from worldsim.world import AXES, KEYS
+                                     format_switches, format_table, held_out_episodes, theme_start)
+from worldsim.world import AXES, KEYS, theme_for_prompt
 from worldsim.world.metrics import KINDS, OUTCOMES
 from worldsim.world.themes import THEMES
 
@@ -118,6 +118,15 @@ def test_paired_drift_differences_separate_what_the_models_own_intervals_do_not(
     assert 0 < d["interval"][0] < d["ratio_difference"] < d["interval"][1]
     assert diffs["same - a"]["ratio_difference"] == 0 and diffs["same - a"]["interval"] == [0, 0]
     assert diffs["same - b"]["interval"][1] < 0
+
+
+def test_held_out_episodes_without_switches_keep_one_theme():
+    """--switches 0: every held-out episode keeps its opening theme, so each counts for the theme drift."""
+    themes = [{theme_for_prompt(p) for p in ep.prompts}
+              for ep in held_out_episodes(EvalConfig(episodes=12, chunks=12, switches=0), 1)]
+    assert all(len(t) == 1 for t in themes) and len(set.union(*themes)) > 1
+    switching = held_out_episodes(EvalConfig(episodes=12, chunks=12), 1)
+    assert any(len({theme_for_prompt(p) for p in ep.prompts}) > 1 for ep in switching)
 
 
 def test_a_model_that_ignores_controls_scores_chance(tmp_path):

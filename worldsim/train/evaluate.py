@@ -149,6 +149,7 @@ class EvalConfig:
     guided_steps: tuple[int, ...] | None = None  # steps guidance applies to; None: a package's own, else all
     chunk_frames: int | None = None  # latent frames per generated chunk; None: the model's own (serve --chunk-latents)
     drift_window: int = 6  # frames per window of the theme drift: the toy recipe's training clip
+    switches: int = 2  # theme switches per held-out episode, at most (as the training data); 0: all keep one theme
     device: str = "cpu"
 
 
@@ -170,7 +171,7 @@ def held_out_episodes(cfg: EvalConfig, chunk_frames: int) -> list[HeldOutEpisode
     """Fresh episodes from the world's episode generator, long enough for the context and ``cfg.chunks`` chunks,
     each with its mirror: the world rolled out from the last context state under the mirrored controls."""
     n = chunk_frames
-    ep_cfg = EpisodeConfig(frames=(cfg.chunks + 1) * n, chunk_frames=n)
+    ep_cfg = EpisodeConfig(frames=(cfg.chunks + 1) * n, chunk_frames=n, switches=cfg.switches)
     world = World(ep_cfg.world)
     out = []
     for seed in episode_seeds(cfg.seed, cfg.episodes):
