@@ -408,8 +408,8 @@ class Tally:
         """Colour-histogram distance to the theme's look per window of frames, averaged over the episodes that
         keep one theme (``episodes`` of them; a soft switch a model does not follow is not drift): first and
         last window, their ratio (the drift the Self Forcing paper measures: 1 when the last frames look as much
-        like the world as the first; the ground truth's own ratio is the level a drift-free model reaches), and
-        the curve."""
+        like the world as the first; the ground truth's own ratio is the level a drift-free model reaches) with
+        its bootstrap interval and the per-episode windows (:func:`episode_ratio`), and the curve."""
         windows = np.stack([self._windows(d) for d in self.theme_drift])  # [episodes, windows]
         curve = windows.mean(0)
         return {"window_frames": self.drift_window, "episodes": len(self.theme_drift), "first": float(curve[0]),
@@ -477,16 +477,14 @@ def drift_differences(sources: dict[str, dict], key: str = "drift_theme") -> dic
     interval over the episodes (both resampled alike). An interval that excludes 0 separates the two; the sources'
     own intervals overlapping does not say they do not (the episodes are shared, so most of their spread is
     common). Sources with an early value of 0 (the ground truth's paired drift) are left out."""
-    values = {name: np.asarray(r[key]["per_episode"]) for name, r in sources.items()
-              if key in r and r[key].get("ratio") is not None}
-    names = list(values)
+    scored = {name: r[key] for name, r in sources.items() if key in r and r[key]["ratio"] is not None}
+    names = list(scored)
     out = {}
     for i, a in enumerate(names):
         for b in names[i + 1:]:
-            x, y = values[a], values[b]
-            diff = float(y[:, 1].mean() / y[:, 0].mean() - x[:, 1].mean() / x[:, 0].mean())
-            out[f"{b} - {a}"] = {"ratio_difference": diff, "interval": bootstrap_interval(
-                lambda idx: drift_ratios(y, idx) - drift_ratios(x, idx), len(x))}
+            x, y = (np.asarray(scored[name]["per_episode"]) for name in (a, b))
+            out[f"{b} - {a}"] = {"ratio_difference": scored[b]["ratio"] - scored[a]["ratio"], "interval":
+                                 bootstrap_interval(lambda idx: drift_ratios(y, idx) - drift_ratios(x, idx), len(x))}
     return out
 
 
@@ -790,11 +788,12 @@ def format_drift(results: dict) -> str:
                                              if n not in ("ignores_controls", "mismatched"))]
     level = f"{100 * BOOTSTRAP_LEVEL:.0f}%"
     lines = []
-    for key, what in (("drift_theme", "theme drift, last / first window"),
-                      ("drift_moments", "paired statistics drift, last / first two chunks")):
+    for key, what, missing in (("drift_theme", "theme drift, last / first window", "no episode keeps one theme"),
+                               ("drift_moments", "paired statistics drift, last / first two chunks",
+                                "no source differs from the ground truth in every episode's first chunks")):
         rows = [(name, r[key]) for name, r in sources if key in r and r[key]["ratio"] is not None]
         if not rows:
-            lines.append(f"{what}: not measured (no episode keeps one theme)")
+            lines.append(f"{what}: no ratio ({missing})")
             continue
         lines.append(f"{what}, over {len(rows[0][1]['per_episode'])} episodes ({level} bootstrap interval over "
                      f"the episodes; differences paired)")
