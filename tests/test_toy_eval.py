@@ -95,6 +95,18 @@ def test_evaluate_structure_and_references(tmp_path):
     assert again["models"]["tiny"]["counterfactual"] == model["counterfactual"]
 
 
+def test_mismatched_controls_score_each_video_once_for_fidelity_and_drift(tmp_path):
+    """The mismatched reference scores each episode's video under several other episodes' controls; its frames
+    (the ground truth's) count once, so its drift intervals are the ground truth's, not narrowed by copies."""
+    dit, codec = tiny_files(tmp_path)
+    results = evaluate([ModelSpec.parse(f"tiny={dit}:1")], codec, EvalConfig(episodes=3, chunks=1, seed=1, switches=0),
+                       progress=False)
+    truth, mismatched = results["references"]["ground_truth"], results["references"]["mismatched"]
+    assert mismatched["drift_theme"]["per_episode"] == truth["drift_theme"]["per_episode"]
+    assert len(truth["drift_theme"]["per_episode"]) == 3
+    assert mismatched["counterfactual"]["turn"]["pairs"] == 2 * truth["counterfactual"]["turn"]["pairs"]
+
+
 def test_paired_drift_differences_separate_what_the_models_own_intervals_do_not():
     """Episodes differ a lot (the spread both models share), the second model ends 10% further from the theme in
     every one: its own interval overlaps the first's, the paired difference's excludes 0; a model identical to the

@@ -380,9 +380,11 @@ class Tally:
     theme_drift: list[np.ndarray] = field(default_factory=list)  # per one-theme episode [frames]
     seconds: list[float] = field(default_factory=list)
 
-    def add(self, span: np.ndarray, mirrored: np.ndarray, ep: HeldOutEpisode) -> None:
+    def add(self, span: np.ndarray, mirrored: np.ndarray, ep: HeldOutEpisode, score_frames: bool = True) -> None:
         """Score a video of the span (the last context frame, then the K generated chunks' frames) under the
-        controls of ``ep``, with its counterpart ``mirrored`` under the mirrored controls, against ``ep.frames``."""
+        controls of ``ep``, with its counterpart ``mirrored`` under the mirrored controls, against ``ep.frames``.
+        ``score_frames=False`` scores the motion only: for a video whose frames were scored already (the
+        ``mismatched`` reference scores each episode's video under several others' controls)."""
         first = self.chunk_frames - 1
         keys, axes = ep.keys[first:], ep.axes[first:]
         for kind, (h, r) in motion_breakdown(span, keys, axes, pitch=ep.pitch).items():
@@ -390,6 +392,8 @@ class Tally:
             self.rows[kind] += r
         for kind, counts in counterfactual_counts(span, mirrored, keys, axes, pitch=ep.pitch).items():
             self.pairs[kind] += counts
+        if not score_frames:
+            return
         video, truth = span[1:], ep.frames[first + 1:]
         drift = stat_drift(video, truth, paired=True)
         err = ((video.astype(np.float64) - truth) / 255) ** 2
@@ -543,7 +547,8 @@ def evaluate(specs: list[ModelSpec], codec_path: str | Path, cfg: EvalConfig = E
         refs["ignores_controls"].add(span, span, ep)
         for shift in range(1, min(len(episodes), MISMATCHES + 1)):
             other = episodes[(i + shift) % len(episodes)]
-            refs["mismatched"].add(span, mirrored, replace(ep, keys=other.keys, axes=other.axes, pitch=other.pitch))
+            refs["mismatched"].add(span, mirrored, replace(ep, keys=other.keys, axes=other.axes, pitch=other.pitch),
+                                   score_frames=shift == 1)
         order = np.random.default_rng([cfg.seed, i]).permutation(len(span))
         refs["shuffled"].add(span[order], mirrored[order], ep)
         for g in generators:
