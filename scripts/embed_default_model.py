@@ -107,6 +107,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--hold-idle-reference", action=argparse.BooleanOptionalAction,
                    help="keep a frame_reference model's reference while nothing is held (SamplerConfig."
                         "hold_idle_reference; for worlds that do not move by themselves; default: the package's)")
+    p.add_argument("--window-frames", type=int, metavar="N",
+                   help="serve with a rolling KV window of N latent frames (the evaluation's; a trained package "
+                        "records its clips' length)")
     p.add_argument("--reference-flow", type=Path, metavar="FILE",
                    help="serve with this reference flow (worldsim train flow's OUT/final/flow.safetensors) instead of "
                         "the package's own")
@@ -171,6 +174,8 @@ def main(argv: list[str] | None = None) -> int:
         manifest["reference_flow"] = "reference_flow.safetensors"
     if args.steps:
         manifest["sampler"]["denoising_steps"] = list(args.steps)
+    if args.window_frames is not None:
+        manifest.setdefault("cache", {})["window_frames"] = args.window_frames
     if args.hold_idle_reference is not None:
         manifest["sampler"]["hold_idle_reference"] = args.hold_idle_reference
     for key in GUIDANCE_FIELDS:
