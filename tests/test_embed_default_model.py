@@ -3,6 +3,7 @@ evaluated with and a provenance that names no path of the machine it was trained
 
 import importlib.util
 import json
+import shutil
 from pathlib import Path
 
 import pytest
@@ -23,10 +24,7 @@ def embed():
 @pytest.fixture
 def trained(tmp_path):
     """A copy of the default package whose provenance names absolute paths, as a training run's does."""
-    src = tmp_path / "run" / "final"
-    src.mkdir(parents=True)
-    for f in DEFAULT_PACKAGE.iterdir():
-        (src / f.name).write_bytes(f.read_bytes())
+    src = shutil.copytree(DEFAULT_PACKAGE, tmp_path / "run" / "final")
     manifest = json.loads((src / MANIFEST).read_text())
     manifest["provenance"]["data"] = str(tmp_path / "runs" / "bal_data")
     manifest["provenance"]["recipe"]["stage"]["critic"] = str(tmp_path / "runs" / "sf" / "critic.safetensors")
