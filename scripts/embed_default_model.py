@@ -109,7 +109,7 @@ def main(argv: list[str] | None = None) -> int:
                         "hold_idle_reference; for worlds that do not move by themselves; default: the package's)")
     p.add_argument("--window-frames", type=int, metavar="N",
                    help="serve with a rolling KV window of N latent frames (the evaluation's; a trained package "
-                        "records its clips' length)")
+                        "records the window it was rolled out through, else its clips' length)")
     p.add_argument("--reference-flow", type=Path, metavar="FILE",
                    help="serve with this reference flow (worldsim train flow's OUT/final/flow.safetensors) instead of "
                         "the package's own")

@@ -74,26 +74,31 @@ def shift_by_keys(last: torch.Tensor, controls: Controls) -> torch.Tensor:
 
 
 @torch.no_grad()
-@pytest.mark.parametrize("context_noise, frame_reference, window, move", [
-    (0.0, False, None, None), (0.25, False, None, None), (0.25, True, None, None), (0.0, True, 3, None),
-    (0.0, True, None, shift_by_keys)])
-def test_rollout_equals_streaming_session(context_noise, frame_reference, window, move):
+@pytest.mark.parametrize("context_noise, frame_reference, window, sink, move", [
+    (0.0, False, None, 0, None), (0.25, False, None, 0, None), (0.25, True, None, 0, None), (0.0, True, 3, 0, None),
+    (0.0, True, 3, 3, None), (0.0, True, None, 0, shift_by_keys)])
+def test_rollout_equals_streaming_session(context_noise, frame_reference, window, sink, move):
     """Full denoising without grad reproduces the inference loop bit for bit (prompt switch and controls included),
     also when finished chunks enter the cache re-noised to a context timestep above 0, for a model that sees the
-    last clean frame before each chunk in its input channels, through a rolling window shorter than the clip, and
-    with that frame moved by the chunk's controls first (a reference flow; the rollout then differs from one
-    without)."""
+    last clean frame before each chunk in its input channels, through a rolling window shorter than the clip, beside
+    a sink (later chunks then see the first, unlike the window alone), and with that frame moved by the
+    chunk's controls first (a reference flow; the rollout then differs from one without)."""
     model = control_model(frame_reference=frame_reference)
     sampler = SamplerConfig(context_noise=context_noise)
-    out = rollout(model, exit_step=3, seed=5, sampler=sampler, window_frames=window, move_reference=move).latents
+    out = rollout(model, exit_step=3, seed=5, sampler=sampler, window_frames=window, sink_frames=sink,
+                  move_reference=move).latents
     session = StreamingSession(model, prompts()[0], latent_shape=SHAPE, seed=5, window_frames=window or FRAMES,
-                               sampler=sampler, move_reference=move)
+                               sink_frames=sink, sampler=sampler, move_reference=move)
     chunks = []
     for i, ctx in enumerate(prompts()):
         if i and ctx is not prompts()[i - 1]:
             session.set_prompt(ctx, mode="soft")
         chunks.append(session.step(controls().slice_frames(3 * i, 3 * i + 3)))
     assert torch.equal(out, torch.cat(chunks, dim=2))
+    if sink:
+        windowed = rollout(model, exit_step=3, seed=5, sampler=sampler, window_frames=window).latents
+        assert torch.equal(out[:, :, :3], windowed[:, :, :3])  # the first chunk sees nothing before it either way
+        assert not torch.allclose(out[:, :, 3:], windowed[:, :, 3:], atol=1e-4)
     if move is not None:
         unmoved = rollout(model, exit_step=3, seed=5, sampler=sampler).latents
         assert torch.equal(out[:, :, :3], unmoved[:, :, :3])  # the first chunk has no reference to move
@@ -138,6 +143,9 @@ def test_a_windowed_rollout_carries_gradient_only_in_its_last_window():
     for bad in (2, 12):
         with pytest.raises(ValueError, match="window_frames"):
             rollout(model, exit_step=1, window_frames=bad)
+    for bad in (-3, 2, 9):
+        with pytest.raises(ValueError, match="sink_frames"):
+            rollout(model, exit_step=1, window_frames=3, sink_frames=bad)
 
 
 def grads(model, loss):
@@ -290,6 +298,30 @@ def test_self_forcing_scores_the_last_window_of_a_long_rollout(workdir):
     assert torch.equal(scored.controls.keys, batch.controls.keys[:, -2:])
     with pytest.raises(ValueError, match="window_frames"):
         Trainer("self-forcing", recipe("self-forcing", workdir, "window-bad", "stage.window_frames=4", reference=True))
+
+
+def test_self_forcing_rolls_out_beside_a_sink_and_packages_it(workdir):
+    """stage.sink_frames: the rollout keeps its first frames in the cache beside the rolling window, as a session
+    with that sink does (the scored window then differs from one rolled out without), and the package serves with
+    that window and sink. A sink without a window, or one that leaves the window no room in the clip, is refused."""
+    tr = Trainer("self-forcing", recipe("self-forcing", workdir, "sink", "stage.window_frames=1",
+                                        "stage.sink_frames=1", "package=true", "max_steps=1", reference=True))
+    batch = tr.data.batch(0)
+    with torch.no_grad():
+        torch.manual_seed(0)  # the stage's rollouts draw their noise from the global generator
+        x, _ = tr.stage.scored_rollout(batch, exit_step=3, grad=False)
+        torch.manual_seed(0)
+        sunk = tr.stage.rollout(batch, exit_step=3, window_frames=1, sink_frames=1)
+        torch.manual_seed(0)
+        plain = tr.stage.rollout(batch, exit_step=3, window_frames=1)
+    assert torch.equal(x, sunk[:, :, -1:])
+    assert torch.equal(sunk[:, :, 0], plain[:, :, 0])  # the first frame sees nothing before it either way
+    assert not torch.allclose(sunk[:, :, 1:], plain[:, :, 1:], atol=1e-4)  # later ones see it through the sink
+    tr.run()
+    assert read_package(workdir / "sink" / "final").cache == {"sink_frames": 1, "window_frames": 1}
+    for bad in (["stage.sink_frames=1"], ["stage.window_frames=2", "stage.sink_frames=2"]):
+        with pytest.raises(ValueError, match="sink_frames"):
+            Trainer("self-forcing", recipe("self-forcing", workdir, "sink-bad", *bad, reference=True))
 
 
 def test_distillation_moves_references_by_the_reference_flow_and_packages_it(workdir):

@@ -45,7 +45,8 @@ def sample_exit_step(num_steps: int, generator: torch.Generator | None = None) -
 def self_forcing_rollout(model: nn.Module, context: torch.Tensor | Sequence[torch.Tensor], *, num_frames: int,
                          latent_shape: tuple[int, int, int], sampler: SamplerConfig, exit_step: int,
                          controls: Controls | None = None, generator: torch.Generator | None = None,
-                         window_frames: int | None = None, move_reference: MoveReference | None = None) -> Rollout:
+                         window_frames: int | None = None, sink_frames: int = 0,
+                         move_reference: MoveReference | None = None) -> Rollout:
     """Generate ``num_frames`` latent frames with the student, chunk by chunk, through a fresh KV cache.
 
     model: the causal DiT or its training wrapper (every forward goes through ``model(...)`` so DDP/FSDP see it).
@@ -56,6 +57,8 @@ def self_forcing_rollout(model: nn.Module, context: torch.Tensor | Sequence[torc
     window_frames: the cache's rolling window in latent frames, as a session streams with it; default the whole
     rollout (no rolling), as Self Forcing trains. With a shorter window only the chunks of the last window carry
     gradient (a long rollout of which one window is scored, as Self Forcing++ trains); those before run without.
+    sink_frames: the rollout's first frames kept in the cache beside the window, as a session with that sink keeps
+    them, so every later chunk also sees where the stream began.
     move_reference: for a ``frame_reference`` model, moves each chunk's reference by its first frame's controls, as
     the session does with a package's reference flow.
     """
@@ -74,10 +77,13 @@ def self_forcing_rollout(model: nn.Module, context: torch.Tensor | Sequence[torc
     if window % n or not n <= window <= num_frames:
         raise ValueError(f"window_frames ({window}) must be a multiple of the chunk size ({n}) within the rollout "
                          f"({num_frames} frames)")
+    if sink_frames < 0 or sink_frames % n or sink_frames >= num_frames:
+        raise ValueError(f"sink_frames ({sink_frames}) must be whole chunks of {n} frames before the rollout's end "
+                         f"({num_frames} frames)")
     ref = context[0] if per_chunk else context
     batch, (c, h, w) = ref.shape[0], latent_shape
     param = next(net.parameters())
-    cache = net.new_cache(batch=batch, height=h, width=w, sink_frames=0, window_frames=window)
+    cache = net.new_cache(batch=batch, height=h, width=w, sink_frames=sink_frames, window_frames=window)
     grad = torch.is_grad_enabled()
 
     def noise() -> torch.Tensor:

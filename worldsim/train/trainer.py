@@ -375,7 +375,7 @@ class Trainer:
         geometry = {"height": info.height, "width": info.width, "fps": info.fps, "latent_shape": [c, h, w],
                     "spatial_stride": info.height // h, "temporal_stride": codec.temporal_stride}
         sampler = {k: list(v) if isinstance(v, tuple) else v for k, v in dataclasses.asdict(st.sampler).items()}
-        cache = {"sink_frames": 0, "window_frames": cfg.data.clip_chunks * model_cfg.chunk_frames}
+        cache = st.serving_cache()
         provenance = {"name": f"{self.stage_name} ({self.out.name})", "stage": self.stage_name, "steps": self.step,
                       "data": str(Path(cfg.data.path).resolve()), "recipe": dataclasses.asdict(cfg), "metrics": metrics,
                       "untrained": False}

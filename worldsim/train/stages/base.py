@@ -110,6 +110,10 @@ class Stage:
         """Frames [B, T, 3, H, W] in [0, 1] to show how training goes, or None."""
         return None
 
+    def serving_cache(self) -> dict[str, int]:
+        """The KV cache a package of this stage serves with, in latent frames: the training clip, no sink."""
+        return {"sink_frames": 0, "window_frames": self.ctx.cfg.data.clip_chunks * self.ctx.model_cfg.chunk_frames}
+
     def export(self, name: str, state: dict[str, torch.Tensor], path: Path) -> Path:
         """Write trained weights ``state`` of ``models[name]`` (the EMA where kept) for serving, at ``path`` plus
         the format's suffix. Default: a worldsim ``.safetensors`` DiT file (config in the header)."""

@@ -68,18 +68,20 @@ class DistillStage(Stage):
         :mod:`..flow_matching`): (x_t, t, text, controls=...) -> flow."""
         return partial(clip_flow, self.models[name] if name in self.models else self.frozen[name])
 
-    def rollout(self, batch: LatentBatch, exit_step: int, window_frames: int | None = None) -> torch.Tensor:
+    def rollout(self, batch: LatentBatch, exit_step: int, window_frames: int | None = None,
+                sink_frames: int = 0) -> torch.Tensor:
         """The student's clip for this batch's prompts (one per chunk) and controls: [B, C, F, H, W]; through a
-        rolling KV window of ``window_frames`` (default: the whole clip)."""
-        return self.rollout_with_references(batch, exit_step, window_frames).latents
+        rolling KV window of ``window_frames`` (default: the whole clip) beside a sink of ``sink_frames``."""
+        return self.rollout_with_references(batch, exit_step, window_frames, sink_frames).latents
 
-    def rollout_with_references(self, batch: LatentBatch, exit_step: int, window_frames: int | None = None
-                                ) -> Rollout:
+    def rollout_with_references(self, batch: LatentBatch, exit_step: int, window_frames: int | None = None,
+                                sink_frames: int = 0) -> Rollout:
         """:meth:`rollout` with the reference each frame was made from (moved by the flow, when there is one)."""
         lat = batch.latents
         return self_forcing_rollout(self.models["generator"], list(batch.text.unbind(1)), num_frames=lat.shape[2],
                                     latent_shape=(lat.shape[1], *lat.shape[3:]), sampler=self.sampler,
                                     exit_step=exit_step, controls=batch.controls, window_frames=window_frames,
+                                    sink_frames=sink_frames,
                                     move_reference=self.reference_mover())
 
     def sample(self, batch: LatentBatch) -> torch.Tensor:

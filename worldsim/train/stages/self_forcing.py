@@ -14,7 +14,9 @@ first frame without a reference as a training clip's is: the teacher judges the 
 prompt and those controls looks like, not as a continuation of wherever the rollout had drifted before it (scored
 as a continuation, a student that had turned a desert into trees was only taught to continue the trees). The
 student so learns from the frames it makes after its own earlier frames have left the window, which a rollout as
-short as the window never shows it.
+short as the window never shows it. With ``sink_frames`` the rollout's first frames stay in the cache beside the
+window (a frame sink, as a session with that sink keeps them): the student learns to use where the stream began
+once the window has moved on, as it will when served with that sink; the scores still see the window alone.
 """
 
 from __future__ import annotations
@@ -41,6 +43,8 @@ class SelfForcingOptions(DistillOptions):
     timestep_max: float = 0.98
     window_frames: int = 0  # > 0: roll the clip out through a KV window of this many latent frames, as served, and
     #                         score only its last window (Self Forcing++'s long rollouts); 0: the whole clip, no rolling
+    sink_frames: int = 0  # with window_frames: keep the rollout's first frames in the cache beside the window, as a
+    #                       session with that sink does (the package serves with it)
 
 
 class SelfForcingStage(DistillStage):
@@ -55,11 +59,21 @@ class SelfForcingStage(DistillStage):
         if window and (window % self.ctx.model_cfg.chunk_frames or not 0 < window <= clip):
             raise ValueError(f"stage.window_frames ({window}) must be whole chunks of "
                              f"{self.ctx.model_cfg.chunk_frames} frames within the clip ({clip} frames)")
+        sink = self.opts.sink_frames
+        if sink and (not window or sink % self.ctx.model_cfg.chunk_frames or not 0 < sink <= clip - window):
+            raise ValueError(f"stage.sink_frames ({sink}) needs stage.window_frames and must be whole chunks of "
+                             f"{self.ctx.model_cfg.chunk_frames} frames that leave the window room in the clip "
+                             f"({clip} frames, window {window})")
         student = self.build_teacher_and_student()
         critic = load_model(self.opts.critic or self.opts.teacher)
         self.models.update(generator=student, critic=critic)
         self.optimizers.update(generator=self.adamw(student), critic=self.adamw(critic, lr=self.opts.critic_lr))
         self.t_range = (self.opts.timestep_min, self.opts.timestep_max)
+
+    def serving_cache(self) -> dict[str, int]:
+        """The rolling window and sink the student was rolled out through (the clip when it was not rolled)."""
+        clip = super().serving_cache()["window_frames"]
+        return {"sink_frames": self.opts.sink_frames, "window_frames": self.opts.window_frames or clip}
 
     def step(self, batch: LatentBatch, step: int) -> dict[str, float]:
         train_generator = step % self.opts.update_ratio == 0
@@ -83,7 +97,7 @@ class SelfForcingStage(DistillStage):
         frame (as it did); with ``window_frames``, both cut to the last window first, a clip of its own."""
         window = self.opts.window_frames or None
         with torch.set_grad_enabled(grad):
-            out = self.rollout_with_references(batch, exit_step, window)
+            out = self.rollout_with_references(batch, exit_step, window, self.opts.sink_frames)
         x, ref = out.latents, out.references  # the references as the rollout fed them: moved once, not again here
         if window is not None:
             n = self.ctx.model_cfg.chunk_frames
