@@ -300,6 +300,25 @@ def test_self_forcing_scores_the_last_window_of_a_long_rollout(workdir):
         Trainer("self-forcing", recipe("self-forcing", workdir, "window-bad", "stage.window_frames=4", reference=True))
 
 
+@torch.no_grad()
+def test_self_forcing_can_score_the_last_window_as_a_continuation(workdir):
+    """stage.window_start=continuation: the scores see the window's first frame with the reference the rollout fed
+    it (the frame before the window), not as a clip's start; an unknown value is refused."""
+    tr = Trainer("self-forcing", recipe("self-forcing", workdir, "cont", "stage.window_frames=2",
+                                        "stage.window_start=continuation", reference=True))
+    batch = tr.data.batch(0)
+    torch.manual_seed(0)
+    x, scored = tr.stage.scored_rollout(batch, exit_step=3, grad=False)
+    torch.manual_seed(0)
+    full = tr.stage.rollout(batch, exit_step=3, window_frames=2)
+    assert torch.equal(x, full[:, :, -2:])
+    assert scored.controls.reference[:, :, 0].abs().sum() > 0
+    assert torch.equal(scored.controls.reference[:, :, :2], full[:, :, -3:-1])
+    with pytest.raises(ValueError, match="window_start"):
+        Trainer("self-forcing", recipe("self-forcing", workdir, "cont-bad", "stage.window_frames=2",
+                                       "stage.window_start=both", reference=True))
+
+
 def test_self_forcing_rolls_out_beside_a_sink_and_packages_it(workdir):
     """stage.sink_frames: the rollout keeps its first frames in the cache beside the rolling window, as a session
     with that sink does (the scored window then differs from one rolled out without), and the package serves with

@@ -34,6 +34,9 @@ from ..rollout import sample_exit_step
 from .distill import DistillOptions, DistillStage
 
 
+WINDOW_STARTS = ("clip", "continuation")  # stage.window_start
+
+
 @dataclass
 class SelfForcingOptions(DistillOptions):
     critic: str = ""  # critic initialisation (default: the teacher)
@@ -45,6 +48,8 @@ class SelfForcingOptions(DistillOptions):
     #                         score only its last window (Self Forcing++'s long rollouts); 0: the whole clip, no rolling
     sink_frames: int = 0  # with window_frames: keep the rollout's first frames in the cache beside the window, as a
     #                       session with that sink does (the package serves with it)
+    window_start: str = "clip"  # with window_frames, how the scores see the window's first frame: "clip" without a
+    #                            reference (a clip of its own), "continuation" with the one the rollout fed it
 
 
 class SelfForcingStage(DistillStage):
@@ -59,6 +64,8 @@ class SelfForcingStage(DistillStage):
         if window and (window % self.ctx.model_cfg.chunk_frames or not 0 < window <= clip):
             raise ValueError(f"stage.window_frames ({window}) must be whole chunks of "
                              f"{self.ctx.model_cfg.chunk_frames} frames within the clip ({clip} frames)")
+        if self.opts.window_start not in WINDOW_STARTS:
+            raise ValueError(f"stage.window_start must be one of {WINDOW_STARTS}, got {self.opts.window_start!r}")
         sink = self.opts.sink_frames
         if sink and (not window or sink % self.ctx.model_cfg.chunk_frames or not 0 < sink <= clip - window):
             raise ValueError(f"stage.sink_frames ({sink}) needs stage.window_frames and must be whole chunks of "
@@ -94,7 +101,8 @@ class SelfForcingStage(DistillStage):
 
     def scored_rollout(self, batch: LatentBatch, exit_step: int, grad: bool) -> tuple[torch.Tensor, LatentBatch]:
         """The student's rollout [B, C, F, H, W] and the batch, each frame referencing the rollout's own previous
-        frame (as it did); with ``window_frames``, both cut to the last window first, a clip of its own."""
+        frame (as it did); with ``window_frames``, both cut to the last window first, a clip of its own (or, with
+        ``window_start="continuation"``, its first frame still referencing the frame before the window)."""
         window = self.opts.window_frames or None
         with torch.set_grad_enabled(grad):
             out = self.rollout_with_references(batch, exit_step, window, self.opts.sink_frames)
@@ -102,9 +110,10 @@ class SelfForcingStage(DistillStage):
         if window is not None:
             n = self.ctx.model_cfg.chunk_frames
             x, batch = x[:, :, -window:], batch.last_frames(window, n)
-            if ref is not None:  # a clip of its own: its first chunk has no reference
+            if ref is not None:
                 ref = ref[:, :, -window:].clone()
-                ref[:, :, :n] = 0
+                if self.opts.window_start == "clip":  # a clip of its own: its first chunk has no reference
+                    ref[:, :, :n] = 0
         if ref is None:  # the model takes no reference
             return x, batch
         return x, dataclasses.replace(batch, controls=batch.controls.with_reference(ref))
