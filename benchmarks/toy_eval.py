@@ -62,8 +62,11 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--seed", type=int, default=d.seed, help=f"episode and noise seed (default {d.seed}; the "
                                                            "training data is generated with seed 0)")
     p.add_argument("--window", type=int, default=d.window_frames,
-                   help=f"KV window in latent frames (default {d.window_frames}: the training clip; served: 12)")
-    p.add_argument("--sink", type=int, default=d.sink_frames, help=f"sink frames (default {d.sink_frames}; served: 3)")
+                   help=f"KV window in latent frames, every model (default {d.window_frames}: the training clip and "
+                        "the default package's; a preset without a package serves 12)")
+    p.add_argument("--sink", type=int, default=d.sink_frames,
+                   help=f"sink frames, every model (default {d.sink_frames}, as the default package's; a preset "
+                        "without a package serves 3)")
     p.add_argument("--strip-episodes", type=int, default=d.strip_episodes, help="episodes per PNG strip")
     p.add_argument("--strip-every", type=int, default=d.strip_every, help="every Nth frame in the strips")
     p.add_argument("--held-frames", type=int, default=12, metavar="N",
