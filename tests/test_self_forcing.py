@@ -26,7 +26,7 @@ from worldsim.sampling.schedule import FlowMatchSchedule, SamplerConfig
 from worldsim.sampling.session import StreamingSession
 from worldsim.train.config import load_recipe
 from worldsim.train.ode import ode_regression_loss, ode_trajectory
-from worldsim.train.rollout import sample_exit_step, self_forcing_rollout
+from worldsim.train.rollout import shared_randint, self_forcing_rollout
 from worldsim.train.trainer import Trainer, train
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")  # tiny tensors: one thread (conftest)
@@ -197,10 +197,10 @@ def test_cache_never_holds_gradient():
 
 
 def test_exit_step_is_random_seeded_and_shared_by_chunks():
-    draws = [sample_exit_step(4, torch.Generator().manual_seed(0)) for _ in range(2)]
+    draws = [shared_randint(4, torch.Generator().manual_seed(0)) for _ in range(2)]
     assert draws[0] == draws[1]
     g = torch.Generator().manual_seed(0)
-    assert len({sample_exit_step(4, g) for _ in range(30)}) == 4
+    assert len({shared_randint(4, g) for _ in range(30)}) == 4
     model = control_model()
     with torch.no_grad():  # different exit steps give different rollouts from the same noise
         assert not torch.allclose(rollout(model, 0).latents, rollout(model, 3).latents)
@@ -317,6 +317,37 @@ def test_self_forcing_can_score_the_last_window_as_a_continuation(workdir):
     with pytest.raises(ValueError, match="window_start"):
         Trainer("self-forcing", recipe("self-forcing", workdir, "cont-bad", "stage.window_frames=2",
                                        "stage.window_start=both", reference=True))
+
+
+def test_self_forcing_can_score_a_window_drawn_uniformly_from_the_rollout(workdir):
+    """stage.window_end=uniform: each step the rollout stops at a chunk boundary drawn uniformly among those that
+    leave the window room, and what it makes up to there is exactly the whole clip's rollout up to there (it is
+    causal), so its last window is a window drawn from the long rollout. Without a window, or with an unknown value,
+    the stage is refused."""
+    tr = Trainer("self-forcing", recipe("self-forcing", workdir, "uniform", "stage.window_frames=2",
+                                        "stage.window_end=uniform", "data.clip_chunks=4", reference=True))
+    batch = tr.data.batch(0)
+    torch.manual_seed(0)
+    ends = [tr.stage.cut_at_window_end(batch).latents.shape[2] for _ in range(40)]
+    assert set(ends) == {2, 3, 4}
+    cut = tr.stage.cut_at_window_end(batch)
+    end = cut.latents.shape[2]
+    assert torch.equal(cut.latents, batch.latents[:, :, :end]) and cut.text.shape[1] == end
+    assert torch.equal(cut.controls.keys, batch.controls.keys[:, :end]) and len(cut.prompts[0]) == end
+    with torch.no_grad():
+        torch.manual_seed(1)
+        full = tr.stage.rollout(batch, exit_step=3, window_frames=2)
+        torch.manual_seed(1)
+        x, scored = tr.stage.scored_rollout(cut, exit_step=3, grad=False)
+    assert torch.equal(x, full[:, :, end - 2:end])
+    assert torch.equal(scored.latents, batch.latents[:, :, end - 2:end])
+    assert 2 <= tr.stage.step(batch, 1)["rollout_frames"] <= 4
+    for bad, match in ((["stage.window_end=uniform"], "needs stage.window_frames"),
+                       (["stage.window_frames=2", "stage.window_end=random"], "window_end")):
+        with pytest.raises(ValueError, match=match):
+            Trainer("self-forcing", recipe("self-forcing", workdir, "uniform-bad", *bad, reference=True))
+    with pytest.raises(ValueError, match="whole chunks"):
+        batch.frames(1, 5, 1)
 
 
 def test_self_forcing_rolls_out_beside_a_sink_and_packages_it(workdir):

@@ -60,11 +60,14 @@ class LatentBatch:
     controls: Controls  # keys [B, F, k, K], axes [B, F, k, A], embedding [B, F, k, D_e] or None; present [B, F]
     prompts: list[list[str]]  # [B][n_chunks] prompt texts
 
-    def last_frames(self, frames: int, chunk_frames: int) -> "LatentBatch":
-        """The clips' last ``frames`` latent frames (whole chunks), with their prompts and controls."""
-        total, chunks = self.latents.shape[2], frames // chunk_frames
-        return LatentBatch(self.latents[:, :, -frames:], self.text[:, -chunks:],
-                           self.controls.slice_frames(total - frames, total), [p[-chunks:] for p in self.prompts])
+    def frames(self, start: int, stop: int, chunk_frames: int) -> "LatentBatch":
+        """Latent frames ``start:stop`` of the clips (whole chunks), with their prompts and controls."""
+        if start % chunk_frames or stop % chunk_frames or not 0 <= start < stop <= self.latents.shape[2]:
+            raise ValueError(f"frames {start}:{stop} are not whole chunks of {chunk_frames} within the clip "
+                             f"({self.latents.shape[2]} frames)")
+        a, b = start // chunk_frames, stop // chunk_frames
+        return LatentBatch(self.latents[:, :, start:stop], self.text[:, a:b], self.controls.slice_frames(start, stop),
+                           [p[a:b] for p in self.prompts])
 
     def to(self, device) -> "LatentBatch":
         return LatentBatch(self.latents.to(device), self.text.to(device), self.controls.to(device), self.prompts)

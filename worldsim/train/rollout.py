@@ -31,10 +31,10 @@ class Rollout:
     references: torch.Tensor | None = None  # [B, C, F, H, W] each frame's reference as fed (frame_reference models)
 
 
-def sample_exit_step(num_steps: int, generator: torch.Generator | None = None) -> int:
-    """The rollout's exit step, uniform over the denoising steps and shared by all chunks and all processes
-    (drawn here, then broadcast from rank 0 when torch.distributed is running)."""
-    step = torch.randint(num_steps, (1,), generator=generator)
+def shared_randint(high: int, generator: torch.Generator | None = None) -> int:
+    """A random integer in [0, high), the same on every process (drawn here, then broadcast from rank 0 when
+    torch.distributed is running): the rollout's exit step, shared by all chunks, and its scored window's end."""
+    step = torch.randint(high, (1,), generator=generator)
     if dist.is_available() and dist.is_initialized():
         device = torch.device("cuda", torch.cuda.current_device()) if dist.get_backend() == "nccl" else "cpu"
         step = step.to(device)

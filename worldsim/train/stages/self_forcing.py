@@ -16,7 +16,10 @@ as a continuation, a student that had turned a desert into trees was only taught
 student so learns from the frames it makes after its own earlier frames have left the window, which a rollout as
 short as the window never shows it. With ``sink_frames`` the rollout's first frames stay in the cache beside the
 window (a frame sink, as a session with that sink keeps them): the student learns to use where the stream began
-once the window has moved on, as it will when served with that sink; the scores still see the window alone.
+once the window has moved on, as it will when served with that sink; the scores still see the window alone. With
+``window_end="uniform"`` the rollout stops at a chunk boundary drawn each step, so the scored window is one drawn
+uniformly from the long rollout (Self Forcing++'s sampling) rather than always its last: every horizon up to the
+clip's is taught, at about half the rollout cost.
 """
 
 from __future__ import annotations
@@ -30,11 +33,12 @@ from ...checkpoints import load_model
 from ..data import LatentBatch
 from ..dmd import critic_loss, dmd_loss
 from ..flow_matching import flow_matching_loss
-from ..rollout import sample_exit_step
+from ..rollout import shared_randint
 from .distill import DistillOptions, DistillStage
 
 
 WINDOW_STARTS = ("clip", "continuation")  # stage.window_start
+WINDOW_ENDS = ("last", "uniform")  # stage.window_end
 
 
 @dataclass
@@ -50,6 +54,8 @@ class SelfForcingOptions(DistillOptions):
     #                       session with that sink does (the package serves with it)
     window_start: str = "clip"  # with window_frames, how the scores see the window's first frame: "clip" without a
     #                            reference (a clip of its own), "continuation" with the one the rollout fed it
+    window_end: str = "last"  # with window_frames, where the scored window ends: "last" the clip's end; "uniform" a
+    #                           chunk boundary drawn uniformly each step (the rollout stops there: Self Forcing++)
 
 
 class SelfForcingStage(DistillStage):
@@ -64,6 +70,10 @@ class SelfForcingStage(DistillStage):
         if window and (window % self.ctx.model_cfg.chunk_frames or not 0 < window <= clip):
             raise ValueError(f"stage.window_frames ({window}) must be whole chunks of "
                              f"{self.ctx.model_cfg.chunk_frames} frames within the clip ({clip} frames)")
+        if self.opts.window_end not in WINDOW_ENDS:
+            raise ValueError(f"stage.window_end must be one of {WINDOW_ENDS}, got {self.opts.window_end!r}")
+        if self.opts.window_end != "last" and not window:
+            raise ValueError(f"stage.window_end={self.opts.window_end!r} needs stage.window_frames")
         if self.opts.window_start not in WINDOW_STARTS:
             raise ValueError(f"stage.window_start must be one of {WINDOW_STARTS}, got {self.opts.window_start!r}")
         sink = self.opts.sink_frames
@@ -84,9 +94,11 @@ class SelfForcingStage(DistillStage):
 
     def step(self, batch: LatentBatch, step: int) -> dict[str, float]:
         train_generator = step % self.opts.update_ratio == 0
-        exit_step = sample_exit_step(len(self.timesteps))
+        exit_step = shared_randint(len(self.timesteps))
+        if self.opts.window_end == "uniform":
+            batch = self.cut_at_window_end(batch)
+        metrics = {"exit_step": float(exit_step), "rollout_frames": float(batch.latents.shape[2])}
         x, batch = self.scored_rollout(batch, exit_step, grad=train_generator)
-        metrics = {"exit_step": float(exit_step)}
         if train_generator:
             critic = self.denoiser("critic")
             fake = lambda xt, t: critic(xt, t, batch.text, controls=batch.controls)  # noqa: E731
@@ -99,6 +111,14 @@ class SelfForcingStage(DistillStage):
         metrics["critic_loss"] = loss.item()
         return metrics
 
+    def cut_at_window_end(self, batch: LatentBatch) -> LatentBatch:
+        """The batch's first L frames, L a chunk boundary drawn uniformly among those that leave room for the sink
+        and the window. A rollout is causal, so one stopped at L is a whole clip's rollout up to L: its last window
+        is a window drawn uniformly from the long rollout, at L / clip of the cost."""
+        n, clip = self.ctx.model_cfg.chunk_frames, batch.latents.shape[2]
+        first = (self.opts.sink_frames + self.opts.window_frames) // n  # the shortest rollout, in chunks
+        return batch.frames(0, (first + shared_randint(clip // n - first + 1)) * n, n)
+
     def scored_rollout(self, batch: LatentBatch, exit_step: int, grad: bool) -> tuple[torch.Tensor, LatentBatch]:
         """The student's rollout [B, C, F, H, W] and the batch, each frame referencing the rollout's own previous
         frame (as it did); with ``window_frames``, both cut to the last window first, a clip of its own (or, with
@@ -109,7 +129,7 @@ class SelfForcingStage(DistillStage):
         x, ref = out.latents, out.references  # the references as the rollout fed them: moved once, not again here
         if window is not None:
             n = self.ctx.model_cfg.chunk_frames
-            x, batch = x[:, :, -window:], batch.last_frames(window, n)
+            x, batch = x[:, :, -window:], batch.frames(x.shape[2] - window, x.shape[2], n)
             if ref is not None:
                 ref = ref[:, :, -window:].clone()
                 if self.opts.window_start == "clip":  # a clip of its own: its first chunk has no reference
