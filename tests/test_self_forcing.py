@@ -350,6 +350,31 @@ def test_self_forcing_can_score_a_window_drawn_uniformly_from_the_rollout(workdi
         batch.frames(1, 5, 1)
 
 
+def test_self_forcing_data_anchor_fits_the_student_to_the_data(workdir):
+    """stage.data_weight: every generator update also fits the student's flow on the real clips at the sampler's
+    timesteps, after clean history (the served situation). Its held-out value is seeded (the same twice), depends on
+    the data, falls as the student trains on it, and is absent without the anchor; a negative weight, or a window
+    too short to hold history and a chunk to predict, is refused."""
+    tr = Trainer("self-forcing", recipe("self-forcing", workdir, "anchor", "stage.window_frames=2",
+                                        "stage.data_weight=20", "stage.update_ratio=1", reference=True))
+    batch = tr.data.batch(0)
+    before = tr.stage.validate(batch)["data_loss"]
+    assert tr.stage.validate(batch)["data_loss"] == before
+    shifted = dataclasses.replace(batch, latents=batch.latents + 1)
+    assert tr.stage.validate(shifted)["data_loss"] != pytest.approx(before)
+    for i in range(10):
+        torch.manual_seed(i)
+        with tr.acc.accumulate(*tr.stage.models.values()):
+            metrics = tr.stage.step(batch, i)
+    assert metrics["data_loss"] > 0 and tr.stage.validate(batch)["data_loss"] < 0.7 * before
+    plain = Trainer("self-forcing", recipe("self-forcing", workdir, "no-anchor", "stage.window_frames=2",
+                                           reference=True))
+    assert "data_loss" not in plain.stage.validate(batch) and "data_loss" not in plain.stage.step(batch, 0)
+    for bad in (["stage.data_weight=-1"], ["stage.data_weight=1", "stage.window_frames=1"]):
+        with pytest.raises(ValueError, match="data_weight"):
+            Trainer("self-forcing", recipe("self-forcing", workdir, "anchor-bad", *bad, reference=True))
+
+
 def test_self_forcing_rolls_out_beside_a_sink_and_packages_it(workdir):
     """stage.sink_frames: the rollout keeps its first frames in the cache beside the rolling window, as a session
     with that sink does (the scored window then differs from one rolled out without), and the package serves with

@@ -32,7 +32,8 @@ import torch
 from ...checkpoints import load_model
 from ..data import LatentBatch
 from ..dmd import critic_loss, dmd_loss
-from ..flow_matching import flow_matching_loss
+from ..flow_matching import add_noise, flow_matching_loss
+from ..guidance import clip_flow
 from ..rollout import shared_randint
 from .distill import DistillOptions, DistillStage
 
@@ -56,6 +57,8 @@ class SelfForcingOptions(DistillOptions):
     #                            reference (a clip of its own), "continuation" with the one the rollout fed it
     window_end: str = "last"  # with window_frames, where the scored window ends: "last" the clip's end; "uniform" a
     #                           chunk boundary drawn uniformly each step (the rollout stops there: Self Forcing++)
+    data_weight: float = 0.0  # > 0: each generator update adds this x the student's teacher-forced flow loss on the
+    #                           data at the sampler's timesteps (module docstring: data anchor)
 
 
 class SelfForcingStage(DistillStage):
@@ -81,6 +84,10 @@ class SelfForcingStage(DistillStage):
             raise ValueError(f"stage.sink_frames ({sink}) needs stage.window_frames and must be whole chunks of "
                              f"{self.ctx.model_cfg.chunk_frames} frames that leave the window room in the clip "
                              f"({clip} frames, window {window})")
+        two_chunks = 2 * self.ctx.model_cfg.chunk_frames
+        if self.opts.data_weight < 0 or (self.opts.data_weight and (window or clip) < two_chunks):
+            raise ValueError(f"stage.data_weight ({self.opts.data_weight}) must be >= 0, and > 0 needs windows of at "
+                             f"least two chunks (a chunk to predict after one of history); window {window or clip}")
         student = self.build_teacher_and_student()
         critic = load_model(self.opts.critic or self.opts.teacher)
         self.models.update(generator=student, critic=critic)
@@ -95,6 +102,7 @@ class SelfForcingStage(DistillStage):
     def step(self, batch: LatentBatch, step: int) -> dict[str, float]:
         train_generator = step % self.opts.update_ratio == 0
         exit_step = shared_randint(len(self.timesteps))
+        data = batch
         if self.opts.window_end == "uniform":
             batch = self.cut_at_window_end(batch)
         metrics = {"exit_step": float(exit_step), "rollout_frames": float(batch.latents.shape[2])}
@@ -103,8 +111,12 @@ class SelfForcingStage(DistillStage):
             critic = self.denoiser("critic")
             fake = lambda xt, t: critic(xt, t, batch.text, controls=batch.controls)  # noqa: E731
             loss, extra = dmd_loss(x, self.teacher_flow(batch), fake, self.schedule, timestep_range=self.t_range)
-            self.update(loss, "generator")
             metrics.update(dmd_loss=loss.item(), **extra)
+            if self.opts.data_weight > 0:
+                anchor = self.data_loss(data)
+                loss = loss + self.opts.data_weight * anchor
+                metrics["data_loss"] = anchor.item()
+            self.update(loss, "generator")
         loss = critic_loss(self.denoiser("critic"), x, batch.text, batch.controls, self.schedule,
                            timestep_range=self.t_range)
         self.update(loss, "critic")
@@ -118,6 +130,31 @@ class SelfForcingStage(DistillStage):
         n, clip = self.ctx.model_cfg.chunk_frames, batch.latents.shape[2]
         first = (self.opts.sink_frames + self.opts.window_frames) // n  # the shortest rollout, in chunks
         return batch.frames(0, (first + shared_randint(clip // n - first + 1)) * n, n)
+
+    def data_loss(self, batch: LatentBatch, generator: torch.Generator | None = None) -> torch.Tensor:
+        """The student's flow-matching loss on a window of the real clips as served (module docstring: data anchor):
+        per sample, a random chunk after the window's first, noised to one of the sampler's timesteps, the data's
+        clean frames before it as history and references."""
+        n, clip = self.ctx.model_cfg.chunk_frames, batch.latents.shape[2]
+        window = min(self.opts.window_frames or clip, clip)
+        start = int(torch.randint(clip // n - window // n + 1, (1,), generator=generator)) * n
+        part = self.referenced(batch.frames(start, start + window, n), batch.latents[:, :, start:start + window])
+        x0 = part.latents  # [B, C, F, H, W]
+        b, f, device = x0.shape[0], x0.shape[2], x0.device
+        target = torch.randint(1, f // n, (b, 1), generator=generator).to(device) * n  # [B, 1]: its first frame
+        levels = torch.tensor(self.timesteps, dtype=torch.float32)
+        t_target = levels[torch.randint(len(levels), (b, 1), generator=generator)].to(device)  # [B, 1]
+        frame = torch.arange(f, device=device)[None]  # [1, F]
+        history = frame < target  # [B, F]: at the sampler's context noise, as the cache holds it
+        t = torch.where(history, torch.full_like(t_target, self.sampler.context_noise), t_target.expand(b, f))
+        noise = torch.randn(x0.shape, generator=generator, dtype=x0.dtype).to(device)
+        xt = add_noise(self.schedule, x0, noise, t)
+        if self.sampler.context_noise == 0:  # exactly clean (the table's nearest sigma to 0 is not 0)
+            xt = torch.where(history[:, None, :, None, None], x0, xt)
+        flow = clip_flow(self.models["generator"], xt, t, part.text, part.controls)
+        err = (flow.float() - (noise - x0).float()).pow(2).mean(dim=(1, 3, 4))  # [B, F]
+        scored = ((frame >= target) & (frame < target + n)).float()  # frames after it do not change it (causal)
+        return (err * scored).sum() / scored.sum()
 
     def scored_rollout(self, batch: LatentBatch, exit_step: int, grad: bool) -> tuple[torch.Tensor, LatentBatch]:
         """The student's rollout [B, C, F, H, W] and the batch, each frame referencing the rollout's own previous
@@ -139,8 +176,15 @@ class SelfForcingStage(DistillStage):
         return x, dataclasses.replace(batch, controls=batch.controls.with_reference(ref))
 
     def validate(self, batch: LatentBatch) -> dict[str, float]:
-        """How well the teacher and the critic denoise the student's samples (lower: more teacher-like samples)."""
+        """How well the teacher and the critic denoise the student's samples (lower: more teacher-like samples); with
+        ``data_weight``, the student's data loss on these clips (seeded, so comparable across steps)."""
+        metrics = {}
+        if self.opts.data_weight > 0:
+            g = torch.Generator().manual_seed(self.ctx.cfg.seed)
+            metrics["data_loss"] = self.data_loss(batch, generator=g).item()
         x, batch = self.scored_rollout(batch, len(self.timesteps) - 1, grad=False)
-        return {name: flow_matching_loss(model, x, batch.text, batch.controls, self.schedule, per_frame=False,
-                                         timestep_range=self.t_range).item()
-                for name, model in (("teacher_fm", self.denoiser("teacher")), ("critic_fm", self.denoiser("critic")))}
+        for name in ("teacher", "critic"):
+            metrics[f"{name}_fm"] = flow_matching_loss(self.denoiser(name), x, batch.text, batch.controls,
+                                                       self.schedule, per_frame=False,
+                                                       timestep_range=self.t_range).item()
+        return metrics
