@@ -9,6 +9,8 @@ from __future__ import annotations
 import torch
 
 from ..model.control import Controls
+from ..sampling.schedule import FlowMatchSchedule
+from .flow_matching import add_noise
 
 
 def clip_flow(model, x: torch.Tensor, t: torch.Tensor, text: torch.Tensor, controls: Controls | None = None):
@@ -36,6 +38,20 @@ def clip_flow(model, x: torch.Tensor, t: torch.Tensor, text: torch.Tensor, contr
         mine = torch.isin(chunk_of_frame, torch.tensor(g, device=x.device))[None, None, :, None, None]
         out = flow if out is None else torch.where(mine, flow, out)
     return out
+
+
+def clip_flow_loss(model, schedule: FlowMatchSchedule, x0: torch.Tensor, history: torch.Tensor, t: torch.Tensor,
+                   clean: torch.Tensor, noise: torch.Tensor, text: torch.Tensor, controls: Controls | None,
+                   scored: torch.Tensor, weights: torch.Tensor | None = None) -> torch.Tensor:
+    """Teacher-forced flow-matching loss over a clip x0 [B, C, F, H, W] noised with ``noise`` at per-frame timesteps
+    t [B, F], its frames where ``clean`` [B, F] taken from ``history`` instead (the context a KV cache holds); the
+    squared error (times ``weights`` [B, 1, F, H, W] if given) averaged over the frames ``scored`` [B, F] (0/1)."""
+    xt = torch.where(clean[:, None, :, None, None], history, add_noise(schedule, x0, noise, t))
+    flow = clip_flow(model, xt, t, text, controls)
+    err = (flow.float() - (noise - x0).float()).pow(2)  # [B, C, F, H, W]
+    if weights is not None:
+        err = err * weights
+    return (err.mean(dim=(1, 3, 4)) * scored).sum() / scored.sum()
 
 
 def guided_flow(model, x: torch.Tensor, t: torch.Tensor, text: torch.Tensor, controls: Controls | None,

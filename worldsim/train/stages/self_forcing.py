@@ -32,8 +32,8 @@ import torch
 from ...checkpoints import load_model
 from ..data import LatentBatch
 from ..dmd import critic_loss, dmd_loss
-from ..flow_matching import add_noise, flow_matching_loss
-from ..guidance import clip_flow
+from ..flow_matching import flow_matching_loss
+from ..guidance import clip_flow_loss
 from ..rollout import shared_randint
 from .distill import DistillOptions, DistillStage
 
@@ -136,9 +136,10 @@ class SelfForcingStage(DistillStage):
         per sample, a random chunk after the window's first, noised to one of the sampler's timesteps, the data's
         clean frames before it as history and references."""
         n, clip = self.ctx.model_cfg.chunk_frames, batch.latents.shape[2]
-        window = min(self.opts.window_frames or clip, clip)
+        window = self.opts.window_frames or clip
         start = int(torch.randint(clip // n - window // n + 1, (1,), generator=generator)) * n
-        part = self.referenced(batch.frames(start, start + window, n), batch.latents[:, :, start:start + window])
+        part = batch.frames(start, start + window, n)
+        part = self.referenced(part, part.latents)
         x0 = part.latents  # [B, C, F, H, W]
         b, f, device = x0.shape[0], x0.shape[2], x0.device
         target = torch.randint(1, f // n, (b, 1), generator=generator).to(device) * n  # [B, 1]: its first frame
@@ -148,13 +149,10 @@ class SelfForcingStage(DistillStage):
         history = frame < target  # [B, F]: at the sampler's context noise, as the cache holds it
         t = torch.where(history, torch.full_like(t_target, self.sampler.context_noise), t_target.expand(b, f))
         noise = torch.randn(x0.shape, generator=generator, dtype=x0.dtype).to(device)
-        xt = add_noise(self.schedule, x0, noise, t)
-        if self.sampler.context_noise == 0:  # exactly clean (the table's nearest sigma to 0 is not 0)
-            xt = torch.where(history[:, None, :, None, None], x0, xt)
-        flow = clip_flow(self.models["generator"], xt, t, part.text, part.controls)
-        err = (flow.float() - (noise - x0).float()).pow(2).mean(dim=(1, 3, 4))  # [B, F]
+        clean = history if self.sampler.context_noise == 0 else torch.zeros_like(history)  # else noised like t says
         scored = ((frame >= target) & (frame < target + n)).float()  # frames after it do not change it (causal)
-        return (err * scored).sum() / scored.sum()
+        return clip_flow_loss(self.models["generator"], self.schedule, x0, x0, t, clean, noise, part.text,
+                              part.controls, scored)
 
     def scored_rollout(self, batch: LatentBatch, exit_step: int, grad: bool) -> tuple[torch.Tensor, LatentBatch]:
         """The student's rollout [B, C, F, H, W] and the batch, each frame referencing the rollout's own previous

@@ -72,7 +72,7 @@ from ...sampling.schedule import FlowMatchSchedule, SamplerConfig, evenly_spaced
 from ...world.metrics import mirror_plan
 from ..data import LatentBatch
 from ..flow_matching import add_noise, sample_timesteps
-from ..guidance import clip_flow
+from ..guidance import clip_flow, clip_flow_loss
 from .base import Stage
 
 
@@ -197,13 +197,11 @@ class TeacherStage(Stage):
         """Flow-matching loss of latents x0 [B, C, F, H, W] noised with noise at per-frame timesteps t [B, F]; the
         clean-context frames (mask [B, F]) come from ``history`` and carry no loss. ``weighted``: with the motion
         weights (training; validation stays unweighted, comparable across recipes)."""
-        xt = torch.where(clean[:, None, :, None, None], history, add_noise(self.schedule, x0, noise, t))
-        flow = clip_flow(self.models["teacher"], xt, t, text, controls)
-        err = (flow.float() - (noise - x0).float()).pow(2)  # [B, C, F, H, W]
+        weights = None
         if weighted and self.opts.motion_weight > 0 and controls is not None and controls.reference is not None:
-            err = err * self._motion_weights(x0, controls.reference)
-        weight = (~clean).float()
-        return (err.mean(dim=(1, 3, 4)) * weight).sum() / weight.sum()
+            weights = self._motion_weights(x0, controls.reference)
+        return clip_flow_loss(self.models["teacher"], self.schedule, x0, history, t, clean, noise, text, controls,
+                              scored=(~clean).float(), weights=weights)
 
     def _motion_weights(self, x0: torch.Tensor, reference: torch.Tensor) -> torch.Tensor:
         """Per-latent loss weights [B, 1, F, H, W]: within each frame that has a reference, 1 + motion_weight x the
