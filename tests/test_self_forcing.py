@@ -27,6 +27,7 @@ from worldsim.sampling.session import StreamingSession
 from worldsim.train.config import load_recipe
 from worldsim.train.ode import ode_regression_loss, ode_trajectory
 from worldsim.train.rollout import shared_randint, self_forcing_rollout
+from worldsim.train.stages.self_forcing import moment_loss
 from worldsim.train.trainer import Trainer, train
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")  # tiny tensors: one thread (conftest)
@@ -373,6 +374,33 @@ def test_self_forcing_data_anchor_fits_the_student_to_the_data(workdir):
     for bad in (["stage.data_weight=-1"], ["stage.data_weight=1", "stage.window_frames=1"]):
         with pytest.raises(ValueError, match="data_weight"):
             Trainer("self-forcing", recipe("self-forcing", workdir, "anchor-bad", *bad, reference=True))
+
+
+def test_self_forcing_moment_loss_pulls_the_windows_palette_to_the_data(workdir):
+    """stage.moment_weight: the scored window's per-channel latent mean and std are fitted to the real clip's. The
+    loss sees palettes, not layouts (the same pixels in another order score zero, a brighter copy does not); its
+    held-out value falls as the student trains on it; absent without the term; a negative weight is refused."""
+    real = torch.randn(2, 4, 3, 5, 5, generator=torch.Generator().manual_seed(0))
+    shuffled = real.flatten(2)[:, :, torch.randperm(75)].view_as(real)
+    assert moment_loss(shuffled, real).item() == pytest.approx(0, abs=1e-10)
+    assert moment_loss(real + 0.5, real).item() == pytest.approx(0.25)
+    tr = Trainer("self-forcing", recipe("self-forcing", workdir, "moments", "stage.window_frames=2",
+                                        "stage.moment_weight=50", "stage.update_ratio=1", reference=True))
+    batch = tr.data.batch(0)
+    torch.manual_seed(0)
+    before = tr.stage.validate(batch)["moment_loss"]
+    for i in range(20):  # without the term (weight 1e-6) it wanders over 1.0-1.5x in these steps
+        torch.manual_seed(i)
+        with tr.acc.accumulate(*tr.stage.models.values()):
+            metrics = tr.stage.step(batch, i)
+    torch.manual_seed(0)
+    assert metrics["moment_loss"] > 0 and tr.stage.validate(batch)["moment_loss"] < 0.7 * before
+    plain = Trainer("self-forcing", recipe("self-forcing", workdir, "no-moments", "stage.window_frames=2",
+                                           reference=True))
+    assert "moment_loss" not in plain.stage.validate(batch) and "moment_loss" not in plain.stage.step(batch, 0)
+    with pytest.raises(ValueError, match="moment_weight"):
+        Trainer("self-forcing", recipe("self-forcing", workdir, "moments-bad", "stage.moment_weight=-1",
+                                       reference=True))
 
 
 def test_self_forcing_rolls_out_beside_a_sink_and_packages_it(workdir):

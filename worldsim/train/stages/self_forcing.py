@@ -20,6 +20,13 @@ once the window has moved on, as it will when served with that sink; the scores 
 ``window_end="uniform"`` the rollout stops at a chunk boundary drawn each step, so the scored window is one drawn
 uniformly from the long rollout (Self Forcing++'s sampling) rather than always its last: every horizon up to the
 clip's is taught, at about half the rollout cost.
+
+Two terms tie the student to the data beside DMD, which only sees the teacher. ``data_weight`` (the data anchor):
+the student's teacher-forced flow loss on a window of the real clip, as served (clean history, a chunk at one of
+the sampler's timesteps). It lifts fidelity to the data but, a regression, blurs. ``moment_weight`` (colour
+moments): the scored window's per-channel latent mean and standard deviation (over its frames and pixels) against
+the same window of the real clip, driven by the same prompts and controls: a term on the window's palette only,
+with no say on its layout, against the streams' slow slide off their theme's colours.
 """
 
 from __future__ import annotations
@@ -59,6 +66,16 @@ class SelfForcingOptions(DistillOptions):
     #                           chunk boundary drawn uniformly each step (the rollout stops there: Self Forcing++)
     data_weight: float = 0.0  # > 0: each generator update adds this x the student's teacher-forced flow loss on the
     #                           data at the sampler's timesteps (module docstring: data anchor)
+    moment_weight: float = 0.0  # > 0: each generator update adds this x the squared error of the scored window's
+    #                             per-channel latent mean and std against the real clip's (module docstring)
+
+
+def moment_loss(x: torch.Tensor, real: torch.Tensor) -> torch.Tensor:
+    """Squared error of the per-sample, per-channel mean and std over frames and pixels of x [B, C, F, H, W] against
+    those of real (the same shape): the windows' palettes, not their layouts."""
+    dims = (2, 3, 4)
+    return (torch.nn.functional.mse_loss(x.mean(dims), real.mean(dims))
+            + torch.nn.functional.mse_loss(x.std(dims), real.std(dims)))
 
 
 class SelfForcingStage(DistillStage):
@@ -88,6 +105,8 @@ class SelfForcingStage(DistillStage):
         if self.opts.data_weight < 0 or (self.opts.data_weight and (window or clip) < two_chunks):
             raise ValueError(f"stage.data_weight ({self.opts.data_weight}) must be >= 0, and > 0 needs windows of at "
                              f"least two chunks (a chunk to predict after one of history); window {window or clip}")
+        if self.opts.moment_weight < 0:
+            raise ValueError(f"stage.moment_weight ({self.opts.moment_weight}) must be >= 0")
         student = self.build_teacher_and_student()
         critic = load_model(self.opts.critic or self.opts.teacher)
         self.models.update(generator=student, critic=critic)
@@ -116,6 +135,10 @@ class SelfForcingStage(DistillStage):
                 anchor = self.data_loss(data)
                 loss = loss + self.opts.data_weight * anchor
                 metrics["data_loss"] = anchor.item()
+            if self.opts.moment_weight > 0:
+                moments = moment_loss(x, batch.latents)
+                loss = loss + self.opts.moment_weight * moments
+                metrics["moment_loss"] = moments.item()
             self.update(loss, "generator")
         loss = critic_loss(self.denoiser("critic"), x, batch.text, batch.controls, self.schedule,
                            timestep_range=self.t_range)
@@ -175,12 +198,15 @@ class SelfForcingStage(DistillStage):
 
     def validate(self, batch: LatentBatch) -> dict[str, float]:
         """How well the teacher and the critic denoise the student's samples (lower: more teacher-like samples); with
-        ``data_weight``, the student's data loss on these clips (seeded, so comparable across steps)."""
+        ``data_weight``, the student's data loss on these clips (seeded, so comparable across steps); with
+        ``moment_weight``, its last-step rollout's moment loss against them."""
         metrics = {}
         if self.opts.data_weight > 0:
             g = torch.Generator().manual_seed(self.ctx.cfg.seed)
             metrics["data_loss"] = self.data_loss(batch, generator=g).item()
         x, batch = self.scored_rollout(batch, len(self.timesteps) - 1, grad=False)
+        if self.opts.moment_weight > 0:
+            metrics["moment_loss"] = moment_loss(x, batch.latents).item()
         for name in ("teacher", "critic"):
             metrics[f"{name}_fm"] = flow_matching_loss(self.denoiser(name), x, batch.text, batch.controls,
                                                        self.schedule, per_frame=False,
