@@ -186,12 +186,17 @@ class PlayApp:
         self.notify("stream reset", 2)
 
     def screenshot(self) -> Path | None:
+        """Save the current video frame at its own size, and beside it (``*_window.png``) the window as last
+        drawn, HUD included: what a person sees, without an X screen grabber."""
         if self.current is None:
             return None
         f = self.current
         path = Path(self.cfg.screenshot_dir) / f"worldsim_s{self.session}_e{f.epoch}_f{f.index:06d}.png"
         path.parent.mkdir(parents=True, exist_ok=True)
         pygame.image.save(self._surface(self.current), str(path))
+        window = pygame.display.get_surface()
+        if window is not None:
+            pygame.image.save(window, str(path.with_name(path.stem + "_window.png")))
         self.notify(f"saved {path}", 3)
         return path
 
