@@ -55,10 +55,11 @@ def test_play_headless_records_a_dataset(backend, make_daemon, tmp_path):
     assert summary["fps"] > 8 and summary["latency_ms"]["median"] is not None
     (frame_shot,) = (tmp_path / "shots").glob("worldsim_s*_e0_f??????.png")
     window_shot = frame_shot.with_name(frame_shot.stem + "_window.png")
-    assert Image.open(frame_shot).size == (32, 32)  # the video frame at its own size
+    frame = Image.open(frame_shot).convert("RGB")
+    assert frame.size == (32, 32)  # the video frame at its own size
     window = np.asarray(Image.open(window_shot).convert("RGB"))
     assert window.shape == (768, 768, 3)  # the default window: the 32 px video scaled by 24
-    video = np.asarray(Image.open(frame_shot).convert("RGB").resize((768, 768), Image.BILINEAR)).astype(int)
+    video = np.asarray(frame.resize((768, 768), Image.BILINEAR)).astype(int)
     diff = np.abs(window.astype(int) - video).mean(axis=2)
     assert diff[200:].mean() < 10 and diff[:40, :200].mean() > 30  # the frame, under the HUD's top-left panel
 

@@ -194,9 +194,7 @@ class PlayApp:
         path = Path(self.cfg.screenshot_dir) / f"worldsim_s{self.session}_e{f.epoch}_f{f.index:06d}.png"
         path.parent.mkdir(parents=True, exist_ok=True)
         pygame.image.save(self._surface(self.current), str(path))
-        window = pygame.display.get_surface()
-        if window is not None:
-            pygame.image.save(window, str(path.with_name(path.stem + "_window.png")))
+        pygame.image.save(pygame.display.get_surface(), str(path.with_name(path.stem + "_window.png")))
         self.notify(f"saved {path}", 3)
         return path
 
