@@ -27,6 +27,7 @@ from worldsim.sampling.session import StreamingSession
 from worldsim.train.config import load_recipe
 from worldsim.train.ode import ode_regression_loss, ode_trajectory
 from worldsim.train.rollout import shared_randint, self_forcing_rollout
+from worldsim.train.stages import self_forcing
 from worldsim.train.stages.self_forcing import moment_loss
 from worldsim.train.trainer import Trainer, train
 
@@ -374,6 +375,33 @@ def test_self_forcing_data_anchor_fits_the_student_to_the_data(workdir):
     for bad in (["stage.data_weight=-1"], ["stage.data_weight=1", "stage.window_frames=1"]):
         with pytest.raises(ValueError, match="data_weight"):
             Trainer("self-forcing", recipe("self-forcing", workdir, "anchor-bad", *bad, reference=True))
+
+
+def test_self_forcing_data_steps_pick_the_anchors_noise_levels(workdir, monkeypatch):
+    """stage.data_steps: the anchor noises its predicted chunk only to the levels of the sampler steps named (0 the
+    noisiest); every level without it; indices outside the sampler, repeated or none at all are refused."""
+    seen, real = [], self_forcing.clip_flow_loss
+
+    def recording(model, schedule, x0, history, t, clean, noise, text, controls, scored, weights=None):
+        seen.append(set(t[scored.bool() & ~clean].tolist()))  # the predicted chunk's levels
+        return real(model, schedule, x0, history, t, clean, noise, text, controls, scored, weights)
+
+    monkeypatch.setattr(self_forcing, "clip_flow_loss", recording)
+    levels = {}
+    for name, steps in (("all", []), ("noisiest", ["stage.data_steps=[0]"]), ("low", ["stage.data_steps=[2,3]"])):
+        tr = Trainer("self-forcing", recipe("self-forcing", workdir, f"steps-{name}", "stage.window_frames=2",
+                                            "stage.data_weight=1", *steps, reference=True))
+        seen.clear()
+        for seed in range(12):
+            tr.stage.data_loss(tr.data.batch(0), generator=torch.Generator().manual_seed(seed))
+        levels[name] = set().union(*seen)
+        timesteps = torch.tensor(tr.stage.timesteps, dtype=torch.float32).tolist()
+    assert levels["all"] == set(timesteps)
+    assert levels["noisiest"] == {timesteps[0]} and levels["low"] == {timesteps[2], timesteps[3]}
+    for bad in ("[4]", "[1,1]", "[]", "[-1]"):
+        with pytest.raises(ValueError, match="data_steps"):
+            Trainer("self-forcing", recipe("self-forcing", workdir, "steps-bad", "stage.window_frames=2",
+                                           "stage.data_weight=1", f"stage.data_steps={bad}", reference=True))
 
 
 def test_self_forcing_moment_loss_pulls_the_windows_palette_to_the_data(workdir):

@@ -23,10 +23,10 @@ clip's is taught, at about half the rollout cost.
 
 Two terms tie the student to the data beside DMD, which only sees the teacher. ``data_weight`` (the data anchor):
 the student's teacher-forced flow loss on a window of the real clip, as served (clean history, a chunk at one of
-the sampler's timesteps). It lifts fidelity to the data but, a regression, blurs. ``moment_weight`` (colour
-moments): the scored window's per-channel latent mean and standard deviation (over its frames and pixels) against
-the same window of the real clip, driven by the same prompts and controls: a term on the window's palette only,
-with no say on its layout, against the streams' slow slide off their theme's colours.
+the sampler's timesteps, or of those ``data_steps`` names). It lifts fidelity to the data but, a regression,
+blurs. ``moment_weight`` (colour moments): the scored window's per-channel latent mean and standard deviation (over
+its frames and pixels) against the same window of the real clip, driven by the same prompts and controls: a term on
+the window's palette only, with no say on its layout, against the streams' slow slide off their theme's colours.
 """
 
 from __future__ import annotations
@@ -66,6 +66,8 @@ class SelfForcingOptions(DistillOptions):
     #                           chunk boundary drawn uniformly each step (the rollout stops there: Self Forcing++)
     data_weight: float = 0.0  # > 0: each generator update adds this x the student's teacher-forced flow loss on the
     #                           data at the sampler's timesteps (module docstring: data anchor)
+    data_steps: list[int] | None = None  # with data_weight: the sampler's steps (indices into its denoising steps, 0
+    #                                      the noisiest) whose levels the anchor draws from; default all
     moment_weight: float = 0.0  # > 0: each generator update adds this x the squared error of the scored window's
     #                             per-channel latent mean and std against the real clip's (module docstring)
 
@@ -105,6 +107,11 @@ class SelfForcingStage(DistillStage):
         if self.opts.data_weight < 0 or (self.opts.data_weight and (window or clip) < two_chunks):
             raise ValueError(f"stage.data_weight ({self.opts.data_weight}) must be >= 0, and > 0 needs windows of at "
                              f"least two chunks (a chunk to predict after one of history); window {window or clip}")
+        steps = self.opts.data_steps
+        if steps is not None and (not steps or len(set(steps)) != len(steps)
+                                  or not all(0 <= i < len(self.opts.denoising_steps) for i in steps)):
+            raise ValueError(f"stage.data_steps ({steps}) must be distinct indices of the sampler's "
+                             f"{len(self.opts.denoising_steps)} denoising steps (0 the noisiest)")
         if self.opts.moment_weight < 0:
             raise ValueError(f"stage.moment_weight ({self.opts.moment_weight}) must be >= 0")
         student = self.build_teacher_and_student()
@@ -156,8 +163,8 @@ class SelfForcingStage(DistillStage):
 
     def data_loss(self, batch: LatentBatch, generator: torch.Generator | None = None) -> torch.Tensor:
         """The student's flow-matching loss on a window of the real clips as served (module docstring: data anchor):
-        per sample, a random chunk after the window's first, noised to one of the sampler's timesteps, the data's
-        clean frames before it as history and references."""
+        per sample, a random chunk after the window's first, noised to one of the sampler's timesteps (those of
+        ``data_steps``), the data's clean frames before it as history and references."""
         n, clip = self.ctx.model_cfg.chunk_frames, batch.latents.shape[2]
         window = self.opts.window_frames or clip
         start = int(torch.randint(clip // n - window // n + 1, (1,), generator=generator)) * n
@@ -166,7 +173,8 @@ class SelfForcingStage(DistillStage):
         x0 = part.latents  # [B, C, F, H, W]
         b, f, device = x0.shape[0], x0.shape[2], x0.device
         target = torch.randint(1, f // n, (b, 1), generator=generator).to(device) * n  # [B, 1]: its first frame
-        levels = torch.tensor(self.timesteps, dtype=torch.float32)
+        steps = range(len(self.timesteps)) if self.opts.data_steps is None else self.opts.data_steps
+        levels = torch.tensor([self.timesteps[i] for i in steps], dtype=torch.float32)
         t_target = levels[torch.randint(len(levels), (b, 1), generator=generator)].to(device)  # [B, 1]
         frame = torch.arange(f, device=device)[None]  # [1, F]
         history = frame < target  # [B, F]: at the sampler's context noise, as the cache holds it
