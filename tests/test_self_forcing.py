@@ -395,7 +395,7 @@ def test_self_forcing_data_steps_pick_the_anchors_noise_levels(workdir, monkeypa
         for seed in range(12):
             tr.stage.data_loss(tr.data.batch(0), generator=torch.Generator().manual_seed(seed))
         levels[name] = set().union(*seen)
-        timesteps = torch.tensor(tr.stage.timesteps, dtype=torch.float32).tolist()
+    timesteps = torch.tensor(tr.stage.timesteps, dtype=torch.float32).tolist()
     assert levels["all"] == set(timesteps)
     assert levels["noisiest"] == {timesteps[0]} and levels["low"] == {timesteps[2], timesteps[3]}
     for bad in ("[4]", "[1,1]", "[]", "[-1]"):

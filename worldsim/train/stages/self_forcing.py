@@ -119,6 +119,8 @@ class SelfForcingStage(DistillStage):
         self.models.update(generator=student, critic=critic)
         self.optimizers.update(generator=self.adamw(student), critic=self.adamw(critic, lr=self.opts.critic_lr))
         self.t_range = (self.opts.timestep_min, self.opts.timestep_max)
+        steps = range(len(self.timesteps)) if self.opts.data_steps is None else self.opts.data_steps
+        self.anchor_levels = torch.tensor([self.timesteps[i] for i in steps], dtype=torch.float32)  # data_loss draws
 
     def serving_cache(self) -> dict[str, int]:
         """The rolling window and sink the student was rolled out through (the clip when it was not rolled)."""
@@ -173,8 +175,7 @@ class SelfForcingStage(DistillStage):
         x0 = part.latents  # [B, C, F, H, W]
         b, f, device = x0.shape[0], x0.shape[2], x0.device
         target = torch.randint(1, f // n, (b, 1), generator=generator).to(device) * n  # [B, 1]: its first frame
-        steps = range(len(self.timesteps)) if self.opts.data_steps is None else self.opts.data_steps
-        levels = torch.tensor([self.timesteps[i] for i in steps], dtype=torch.float32)
+        levels = self.anchor_levels
         t_target = levels[torch.randint(len(levels), (b, 1), generator=generator)].to(device)  # [B, 1]
         frame = torch.arange(f, device=device)[None]  # [1, F]
         history = frame < target  # [B, F]: at the sampler's context noise, as the cache holds it
