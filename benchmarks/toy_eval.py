@@ -89,6 +89,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                         "sampler, else 1)")
     p.add_argument("--guided-steps", type=parse_step_indices, metavar="I,J,..",
                    help="the denoising steps guidance applies to, 0 = the first (default: a package's own, else all)")
+    p.add_argument("--reference-start", type=int, metavar="K",
+                   help="a frame-reference model's chunks start from their reference noised to denoising step K, "
+                        "skipping the steps before it (0: every step from noise; default: a package's own, else 0)")
     p.add_argument("--chunk-latents", type=int, metavar="N",
                    help="latent frames per generated chunk (default: each model's training chunk; as serve's "
                         "--chunk-latents)")
@@ -116,7 +119,7 @@ def main(argv: list[str] | None = None) -> int:
                      held_frames=args.held_frames, prompt_frames=args.prompt_frames, prompt_streams=args.prompt_streams,
                      switch_frames=args.switch_frames, drift_window=args.drift_window, switches=args.switches,
                      control_guidance=args.control_guidance, text_guidance=args.text_guidance,
-                     guided_steps=args.guided_steps, chunk_frames=args.chunk_latents, device=args.device)
+                     guided_steps=args.guided_steps, reference_start=args.reference_start, chunk_frames=args.chunk_latents, device=args.device)
     results = evaluate(specs, args.codec, cfg, out=args.out)
     print(format_table(results))
     print(format_drift(results))

@@ -27,7 +27,8 @@ from PIL import Image
 from worldsim.atomic_files import atomic_write
 from worldsim.model_package import DEFAULT_PACKAGE, MANIFEST, read_package
 from worldsim.pipeline.options import parse_denoising_steps, parse_step_indices
-from worldsim.runtime import GUIDANCE_FIELDS
+from worldsim.runtime import SAMPLER_OVERRIDES
+from worldsim.sampling.schedule import SamplerConfig
 from worldsim.train.evaluate import theme_start
 from worldsim.world.themes import THEMES
 
@@ -50,7 +51,7 @@ def evaluation_summary(results: dict, model: str | None = None) -> dict:
     or of every model of the run."""
     cfg = results["config"]
     out = {"config": {k: cfg[k] for k in ("episodes", "chunks", "seed", "window_frames", "held_frames",
-                                          "prompt_frames", *GUIDANCE_FIELDS) if k in cfg}}
+                                          "prompt_frames", *SAMPLER_OVERRIDES) if k in cfg}}
     models = results["models"]
     if model is not None:
         if model not in models:
@@ -107,6 +108,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--hold-idle-reference", action=argparse.BooleanOptionalAction,
                    help="keep a frame_reference model's reference while nothing is held (SamplerConfig."
                         "hold_idle_reference; for worlds that do not move by themselves; default: the package's)")
+    p.add_argument("--reference-start", type=int, metavar="K",
+                   help="serve with chunks that start from their reference noised to denoising step K (SamplerConfig."
+                        "reference_start; default: the package's)")
     p.add_argument("--window-frames", type=int, metavar="N",
                    help="serve with a rolling KV window of N latent frames (the evaluation's; a trained package "
                         "records the window it was rolled out through, else its clips' length)")
@@ -134,6 +138,16 @@ def main(argv: list[str] | None = None) -> int:
         except (OSError, ValueError, KeyError) as e:
             print(f"error: {args.eval}: {e}", file=sys.stderr)
             return 1
+    if args.steps:
+        manifest["sampler"]["denoising_steps"] = list(args.steps)
+    for key in (*SAMPLER_OVERRIDES, "hold_idle_reference"):
+        if getattr(args, key) is not None:
+            manifest["sampler"][key] = getattr(args, key)  # a tuple of guided steps is written as a JSON list
+    try:
+        SamplerConfig(**manifest["sampler"])
+    except ValueError as e:
+        print(f"error: the package's sampler with these options: {e}", file=sys.stderr)
+        return 1
     flow = args.reference_flow or pkg.reference_flow
     if flow is not None and not Path(flow).is_file():
         print(f"error: --reference-flow {flow} does not exist", file=sys.stderr)
@@ -172,15 +186,8 @@ def main(argv: list[str] | None = None) -> int:
         manifest["codec"]["path"] = Path(manifest["codec"]["path"]).name
     if flow is not None:
         manifest["reference_flow"] = "reference_flow.safetensors"
-    if args.steps:
-        manifest["sampler"]["denoising_steps"] = list(args.steps)
     if args.window_frames is not None:
         manifest.setdefault("cache", {})["window_frames"] = args.window_frames
-    if args.hold_idle_reference is not None:
-        manifest["sampler"]["hold_idle_reference"] = args.hold_idle_reference
-    for key in GUIDANCE_FIELDS:
-        if getattr(args, key) is not None:
-            manifest["sampler"][key] = getattr(args, key)  # a tuple of guided steps is written as a JSON list
     prov = portable(manifest["provenance"])
     prov["name"] = args.name
     if args.theme_starts is not None:

@@ -35,11 +35,11 @@ def trained(tmp_path):
 def test_serving_choices_and_portable_provenance(embed, trained, tmp_path):
     out = tmp_path / "default"
     rc = embed.main([str(trained), "--name", "a toy student", "--steps", "2", "--window-frames", "4",
-                     "--no-hold-idle-reference", "--out", str(out)])
+                     "--no-hold-idle-reference", "--reference-start", "1", "--out", str(out)])
     assert rc == 0
     pkg = read_package(out)
     assert pkg.manifest["sampler"]["denoising_steps"] == [1000, 500]
-    assert pkg.manifest["sampler"]["hold_idle_reference"] is False
+    assert pkg.manifest["sampler"]["hold_idle_reference"] is False and pkg.sampler().reference_start == 1
     assert pkg.cache["window_frames"] == 4
     assert pkg.provenance["name"] == "a toy student"
     assert pkg.provenance["data"] == "bal_data"
@@ -55,4 +55,7 @@ def test_refuses_to_overwrite_its_input_and_missing_includes(embed, trained, tmp
     assert embed.main([str(trained), "--name", "x", "--include", str(tmp_path / "nope.safetensors"),
                        "--out", str(tmp_path / "o")]) == 1
     assert "does not exist" in capsys.readouterr().err
+    assert embed.main([str(trained), "--name", "x", "--steps", "2", "--reference-start", "2",
+                       "--out", str(tmp_path / "o")]) == 1
+    assert "reference_start must lie in 0..1" in capsys.readouterr().err and not (tmp_path / "o").exists()
     read_package(trained)  # the input is untouched

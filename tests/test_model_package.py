@@ -212,6 +212,12 @@ def test_a_denoising_steps_option_replaces_the_manifests_and_names_guided_steps_
     assert unguided.sampler.denoising_steps == (1000, 250)
     with pytest.raises(ValueError, match="must decrease"):
         build_runtime(RuntimeOptions(model=str(guided), denoising_steps=(250, 1000), guided_steps=(1,)))
+    warm = broken(package, tmp_path / "warm", lambda m, d: m["sampler"].update(reference_start=3))
+    assert build_runtime(RuntimeOptions(model=str(warm))).sampler.reference_start == 3
+    with pytest.raises(ValueError, match=r"reference at step 3; .*--reference-start 0\.\.1"):
+        build_runtime(RuntimeOptions(model=str(warm), denoising_steps=(1000, 250)))
+    fewer = build_runtime(RuntimeOptions(model=str(warm), denoising_steps=(1000, 250), reference_start=1))
+    assert fewer.sampler.reference_start == 1 and fewer.sampler.denoising_steps == (1000, 250)
 
 
 def broken(package: Path, tmp_path: Path, edit) -> Path:

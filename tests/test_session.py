@@ -400,13 +400,15 @@ def test_guided_steps_limit_guidance_to_some_denoising_steps():
 
 
 @torch.no_grad()
-@pytest.mark.parametrize("sink, window, guidance, text_guidance",
-                         [(0, 6, 1.0, 1.0), (2, 6, 1.0, 1.0), (0, 3, 1.0, 1.0), (1, 9, 2.0, 1.0), (0, 6, 1.0, 2.0)])
-def test_a_deferred_cache_write_streams_the_same_chunks(sink, window, guidance, text_guidance):
+@pytest.mark.parametrize("sink, window, guidance, text_guidance, start",
+                         [(0, 6, 1.0, 1.0, 0), (2, 6, 1.0, 1.0, 0), (0, 3, 1.0, 1.0, 0), (1, 9, 2.0, 1.0, 0),
+                          (0, 6, 1.0, 2.0, 0), (0, 6, 1.0, 1.0, 3), (1, 9, 2.0, 1.0, 2)])
+def test_a_deferred_cache_write_streams_the_same_chunks(sink, window, guidance, text_guidance, start):
     """defer_cache_write runs each finished chunk's cache write in one forward with the next chunk's first step:
     the chunks match the immediate write up to float rounding while the window rolls (a window of one chunk
     included), through soft, recache and cut switches, pushed context, controls that come and go, control or text
-    guidance (which write the deferred chunk first), and two streams stepped as one batch."""
+    guidance (which write the deferred chunk first, also when the first step a chunk runs is a later one: a chunk
+    that starts from its reference), and two streams stepped as one batch."""
     import dataclasses
 
     from conftest import CONTROL
@@ -418,7 +420,8 @@ def test_a_deferred_cache_write_streams_the_same_chunks(sink, window, guidance, 
     g = torch.Generator().manual_seed(2)
     for p in [*model.control_embedding.parameters(), *model.reference_embedding.parameters()]:
         p.copy_(torch.randn(p.shape, generator=g) * 0.1)
-    sampler = SamplerConfig(control_guidance=guidance, text_guidance=text_guidance)
+    sampler = SamplerConfig(control_guidance=guidance, text_guidance=text_guidance, reference_start=start,
+                            guided_steps=(start,) if start else None)  # guided: the first step a warm chunk runs
 
     def controls(i: int) -> Controls | None:
         if i % 3 == 2:
@@ -456,3 +459,46 @@ def test_a_deferred_cache_write_streams_the_same_chunks(sink, window, guidance, 
     # guidance, which writes the deferred chunk on its own first
     guided = guidance != 1 or text_guidance != 1
     assert n_deferred <= n_immediate if guided else n_deferred < n_immediate - 5
+
+
+@torch.no_grad()
+def test_reference_start_begins_a_chunk_from_its_reference_noised_to_a_later_step():
+    """``reference_start`` k: a chunk with a reference frame skips the first k denoising steps and starts from its
+    reference noised to step k (x = (1 - sigma) reference + sigma noise, the stream's first draw); a chunk without
+    one (a stream's first, no start frame) runs every step. k = 0 is the plain sampler."""
+    from worldsim.sampling.schedule import SamplerConfig
+
+    model = make_model(frame_reference=True)
+    seen = []
+    forward = model.forward_chunks
+
+    def spy(x, t, context, caches, starts, controls=None, **kw):
+        seen.append((starts[0], float(t.flatten()[0]), x.clone(), controls.reference.clone()))
+        return forward(x, t, context, caches, starts, controls, **kw)
+
+    start = torch.randn(1, SHAPE[0], 1, *SHAPE[1:])
+    sampler = SamplerConfig(reference_start=2)
+    ts = session(model, sampler=sampler).timesteps
+    model.forward_chunks = spy
+    try:
+        s = session(model, seed=4, sampler=sampler)
+        s.step(), s.step()
+        first, second = ([t for f, t, *_ in seen if f == k] for k in (0, 3))
+        seen.clear()
+        warm = session(model, seed=4, sampler=sampler, context_latents=start)
+        warm.step()
+    finally:
+        del model.forward_chunks
+    assert first == pytest.approx([*ts, 0.0]) and second == pytest.approx([*ts[2:], 0.0])  # steps, cache write
+    steps = [(x, ref) for f, t, x, ref in seen if f == 1 and t > 0]
+    assert [t for f, t, *_ in seen if f == 1 and t > 0] == pytest.approx(ts[2:])
+    sigma = float(warm.schedule.sigma(torch.tensor([ts[2]]))[0])
+    noise = torch.randn((1, SHAPE[0], 3, *SHAPE[1:]), generator=torch.Generator().manual_seed(4))
+    torch.testing.assert_close(steps[0][0], (1 - sigma) * start.expand(-1, -1, 3, -1, -1) + sigma * noise)
+    assert torch.equal(steps[0][1], start.expand_as(steps[0][1]))
+    plain = session(model, seed=4, context_latents=start).step()
+    assert torch.equal(plain, session(model, seed=4, context_latents=start,
+                                      sampler=SamplerConfig(reference_start=0)).step())
+    assert not torch.allclose(plain, session(model, seed=4, sampler=sampler, context_latents=start).step())
+    with pytest.raises(ValueError, match="reference_start"):
+        SamplerConfig(reference_start=4)

@@ -64,6 +64,7 @@ def default_video(dim: int) -> tuple[int, int]:
 
 
 GUIDANCE_FIELDS = ("control_guidance", "text_guidance", "guided_steps")  # sampler fields an option may override
+SAMPLER_OVERRIDES = (*GUIDANCE_FIELDS, "reference_start")  # the same, and for the evaluation too
 
 
 @dataclass
@@ -88,6 +89,7 @@ class RuntimeOptions:
     text_guidance: float | None = None  # the sampler's guidance on the prompt (None: the source's, else 1)
     guided_steps: tuple[int, ...] | None = None  # denoising steps guidance applies to (None: the source's, else all)
     hold_idle_reference: bool | None = None  # SamplerConfig.hold_idle_reference (None: the source's, else off)
+    reference_start: int | None = None  # SamplerConfig.reference_start (None: the source's, else 0)
     # a Wan2.1 folder (model=DIR) only:
     checkpoint: str | None = None  # Self-Forcing .pt whose weights replace the folder's DiT
     use_ema: bool = True  # the .pt's generator_ema (else generator)
@@ -321,7 +323,7 @@ def build_runtime(opts: RuntimeOptions) -> Runtime:
             rt = _folder_runtime(opts, device, load_device, dtype)
         else:
             rt = _file_runtime(opts, load_device, dtype)
-    overrides = {k: v for k in (*GUIDANCE_FIELDS, "hold_idle_reference") if (v := getattr(opts, k)) is not None}
+    overrides = {k: v for k in (*SAMPLER_OVERRIDES, "hold_idle_reference") if (v := getattr(opts, k)) is not None}
     if opts.denoising_steps is not None:
         overrides["denoising_steps"] = steps = tuple(opts.denoising_steps)
         own = rt.sampler or SamplerConfig()
@@ -330,6 +332,10 @@ def build_runtime(opts: RuntimeOptions) -> Runtime:
             raise ValueError(f"{len(steps)} denoising steps: the model's sampler guides its steps "
                              f"{','.join(map(str, own.guided_steps))} of {len(own.denoising_steps)}; name the guided "
                              f"steps of the new list too (serve --guided-steps {len(steps) - 1}: the last one)")
+        if opts.reference_start is None and own.reference_start >= len(steps):
+            raise ValueError(f"{len(steps)} denoising steps: the model's sampler starts from the reference at step "
+                             f"{own.reference_start}; name a start within the new list (serve --reference-start "
+                             f"0..{len(steps) - 1}; 0: every step from noise)")
     if overrides:
         rt.sampler = dataclasses.replace(rt.sampler or SamplerConfig(), **overrides)
     if rt.text_guided:  # encoded now, so that sessions opened on other threads only read it

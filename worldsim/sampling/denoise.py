@@ -1,10 +1,11 @@
 """One chunk of the few-step Self Forcing sampler, shared by inference (:mod:`worldsim.sampling.session`) and the
 training rollout (:mod:`worldsim.train.rollout`), so that what is trained is exactly what is served.
 
-Per chunk: start from fresh noise, at each sampling timestep take x0 from the model's flow and re-noise it with
-fresh noise to the next timestep; the last step's x0 is the chunk. Before it enters the KV cache the clean chunk is
-re-noised to the ``context_noise`` timestep (Self Forcing's context timestep; nothing is drawn when it is 0) and
-run once more at that timestep.
+Per chunk: start from fresh noise (or, when serving with ``SamplerConfig.reference_start``, from the chunk's
+reference frame noised to its first timestep), at each sampling timestep take x0 from the model's flow and re-noise
+it with fresh noise to the next timestep; the last step's x0 is the chunk. Before it enters the KV cache the clean
+chunk is re-noised to the ``context_noise`` timestep (Self Forcing's context timestep; nothing is drawn when it is
+0) and run once more at that timestep.
 """
 
 from __future__ import annotations
@@ -21,11 +22,12 @@ Noise = Callable[[], torch.Tensor]  # fresh noise shaped like the chunk, from th
 
 
 def denoise_chunk(flow: Flow, noise: Noise, schedule: FlowMatchSchedule, timesteps: Sequence[float], *,
-                  exit_step: int | None = None, grad: bool = False) -> torch.Tensor:
-    """Clean latents of one chunk, denoised from fresh noise down to ``exit_step`` (default: the last timestep).
-    Only the exit step runs with gradient, and only when ``grad``."""
+                  exit_step: int | None = None, grad: bool = False, start: torch.Tensor | None = None) -> torch.Tensor:
+    """Clean latents of one chunk, denoised from fresh noise (or from clean latents ``start`` noised to the first
+    timestep) down to ``exit_step`` (default: the last timestep). Only the exit step runs with gradient, and only
+    when ``grad``."""
     last = len(timesteps) - 1 if exit_step is None else exit_step
-    x = noise()
+    x = noise() if start is None else schedule.add_noise(start, noise(), timesteps[0])
     for step, t in enumerate(timesteps[:last + 1]):
         exit_now = step == last
         with torch.set_grad_enabled(grad and exit_now):

@@ -26,6 +26,7 @@ class SamplerConfig:
     text_guidance: float = 1.0  # classifier-free guidance on the prompt alone; 1 = off (sampling/session.py)
     guided_steps: tuple[int, ...] | None = None  # denoising steps (0 = the first) guidance applies to; None: all
     hold_idle_reference: bool = False  # a frame_reference model's reference stays put while nothing is held
+    reference_start: int = 0  # steps skipped: a frame_reference chunk starts from its reference noised to that step
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "denoising_steps", tuple(int(s) for s in self.denoising_steps))
@@ -40,6 +41,9 @@ class SamplerConfig:
             if any(not 0 <= i < len(self.denoising_steps) for i in self.guided_steps):
                 raise ValueError(f"guided_steps must index denoising_steps (0..{len(self.denoising_steps) - 1}), "
                                  f"got {self.guided_steps}")
+        if not 0 <= self.reference_start < len(self.denoising_steps):
+            raise ValueError(f"reference_start must lie in 0..{len(self.denoising_steps) - 1} (steps skipped), "
+                             f"got {self.reference_start}")
         for name in ("control_guidance", "text_guidance"):
             if not getattr(self, name) >= 0:
                 raise ValueError(f"{name} must be >= 0 (1: off), got {getattr(self, name)}")

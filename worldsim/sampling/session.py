@@ -22,6 +22,13 @@ with their own chunk in its place (their text K/V kept per session), so on a CPU
 costs far less than a second forward. ``guided_steps`` limits guidance to some
 denoising steps; an unguided first step keeps the deferred cache write in its forward.
 
+Reference start (``SamplerConfig.reference_start`` = k > 0, ``frame_reference`` models): a chunk whose rows all have
+a reference frame (the stream's last frame, moved by the controls when the package has a reference flow) skips the
+first k denoising steps and starts from that reference noised to step k, ``(1 - sigma_k) ref + sigma_k noise``,
+instead of pure noise: k fewer forwards per chunk, and frames that keep what the reference shows where the model
+would otherwise re-invent it (README, "Starting from the reference"). A chunk without a reference (a stream's first,
+opened from a prompt alone) runs every step. The training rollout always runs every step: this is a serving choice.
+
     session = StreamingSession(model, prompt_embeds, latent_shape=(16, 60, 104), seed=0, window_frames=21)
     latents = session.step()                         # [B, C, N, H, W]
     session.set_prompt(new_embeds, mode="recache")   # applies before the next step
@@ -35,7 +42,7 @@ from dataclasses import dataclass
 
 import torch
 
-from ..model.control import Controls
+from ..model.control import Controls, has_reference
 from ..model.dit import CausalWanDiT
 from .denoise import MoveReference, context_input, denoise_chunk, with_reference
 from .schedule import FlowMatchSchedule, SamplerConfig
@@ -286,8 +293,9 @@ def step_sessions(sessions: list[StreamingSession], controls: list[Controls | No
 
     guided = unconditional_branches(sessions, prompt, ctrl)
     guided_steps = range(len(first.timesteps)) if first.sampler.guided_steps is None else first.sampler.guided_steps
+    skip = reference_start(first, ctrl)  # the first denoising step this chunk runs
     deferred = [s._unwritten for s in sessions]
-    merge = not (guided and 0 in guided_steps) and all(d is not None for d in deferred)
+    merge = not (guided and skip in guided_steps) and all(d is not None for d in deferred)
     if merge:
         try:
             joined = _join_frames(Controls.cat([d.controls for d in deferred]), ctrl)
@@ -299,11 +307,11 @@ def step_sessions(sessions: list[StreamingSession], controls: list[Controls | No
         k = 1 + len(guided)
         branch_prompt = torch.cat([prompt] + [p for _, p, _ in guided])
         branch_controls = Controls.cat([ctrl] + [c for _, _, c in guided])
-    step = [-1]
+    step = [skip - 1]
 
     def forward(x: torch.Tensor, t: float) -> torch.Tensor:
         step[0] += 1
-        if merge and step[0] == 0:  # the deferred chunks' cache write rides along with this first step
+        if merge and step[0] == skip:  # the deferred chunks' cache write rides along with this first step
             prev = torch.cat([d.latents for d in deferred])
             tt = torch.cat([_timesteps(prev, cn), _timesteps(x, t)], dim=1)
             out = model.forward_chunks(torch.cat([prev, x], dim=2), tt, prompt, caches, [d.start for d in deferred],
@@ -323,7 +331,8 @@ def step_sessions(sessions: list[StreamingSession], controls: list[Controls | No
         return torch.cat(parts) if len(parts) > 1 else parts[0]
 
     cn = first.sampler.context_noise
-    x0 = denoise_chunk(lambda x, t, _exit: forward(x, t), noise, schedule, first.timesteps)
+    x0 = denoise_chunk(lambda x, t, _exit: forward(x, t), noise, schedule, first.timesteps[skip:],
+                       start=ctrl.reference if skip else None)
     x_ctx = context_input(x0, noise, schedule, cn)  # the chunk as the cache will see it
     for s in sessions:  # only now: a step that failed leaves them to be written by the next one
         s._unwritten = None
@@ -340,6 +349,15 @@ def step_sessions(sessions: list[StreamingSession], controls: list[Controls | No
         s.frame += n
         s._prune_history()
     return out
+
+
+def reference_start(session: StreamingSession, controls: Controls | None) -> int:
+    """Denoising steps this chunk skips (``SamplerConfig.reference_start``): only when every row has a reference
+    frame to start from (a stream's first chunk without a start frame has none and runs every step)."""
+    k = session.sampler.reference_start
+    if k == 0 or controls is None or controls.reference is None:
+        return 0
+    return k if bool(has_reference(controls.reference).all()) else 0
 
 
 def holds_still(controls: Controls | None) -> bool:

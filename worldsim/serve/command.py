@@ -63,6 +63,11 @@ def add_serve_arguments(p: argparse.ArgumentParser) -> None:
                    help="while nothing is held, a frame-reference model reads the frame the idle stretch began with, "
                         "not its own last frame (for worlds that do not move by themselves, like the toy world; "
                         "default: the model package's, else off)")
+    m.add_argument("--reference-start", type=int, metavar="K",
+                   help="a frame-reference model's chunks start from their reference frame noised to denoising step "
+                        "K and skip the K steps before it: fewer forwards per frame, frames that keep the reference's "
+                        "detail (0: every step from noise; default: the model package's, else 0; README: the default "
+                        "model at 0..3)")
     m.add_argument("--no-reference-flow", dest="reference_flow", action="store_false",
                    help="serve a package that has a reference flow without it: the DiT reads its last frame unmoved "
                         "(comparisons; the default model walks only with it)")
@@ -167,7 +172,7 @@ def run_serve(args: argparse.Namespace) -> int:
             attn=args.attn, compile=args.compile, offload_text_encoder=args.offload_text_encoder,
             control_guidance=args.control_guidance, text_guidance=args.text_guidance,
             guided_steps=args.guided_steps, denoising_steps=args.steps, reference_flow=args.reference_flow,
-            hold_idle_reference=args.hold_idle_reference))
+            hold_idle_reference=args.hold_idle_reference, reference_start=args.reference_start))
         lim = dataclasses.replace(Limits(), max_sessions=args.max_sessions, max_clients=args.max_clients,
                                   max_sessions_per_client=args.max_sessions_per_client, queue_frames=args.queue_frames,
                                   idle_timeout_s=args.idle_timeout, heartbeat_s=min(2.0, args.idle_timeout / 4),

@@ -88,7 +88,7 @@ from ..codecs.toy_codec import ToyCodec
 from ..model.control import Controls
 from ..model.dit import CausalWanDiT
 from ..model_package import is_package, read_package
-from ..runtime import GUIDANCE_FIELDS, RuntimeOptions, build_runtime
+from ..runtime import SAMPLER_OVERRIDES, RuntimeOptions, build_runtime
 from ..sampling.schedule import FlowMatchSchedule, SamplerConfig, evenly_spaced_steps
 from ..sampling.session import SWITCH_MODES, StreamingSession
 from ..world import AXES, KEYS, World, theme_for_prompt
@@ -147,6 +147,7 @@ class EvalConfig:
     control_guidance: float | None = None  # the samplers' (sampling/session.py); None: a package's own, else 1
     text_guidance: float | None = None  # likewise, on the prompt
     guided_steps: tuple[int, ...] | None = None  # steps guidance applies to; None: a package's own, else all
+    reference_start: int | None = None  # steps a chunk with a reference skips; None: a package's own, else 0
     chunk_frames: int | None = None  # latent frames per generated chunk; None: the model's own (serve --chunk-latents)
     drift_window: int = 6  # frames per window of the theme drift: the toy recipe's training clip
     switches: int = 2  # theme switches per held-out episode, at most (as the training data); 0: all keep one theme
@@ -286,7 +287,7 @@ class Generator:
             self.sampler = runtime.sampler
         else:
             self.sampler = SamplerConfig(shift=cfg.shift, denoising_steps=evenly_spaced_steps(spec.steps))
-        guidance = {k: v for k in GUIDANCE_FIELDS if (v := getattr(cfg, k)) is not None}
+        guidance = {k: v for k in SAMPLER_OVERRIDES if (v := getattr(cfg, k)) is not None}
         self.sampler = replace(self.sampler, **guidance)
         self.model, self.text, self.move_reference = runtime.model, runtime.embed_prompt, runtime.move_reference
         self.empty_prompt = runtime.empty_prompt() if self.sampler.text_guidance != 1 else None
