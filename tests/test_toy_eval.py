@@ -70,6 +70,8 @@ def test_evaluate_structure_and_references(tmp_path):
         assert theme["episodes"] == 2 and len(theme["per_episode"]) == 2
         assert 0 < theme["first"] < 1 and theme["ratio"] == 1 and theme["ratio_interval"] == [1, 1]
     assert truth["ssim"]["first"] == 1.0 and truth["psnr"]["first"] is None  # identical frames
+    assert truth["sharpness"]["first"] == truth["sharpness"]["late"] == 1.0
+    assert all(0 < r["sharpness"][k] < 5 for r in [model, *refs.values()] for k in ("first", "early", "late"))
     assert frozen["ssim"]["first"] < 1.0
     turn = truth["counterfactual"]["turn"]
     assert turn["detected"] > 0 and turn["score"] > 0.9  # the world itself follows mirrored controls

@@ -12,8 +12,8 @@ import pytest
 from worldsim.dataset import load_dataset, read_info
 from worldsim.world import KEYS, THEMES, World, key_row, theme_for_prompt
 from worldsim.world.episodes import EpisodeConfig, generate_episode, themes_per_frame, write_dataset
-from worldsim.world.metrics import (colour_look, look_distance, motion_agreement, motion_breakdown, stat_drift,
-                                    token_grid)
+from worldsim.world.metrics import (colour_look, look_distance, motion_agreement, motion_breakdown, sharpness,
+                                    stat_drift, token_grid)
 
 NO_KEYS = np.zeros(len(KEYS), np.float32)
 
@@ -237,6 +237,21 @@ def test_token_grid_sees_token_size_tiles_that_histograms_miss(world):
     assert np.all(token_grid(np.full((2, 64, 64, 3), 90, np.uint8), 16) == 0)  # flat: no power anywhere
     with pytest.raises(ValueError, match="16-pixel period"):
         token_grid(frames[:, :40], 16)
+
+
+def test_sharpness_falls_with_blur_and_not_with_a_whole_pixel_move(world):
+    """A 3x3 box blur of the world's frames keeps a fraction of their detail; the same frames moved by 4 pixels
+    (wrapped around: one seam) keep it; a flat frame has none."""
+    frames = world.rollout(world.start_state(0, "desert"), *_controls(7, (), dx=0.5)).frames  # [8, 64, 64, 3]
+    x = frames.astype(np.float32)
+    padded = np.pad(x, ((0, 0), (1, 1), (1, 1), (0, 0)), mode="edge")
+    blurred = sum(padded[:, i:i + 64, j:j + 64] for i in range(3) for j in range(3)) / 9
+    moved = np.roll(frames, 4, axis=2)
+    detail = sharpness(frames)
+    assert np.all(detail > 0.02)
+    assert np.all(sharpness(blurred.round().astype(np.uint8)) < 0.8 * detail)
+    np.testing.assert_allclose(sharpness(moved), detail, rtol=0.05)
+    assert np.all(sharpness(np.full((2, 64, 64, 3), 90, np.uint8)) == 0)
 
 
 def test_world_never_imports_torch():

@@ -95,7 +95,8 @@ from ..world import AXES, KEYS, World, theme_for_prompt
 from ..world.episodes import EpisodeConfig, episode_seeds, generate_episode, themes_per_frame
 from ..world.game import WorldState
 from ..world.metrics import (KINDS, OUTCOMES, SIGNS, counterfactual_counts, counterfactual_summary, estimate_motion,
-                             colour_look, horizons, look_distance, mirror_controls, motion_breakdown, ssim, stat_drift,
+                             colour_look, horizons, look_distance, mirror_controls, motion_breakdown, sharpness, ssim,
+                             stat_drift,
                              token_grid)
 from ..world.themes import THEMES
 
@@ -378,6 +379,7 @@ class Tally:
     histogram: list[np.ndarray] = field(default_factory=list)
     mse: list[np.ndarray] = field(default_factory=list)
     ssim: list[np.ndarray] = field(default_factory=list)
+    detail: list[np.ndarray] = field(default_factory=list)  # per episode [K, 2]: sharpness of the video, the truth
     theme_drift: list[np.ndarray] = field(default_factory=list)  # per one-theme episode [frames]
     seconds: list[float] = field(default_factory=list)
 
@@ -402,6 +404,7 @@ class Tally:
         self.histogram.append(self._per_chunk(drift.histogram))
         self.mse.append(self._per_chunk(err.mean(axis=(1, 2, 3))))
         self.ssim.append(self._per_chunk(ssim(video, truth)))
+        self.detail.append(np.stack([self._per_chunk(sharpness(video)), self._per_chunk(sharpness(truth))], axis=1))
         themes = {theme_for_prompt(p) for p in ep.prompts}
         if self.looks is not None and len(themes) == 1:  # episodes that switch themes are left out: not drift
             self.theme_drift.append(look_distance(video, self.looks[themes.pop()]))
@@ -437,6 +440,7 @@ class Tally:
                                  **episode_ratio(np.stack([[m[:2].mean(), m[-2:].mean()] for m in self.moments]))},
                "drift_histogram": _curve(np.mean(self.histogram, axis=0)), "mse": _curve(mse),
                "psnr": {**_curve(mse, psnr=True), "per_chunk": psnr}, "ssim": _curve(np.mean(self.ssim, axis=0)),
+               "sharpness": detail_ratio(np.mean(self.detail, axis=0)),
                **({"drift_theme": self._theme_drift()} if self.theme_drift else {})}
         if self.seconds:
             out["seconds_per_chunk"] = float(np.mean(self.seconds))
@@ -495,6 +499,15 @@ def drift_differences(sources: dict[str, dict], key: str = "drift_theme") -> dic
 
 def _agreement(hits: int, rows: int) -> dict:
     return {"hits": hits, "rows": rows, "agreement": hits / rows if rows else None}
+
+
+def detail_ratio(per_chunk: np.ndarray) -> dict:
+    """Sharpness of the video over the ground truth's (1: as much detail, below: blurrier), from per-chunk means
+    [K, 2] (video, truth): first chunk, early (first two) and late (last two) chunks."""
+    def ratio(rows: np.ndarray) -> float:
+        return float(rows[:, 0].sum() / rows[:, 1].sum()) if rows[:, 1].sum() > 0 else float("nan")
+
+    return {"first": ratio(per_chunk[:1]), "early": ratio(per_chunk[:2]), "late": ratio(per_chunk[-2:])}
 
 
 def _curve(per_chunk: np.ndarray, psnr: bool = False) -> dict:
@@ -824,10 +837,10 @@ def format_held(results: dict) -> str:
 
 def format_table(results: dict) -> str:
     """A plain-text table of the models, then the references: per kind the counterfactual score with its
-    detection rate, overall motion agreement, first-chunk PSNR and SSIM, paired drift (early / late chunks),
-    theme drift (first / last window) and speed."""
+    detection rate, overall motion agreement, first-chunk PSNR and SSIM, sharpness against the ground truth
+    (early / late chunks), paired drift (early / late chunks), theme drift (first / last window) and speed."""
     head = (f"{'model':<18} {'steps':>5}  {'turn':>9} {'move':>9} {'strafe':>9}  {'agree':>5}  {'PSNR1':>5} "
-            f"{'SSIM1':>5}  {'drift early/late':>16}  {'theme first/last':>16}  {'PSNR early/late':>15}  "
+            f"{'SSIM1':>5}  {'sharp early/late':>16}  {'drift early/late':>16}  {'theme first/last':>16}  {'PSNR early/late':>15}  "
             f"{'s/chunk':>7}")
     lines = [head, "-" * len(head)]
 
@@ -841,11 +854,12 @@ def format_table(results: dict) -> str:
     def row(name: str, r: dict, steps: str) -> str:
         cf = " ".join(f"{kind(r['counterfactual'][k]):>9}" for k in KINDS)
         pair = {k: f"{fmt(r[k]['early'], f)} / {fmt(r[k]['late'], f)}" for k, f in
-                (("drift_moments", ".1f"), ("psnr", ".1f"))}
+                (("drift_moments", ".1f"), ("psnr", ".1f"), ("sharpness", ".2f"))}
         theme = r.get("drift_theme", {})
         theme = f"{fmt(theme.get('first'), '.2f')} / {fmt(theme.get('last'), '.2f')}"
         return (f"{name:<18} {steps:>5}  {cf}  {fmt(r['motion']['all']['agreement'], '5.2f')}  "
-                f"{fmt(r['psnr']['first'], '5.1f')} {fmt(r['ssim']['first'], '5.3f')}  {pair['drift_moments']:>16}  "
+                f"{fmt(r['psnr']['first'], '5.1f')} {fmt(r['ssim']['first'], '5.3f')}  {pair['sharpness']:>16}  "
+                f"{pair['drift_moments']:>16}  "
                 f"{theme:>16}  {pair['psnr']:>15}  {fmt(r.get('seconds_per_chunk'), '7.3f')}")
 
     lines += [row(name, r, str(r["steps"])) for name, r in results["models"].items()]
