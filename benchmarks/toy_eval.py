@@ -119,7 +119,8 @@ def main(argv: list[str] | None = None) -> int:
                      held_frames=args.held_frames, prompt_frames=args.prompt_frames, prompt_streams=args.prompt_streams,
                      switch_frames=args.switch_frames, drift_window=args.drift_window, switches=args.switches,
                      control_guidance=args.control_guidance, text_guidance=args.text_guidance,
-                     guided_steps=args.guided_steps, reference_start=args.reference_start, chunk_frames=args.chunk_latents, device=args.device)
+                     guided_steps=args.guided_steps, reference_start=args.reference_start,
+                     chunk_frames=args.chunk_latents, device=args.device)
     results = evaluate(specs, args.codec, cfg, out=args.out)
     print(format_table(results))
     print(format_drift(results))

@@ -65,9 +65,9 @@ def add_serve_arguments(p: argparse.ArgumentParser) -> None:
                         "default: the model package's, else off)")
     m.add_argument("--reference-start", type=int, metavar="K",
                    help="a frame-reference model's chunks start from their reference frame noised to denoising step "
-                        "K and skip the K steps before it: fewer forwards per frame, frames that keep the reference's "
-                        "detail (0: every step from noise; default: the model package's, else 0; README: the default "
-                        "model at 0..3)")
+                        "K and skip the K steps before it: fewer forwards per frame, frames that keep what the "
+                        "reference shows (0: every step from noise; default: the model package's, else 0; the "
+                        "default model serves 2, README: 0..3 compared)")
     m.add_argument("--no-reference-flow", dest="reference_flow", action="store_false",
                    help="serve a package that has a reference flow without it: the DiT reads its last frame unmoved "
                         "(comparisons; the default model walks only with it)")

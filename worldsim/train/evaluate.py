@@ -840,8 +840,8 @@ def format_table(results: dict) -> str:
     detection rate, overall motion agreement, first-chunk PSNR and SSIM, sharpness against the ground truth
     (early / late chunks), paired drift (early / late chunks), theme drift (first / last window) and speed."""
     head = (f"{'model':<18} {'steps':>5}  {'turn':>9} {'move':>9} {'strafe':>9}  {'agree':>5}  {'PSNR1':>5} "
-            f"{'SSIM1':>5}  {'sharp early/late':>16}  {'drift early/late':>16}  {'theme first/last':>16}  {'PSNR early/late':>15}  "
-            f"{'s/chunk':>7}")
+            f"{'SSIM1':>5}  {'sharp early/late':>16}  {'drift early/late':>16}  {'theme first/last':>16}  "
+            f"{'PSNR early/late':>15}  {'s/chunk':>7}")
     lines = [head, "-" * len(head)]
 
     def fmt(v, spec: str) -> str:
