@@ -63,8 +63,8 @@ def default_video(dim: int) -> tuple[int, int]:
     return (480, 832) if dim >= 1536 else (128, 128)
 
 
-GUIDANCE_FIELDS = ("control_guidance", "text_guidance", "guided_steps")  # sampler fields an option may override
-SAMPLER_OVERRIDES = (*GUIDANCE_FIELDS, "reference_start")  # the same, and for the evaluation too
+# sampler fields a serving or evaluation option may override (serving also hold_idle_reference)
+SAMPLER_OVERRIDES = ("control_guidance", "text_guidance", "guided_steps", "reference_start")
 
 
 @dataclass

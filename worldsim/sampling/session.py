@@ -42,7 +42,7 @@ from dataclasses import dataclass
 
 import torch
 
-from ..model.control import Controls, has_reference
+from ..model.control import Controls
 from ..model.dit import CausalWanDiT
 from .denoise import MoveReference, context_input, denoise_chunk, with_reference
 from .schedule import FlowMatchSchedule, SamplerConfig
@@ -293,7 +293,7 @@ def step_sessions(sessions: list[StreamingSession], controls: list[Controls | No
 
     guided = unconditional_branches(sessions, prompt, ctrl)
     guided_steps = range(len(first.timesteps)) if first.sampler.guided_steps is None else first.sampler.guided_steps
-    skip = reference_start(first, ctrl)  # the first denoising step this chunk runs
+    skip = reference_start(sessions)  # the first denoising step this chunk runs
     deferred = [s._unwritten for s in sessions]
     merge = not (guided and skip in guided_steps) and all(d is not None for d in deferred)
     if merge:
@@ -351,13 +351,14 @@ def step_sessions(sessions: list[StreamingSession], controls: list[Controls | No
     return out
 
 
-def reference_start(session: StreamingSession, controls: Controls | None) -> int:
-    """Denoising steps this chunk skips (``SamplerConfig.reference_start``): only when every row has a reference
-    frame to start from (a stream's first chunk without a start frame has none and runs every step)."""
-    k = session.sampler.reference_start
-    if k == 0 or controls is None or controls.reference is None:
+def reference_start(sessions: list[StreamingSession]) -> int:
+    """Denoising steps the sessions' next chunk skips (``SamplerConfig.reference_start``): only for a
+    ``frame_reference`` model when every session has a last frame to start from (a stream's first chunk without a
+    start frame has none and runs every step). Read from the sessions, not the reference tensor: no device sync."""
+    first = sessions[0]
+    if not first.model.cfg.frame_reference or any(s._last is None for s in sessions):
         return 0
-    return k if bool(has_reference(controls.reference).all()) else 0
+    return first.sampler.reference_start
 
 
 def holds_still(controls: Controls | None) -> bool:
