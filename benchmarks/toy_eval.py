@@ -27,9 +27,10 @@ mouse deltas negated). Reported per model:
 Next to them, references scored the same way: the ground truth (the world under the true and the mirrored
 controls), the codec's reconstruction, a frozen video, ``ignores_controls`` (the true ground truth as both
 rollouts), ``mismatched`` (the ground truth scored against up to 7 other episodes' controls: the chance levels;
-needs --episodes 2 or more) and ``shuffled`` (frames in random order). Writes ``results.json`` and a
-``strip_<model>.png`` per model (per episode: ground truth, generated, mirrored ground truth, generated under the
-mirrored controls) to --out.
+needs --episodes 2 or more), ``shuffled`` (frames in random order) and ``elsewhere`` (the world under the mirrored
+controls scored as the true rollout: a drift-free video that goes elsewhere, the level of the paired drift).
+Writes ``results.json`` and a ``strip_<model>.png`` per model (per episode: ground truth, generated, mirrored ground
+truth, generated under the mirrored controls) to --out.
 """
 
 from __future__ import annotations

@@ -4,7 +4,7 @@
 # long-rollout self-forcing, the package and its evaluation. Everything goes to ./runs; the package to
 # runs/default_model (serve it with `worldsim serve --model runs/default_model`).
 #
-#   bash /path/to/worldsim/scripts/train_default_model.sh             # about 7 h 40 min on one CPU thread
+#   bash /path/to/worldsim/scripts/train_default_model.sh             # about 7 h on one CPU thread
 #   BASELINE=1 bash .../train_default_model.sh                        # also the teacher-forcing baseline (+2 h 40 min)
 #   SMOKE=1 bash .../train_default_model.sh                           # every command, 2 steps each (a few minutes)
 #

@@ -78,6 +78,11 @@ def test_evaluate_structure_and_references(tmp_path):
     assert all(c["detected"] == 0 for c in frozen["counterfactual"].values())
     for c in refs["ignores_controls"]["counterfactual"].values():  # identical pairs: never opposite
         assert c["correct"] == c["reversed"] == 0 and c["score"] in (None, 0.5)
+    elsewhere = refs["elsewhere"]  # the world's pair swapped: every outcome of the ground truth's, reversed
+    for kind, c in elsewhere["counterfactual"].items():
+        assert (c["correct"], c["reversed"]) == (truth["counterfactual"][kind]["reversed"],
+                                                 truth["counterfactual"][kind]["correct"])
+    assert elsewhere["counterfactual"]["turn"]["score"] < 0.1 and elsewhere["drift_moments"]["late"] > 0
 
     assert json.loads((out / "results.json").read_text())["models"]["tiny"]["steps"] == 2
     strip = Image.open(out / "strip_tiny.png")

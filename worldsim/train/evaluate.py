@@ -27,7 +27,10 @@ frame. References are scored the same way, each as a pair of videos:
   would give (counterfactual score exactly 0.5);
 - ``mismatched``: the ground-truth pair scored against the controls of each of up to ``MISMATCHES`` other held-out
   episodes (the chance level of every motion score; needs two episodes or more);
-- ``shuffled``: the ground-truth pair with its frames in one random order (chance for an incoherent video).
+- ``shuffled``: the ground-truth pair with its frames in one random order (chance for an incoherent video);
+- ``elsewhere``: the ground-truth pair swapped, the world under the mirrored controls scored as the true rollout: a
+  drift-free video that goes elsewhere than the ground truth, so its paired statistics drift is the level any valid
+  rollout that diverges reaches (its counterfactual pairs are all reversed).
 
 Motion and counterfactual counts are pooled over episodes; drift, MSE, PSNR and SSIM are per generated chunk,
 averaged over episodes.
@@ -103,7 +106,7 @@ from ..world.themes import THEMES
 THEME_PLACES = 4  # world places per theme pooled into its look (from-a-prompt probe)
 PROMPT_SPAN = 16  # frames averaged for the probe's early and late distances
 SWITCH_BEFORE = 48  # frames streamed from the first theme's start frame before the theme-switch probe's switch
-REFERENCES = ("ground_truth", "codec", "frozen", "ignores_controls", "mismatched", "shuffled")
+REFERENCES = ("ground_truth", "codec", "frozen", "ignores_controls", "mismatched", "shuffled", "elsewhere")
 MISMATCHES = 7  # other episodes whose controls each ground-truth pair is scored against (all of them for 8 episodes)
 
 
@@ -565,6 +568,7 @@ def evaluate(specs: list[ModelSpec], codec_path: str | Path, cfg: EvalConfig = E
                                    score_frames=shift == 1)
         order = np.random.default_rng([cfg.seed, i]).permutation(len(span))
         refs["shuffled"].add(span[order], mirrored[order], ep)
+        refs["elsewhere"].add(mirrored, span, ep)
         for g in generators:
             bar.set_description(g.spec.name)
             frames, seconds = g.rollout(ep, cfg.seed + i, tick=bar.update)
