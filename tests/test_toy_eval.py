@@ -139,6 +139,17 @@ def test_paired_drift_differences_separate_what_the_models_own_intervals_do_not(
     assert diffs["same - b"]["interval"][1] < 0
 
 
+def test_a_drift_ratio_with_some_episodes_at_zero_early_is_the_ratio_of_the_means():
+    """A divergent reference starts at 0 in the episodes whose first frames it matches (idle ones): its ratio is
+    still defined by the means, and resamples of only those episodes are left out of the interval; all zero (the
+    ground truth's paired drift) has no ratio."""
+    x = np.array([[0.0, 4.0], [2.0, 6.0], [1.0, 5.0], [0.0, 3.0]])
+    r = episode_ratio(x)
+    assert r["ratio"] == pytest.approx(18 / 3) and all(np.isfinite(r["ratio_interval"]))
+    assert r["ratio_interval"][0] < r["ratio"] < r["ratio_interval"][1]
+    assert episode_ratio(np.array([[0.0, 0.0], [0.0, 0.0]]))["ratio"] is None
+
+
 def test_held_out_episodes_without_switches_keep_one_theme():
     """--switches 0: every held-out episode keeps its opening theme, so each counts for the theme drift."""
     themes = [{theme_for_prompt(p) for p in ep.prompts}
