@@ -20,8 +20,8 @@ mouse deltas negated). Reported per model:
   and last window and their ratio (the Self Forcing paper's drift, which a rollout that merely shows another part
   of the world keeps; the ground truth's own ratio is the drift-free level: above 1 when its episodes walk into
   other parts of the world), with a 90% bootstrap interval over the episodes, and each model's difference of ratios
-  from the ground truth and from every other model with its interval (paired: both resampled alike, so an
-  interval that excludes 0 separates them);
+  from the ground truth, from the world elsewhere (below) and from every other model with its interval (paired:
+  both resampled alike, so an interval that excludes 0 separates them);
 - seconds per chunk (denoising only).
 
 Next to them, references scored the same way: the ground truth (the world under the true and the mirrored

@@ -90,8 +90,10 @@ def test_evaluate_structure_and_references(tmp_path):
     assert strip.size == (64 * 3, 2 * (4 * 64) + 4)
     table = format_table(results)
     assert all(name in table for name in ("tiny", "(frozen)", "(mismatched)", "(shuffled)"))
-    assert set(results["drift_differences"]["drift_theme"]) == {"tiny - (ground_truth)"}
-    assert results["drift_differences"]["drift_moments"] == {}  # the ground truth's paired drift has no ratio
+    assert set(results["drift_differences"]["drift_theme"]) == {"tiny - (ground_truth)", "tiny - (elsewhere)",
+                                                                "(elsewhere) - (ground_truth)"}
+    # the ground truth's paired drift has no ratio; the world elsewhere's has one (it turns away in these episodes)
+    assert set(results["drift_differences"]["drift_moments"]) == {"tiny - (elsewhere)"}
     assert truth["drift_moments"]["ratio"] is None and len(model["drift_moments"]["per_episode"]) == 2
     assert model["drift_moments"]["ratio"] == pytest.approx(model["drift_moments"]["late"] /
                                                             model["drift_moments"]["early"])

@@ -488,7 +488,8 @@ def episode_ratio(per_episode: np.ndarray) -> dict:
 def drift_differences(sources: dict[str, dict], key: str = "drift_theme") -> dict:
     """Paired comparisons of one drift (``key``: drift_theme or drift_moments) between every two sources scored on
     the same episodes (in order: the later's ratio minus the earlier's; :func:`evaluate` puts the ground truth
-    first, whose theme-drift ratio is not 1 when its episodes walk into other parts of the world), with a bootstrap
+    first, whose theme-drift ratio is not 1 when its episodes walk into other parts of the world, then the world
+    elsewhere, the paired statistics drift's drift-free level), with a bootstrap
     interval over the episodes (both resampled alike). An interval that excludes 0 separates the two; the sources'
     own intervals overlapping does not say they do not (the episodes are shared, so most of their spread is
     common). Sources with an early value of 0 (the ground truth's paired drift) are left out."""
@@ -589,7 +590,8 @@ def evaluate(specs: list[ModelSpec], codec_path: str | Path, cfg: EvalConfig = E
                "models": {g.spec.name: {"path": str(g.spec.path), "steps": len(g.sampler.denoising_steps),
                                         "timesteps": g.timesteps, **tallies[g.spec.name].summary()}
                           for g in generators}}
-    sources = {"(ground_truth)": results["references"]["ground_truth"], **results["models"]}
+    sources = {f"({name})": results["references"][name] for name in ("ground_truth", "elsewhere")}
+    sources.update(results["models"])  # each model against the world's two drift-free levels and the other models
     results["drift_differences"] = {key: drift_differences(sources, key) for key in ("drift_theme", "drift_moments")}
     if held is not None:
         results["held_commands"] = held
