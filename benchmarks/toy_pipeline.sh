@@ -4,7 +4,7 @@
 # Run from an empty working directory; everything goes to ./runs. Stage times are printed as it goes.
 #   bash /path/to/worldsim/benchmarks/toy_pipeline.sh            # BASELINE_STEPS=7000 EVAL_EPISODES=8 to change
 # The pipeline itself takes about 50 minutes on 2 CPU cores; the baseline runs after it here (another ~35 minutes at
-# 7000 steps), so its training time matches ode-init + self-forcing. README "Training" has the measured run.
+# 7000 steps), so its training time matches ode-init + self-forcing. docs/EXPERIMENTS.md has the measured run.
 set -euo pipefail
 REPO="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 RECIPES="$REPO/configs/train"

@@ -1,12 +1,12 @@
 """Control-conditioned optical flow of the reference frame, in pixels: how the controls move the view.
 
-A ``frame_reference`` DiT renders what its reference frame shows (README, "What limits walking": given the world's
-true next frame as its reference, the default teacher walks at 73-85% of the world's speed; given its own last frame,
-at 8%). On the toy codec's 8x8 latent grid a walking step moves the near ground by a fifth of a latent pixel, and
-the latent does not translate with the image at that scale: the best vertical shift of each latent row predicts
-the next latent at most 3% better than copying it, and W and S pick the same shifts. In pixels the same motion is
-a plain flow. So this module moves the reference where motion is linear: the stream's last frame is decoded,
-resampled along a flow the controls choose, and encoded again as the DiT's reference.
+A ``frame_reference`` DiT renders what its reference frame shows (docs/EXPERIMENTS.md, "What limits walking": given
+the world's true next frame as its reference, the default teacher walks at 73-85% of the world's speed; given its
+own last frame, at 8%). On the toy codec's 8x8 latent grid a walking step moves the near ground by a fifth of a
+latent pixel, and the latent does not translate with the image at that scale: the best vertical shift of each latent
+row predicts the next latent at most 3% better than copying it, and W and S pick the same shifts. In pixels the same
+motion is a plain flow. So this module moves the reference where motion is linear: the stream's last frame is
+decoded, resampled along a flow the controls choose, and encoded again as the DiT's reference.
 
 The flow is a mix of ``bases`` learned fields [2, grid, grid] (pixels per frame, x and y; upsampled bilinearly to
 the frame), weighted by an MLP of the frame's controls (:func:`~worldsim.model.control.control_features`). A turn,

@@ -13,9 +13,9 @@ features are scaled and shifted (FiLM) by an MLP of the frame's controls, output
 reference. Its last convolution is zero-initialised, so a DiT that gains the module computes exactly what it did
 before; frames with no controls (absent, or dropped for guidance) or no reference yet (zeros) are left unchanged.
 
-Measured on the toy world (README, "Reference warp"): it makes the default's teacher turn and strafe much more
-(strafing four times as far), but walking still barely moves, and the rollouts drift more; the toy recipe keeps
-it off. Trained with ``stage.warp_weight`` / ``stage.warp_only`` (train/stages/teacher.py).
+Measured on the toy world (docs/EXPERIMENTS.md, "Reference warp"): it makes the default's teacher turn and strafe
+much more (strafing four times as far), but walking still barely moves, and the rollouts drift more; the toy recipe
+keeps it off. Trained with ``stage.warp_weight`` / ``stage.warp_only`` (train/stages/teacher.py).
 """
 
 from __future__ import annotations

@@ -26,8 +26,9 @@ Reference start (``SamplerConfig.reference_start`` = k > 0, ``frame_reference`` 
 a reference frame (the stream's last frame, moved by the controls when the package has a reference flow) skips the
 first k denoising steps and starts from that reference noised to step k, ``(1 - sigma_k) ref + sigma_k noise``,
 instead of pure noise: k fewer forwards per chunk, and frames that keep what the reference shows where the model
-would otherwise re-invent it (README, "Starting from the reference"). A chunk without a reference (a stream's first,
-opened from a prompt alone) runs every step. The training rollout always runs every step: this is a serving choice.
+would otherwise re-invent it (docs/EXPERIMENTS.md, "Starting from the reference"). A chunk without a reference (a
+stream's first, opened from a prompt alone) runs every step. The training rollout always runs every step: this is a
+serving choice.
 
     session = StreamingSession(model, prompt_embeds, latent_shape=(16, 60, 104), seed=0, window_frames=21)
     latents = session.step()                         # [B, C, N, H, W]

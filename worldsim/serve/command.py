@@ -46,7 +46,8 @@ def add_serve_arguments(p: argparse.ArgumentParser) -> None:
     m.add_argument("--steps", type=parse_denoising_steps, metavar="N|T1,T2,..",
                    help="denoising steps per chunk: a count, evenly spaced from 1000 (4: 1000,750,500,250, Self "
                         "Forcing's), or the timesteps themselves (default: the model package's; the default model's "
-                        "1000,250); fewer run faster, at some cost in quality (README: the toy model at 2, 3 and 4)")
+                        "1000,250); fewer run faster, at some cost in quality (docs/EXPERIMENTS.md: the toy model "
+                        "at 2, 3 and 4)")
     m.add_argument("--control-guidance", type=float, metavar="S",
                    help="classifier-free guidance on the controls: each denoising step also runs without them and "
                         "extrapolates, S times as far (1: off; >1 follows the controls more strongly, each step "
@@ -67,7 +68,7 @@ def add_serve_arguments(p: argparse.ArgumentParser) -> None:
                    help="a frame-reference model's chunks start from their reference frame noised to denoising step "
                         "K and skip the K steps before it: fewer forwards per frame, frames that keep what the "
                         "reference shows (0: every step from noise; default: the model package's, else 0; the "
-                        "default model serves 2, README: 0..3 compared)")
+                        "default model serves 2; docs/EXPERIMENTS.md: 0..3 compared)")
     m.add_argument("--no-reference-flow", dest="reference_flow", action="store_false",
                    help="serve a package that has a reference flow without it: the DiT reads its last frame unmoved "
                         "(comparisons; the default model walks only with it)")

@@ -1,14 +1,14 @@
 """Calibrate a reference flow's gains so that its served stream moves as fast as the world (`worldsim world
 calibrate-flow`).
 
-A flow fitted by squared error moves the picture less than the world does: under an uncertain speed (a walk into
-a tree does not move; the ground's height changes the view) it prefers a short step to a misplaced one, and a
-served stream loses part of each step in the codec's round trip. A ``frame_reference`` model renders the motion
-of its reference and adds little of its own (README, "Walking data balanced"), so the stream walks at the flow's
-speed. This measures, on the world's own episodes (the training data's seeds, not the evaluation's), each held
-command's speed in the world and in the reference stream alone (the context frame moved by the flow, decoded and
-encoded again at every frame, as a session moves its reference) with the evaluation's motion cues, and scales the
-gain of each key and axis by world / stream, for a few rounds (through the codec the speed is not linear in the
+A flow fitted by squared error moves the picture less than the world does: under an uncertain speed (a walk into a
+tree does not move; the ground's height changes the view) it prefers a short step to a misplaced one, and a served
+stream loses part of each step in the codec's round trip. A ``frame_reference`` model renders the motion of its
+reference and adds little of its own (docs/EXPERIMENTS.md, "Walking data balanced"), so the stream walks at the
+flow's speed. This measures, on the world's own episodes (the training data's seeds, not the evaluation's), each
+held command's speed in the world and in the reference stream alone (the context frame moved by the flow, decoded
+and encoded again at every frame, as a session moves its reference) with the evaluation's motion cues, and scales
+the gain of each key and axis by world / stream, for a few rounds (through the codec the speed is not linear in the
 gain). Keys and axes that no held command measures (Space, Shift, mouse_dy) keep their gains.
 """
 

@@ -9,7 +9,7 @@ normalised latents.
 ``stage.train_encoder: false`` only its decoder trains: the encoder and the latent statistics stay the init's, so
 the latent space is unchanged and the DiTs trained on it still read and write its latents. (A model whose reference
 frames pass through the codec, a package with a reference flow, sees other references with the new decoder: its
-teacher and student are fine-tuned with it; README, "What caps walking now".)
+teacher and student are fine-tuned with it; docs/EXPERIMENTS.md, "What caps walking now".)
 
 ``stage.cycle_weight`` adds the round trip's error: a frame's latent decoded and encoded again should come back as
 that latent (squared error over the latent statistics: normalised units for a trained codec). The toy default's
