@@ -33,7 +33,7 @@ train() {
     local resume=()
     if [ -f "$out/checkpoints/latest" ]; then resume=(--resume); fi
     stamp "$stage -> $out ${resume[*]}"
-    worldsim train "$stage" --out "$out" "${resume[@]}" data.val_episodes=$VAL "$@" > "$out.log" 2>&1 \
+    worldsim train "$stage" --out "$out" "${resume[@]}" "$@" > "$out.log" 2>&1 \
         || { echo "failed: see $out.log" >&2; exit 1; }
 }
 
@@ -53,16 +53,18 @@ C0=runs/codec/final/codec.safetensors; C=runs/codec_cyc/final/codec.safetensors;
 
 # 2. The teacher: 25,000 steps (2 h 50 min), 6,000 by teacher forcing with the reference flow (39 min), 3,000 on
 #    the balanced data with the round-trip codec (14 min).
-train teacher teacher teacher.safetensors --max-steps "$(steps 25000)" val_every=1000 ckpt_every=1000 val_batches=8
+train teacher teacher teacher.safetensors --max-steps "$(steps 25000)" val_every=1000 ckpt_every=1000 val_batches=8 \
+    data.val_episodes=$VAL
 train teacher flow_teacher teacher.safetensors --init runs/teacher/final/teacher.safetensors \
-    stage.reference_flow=$F optim.lr=1e-4 data.codec=$C0 --max-steps "$(steps 6000)"
+    stage.reference_flow=$F optim.lr=1e-4 data.codec=$C0 data.val_episodes=$VAL --max-steps "$(steps 6000)"
 train teacher bal_teacher teacher.safetensors --init runs/flow_teacher/final/teacher.safetensors \
-    --data runs/bal_data stage.reference_flow=$F optim.lr=1e-4 data.codec=$C --max-steps "$(steps 3000)"
+    --data runs/bal_data stage.reference_flow=$F optim.lr=1e-4 data.codec=$C data.val_episodes=$VAL \
+    --max-steps "$(steps 3000)"
 T=runs/bal_teacher/final/teacher.safetensors
 
 # 3. The reference flow streamed through the codec (6 min), calibrated to the world's speed (1 min).
 train flow bal_flow flow.safetensors --init $F --data runs/bal_data data.codec=$C stage.through_codec=true \
-    stage.streamed=true --max-steps "$(steps 400)"
+    stage.streamed=true data.val_episodes=$VAL --max-steps "$(steps 400)"
 FC=runs/flow_calibrated.safetensors
 if [ -f $FC ]; then stamp "calibrate-flow -> $FC: done before, skipped"; else
     stamp "calibrate-flow -> $FC"
@@ -74,7 +76,7 @@ fi
 # 4. The student: ode-init (300 steps, 10 min), self-forcing (3,000 steps, 20 min), 1,500 more with the calibrated
 #    flow (11 min), then through a rolling 6-frame window on rollouts of 12 frames (1,801 steps, 22 min), 24
 #    (1,045, 22 min) and 48 with the palette term (1,719, 75 min; the critic afresh from the teacher).
-SF=(--data runs/bal_data stage.teacher=$T data.codec=$C)
+SF=(--data runs/bal_data stage.teacher=$T data.codec=$C data.val_episodes=$VAL)
 train ode-init ode generator.safetensors "${SF[@]}" stage.reference_flow=$F --max-steps "$(steps 300)"
 train self-forcing sf generator.safetensors "${SF[@]}" stage.reference_flow=$F \
     stage.student=runs/ode/final/generator.safetensors --max-steps "$(steps 3000)"
@@ -103,7 +105,7 @@ MODELS=(--model default=runs/default_model)
 #    balanced teacher's fine-tune), served the same way.
 if [ "$BASELINE" = 1 ]; then
     train teacher tf_baseline teacher.safetensors --init $T --data runs/bal_data stage.reference_flow=$FC \
-        optim.lr=1e-4 data.codec=$C --max-steps "$(steps 33357)"
+        optim.lr=1e-4 data.codec=$C data.val_episodes=$VAL --max-steps "$(steps 33357)"
     rm -rf runs/baseline_model && cp -r runs/default_model runs/baseline_model
     cp runs/tf_baseline/final/teacher.safetensors runs/baseline_model/generator.safetensors
     MODELS+=(--model tf_baseline=runs/baseline_model)

@@ -20,7 +20,7 @@ def test_the_recipe_runs_end_to_end_and_packages_the_default_as_served(tmp_path)
     assert sampler["reference_start"] == 2 and sampler["hold_idle_reference"] is True
     assert manifest["cache"]["window_frames"] == 6 and len(manifest["starts"]) == 5
     assert manifest["provenance"]["stage"] == "self-forcing" and recipe["data"]["clip_chunks"] == 48
-    assert recipe["stage"]["moment_weight"] == 3 and recipe["stage"]["reference_flow"].endswith("calibrated.safetensors")
+    assert recipe["stage"]["moment_weight"] == 3
+    assert recipe["stage"]["reference_flow"].endswith("flow_calibrated.safetensors")
     assert (runs / "default_model" / "teacher.safetensors").is_file()
     assert "default" in json.loads((runs / "eval" / "results.json").read_text())["models"]
-

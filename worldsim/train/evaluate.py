@@ -489,10 +489,10 @@ def drift_differences(sources: dict[str, dict], key: str = "drift_theme") -> dic
     """Paired comparisons of one drift (``key``: drift_theme or drift_moments) between every two sources scored on
     the same episodes (in order: the later's ratio minus the earlier's; :func:`evaluate` puts the ground truth
     first, whose theme-drift ratio is not 1 when its episodes walk into other parts of the world, then the world
-    elsewhere, the paired statistics drift's drift-free level), with a bootstrap
-    interval over the episodes (both resampled alike). An interval that excludes 0 separates the two; the sources'
-    own intervals overlapping does not say they do not (the episodes are shared, so most of their spread is
-    common). Sources with an early value of 0 (the ground truth's paired drift) are left out."""
+    elsewhere, the paired statistics drift's drift-free level), with a bootstrap interval over the episodes (both
+    resampled alike). An interval that excludes 0 separates the two; the sources' own intervals overlapping does
+    not say they do not (the episodes are shared, so most of their spread is common). Sources without a ratio (an
+    early mean of 0: the ground truth's paired drift) are left out."""
     scored = {name: r[key] for name, r in sources.items() if key in r and r[key]["ratio"] is not None}
     names = list(scored)
     out = {}
