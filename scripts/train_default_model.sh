@@ -24,6 +24,13 @@ steps() { if [ "$SMOKE" = 1 ]; then echo 2; else echo "$1"; fi; }   # a stage's 
 VAL=16; EPISODES=320; EVAL="--episodes 8 --chunks 60 --prompt-frames 320 --switch-frames 96"
 if [ "$SMOKE" = 1 ]; then VAL=2; EPISODES=8; EVAL="--episodes 2 --chunks 4 --prompt-frames 0 --switch-frames 0"; fi
 
+# logged LOG CMD...: run CMD with its output in LOG; on failure, say where to look and stop.
+logged() {
+    local log=$1
+    shift
+    "$@" > "$log" 2>&1 || { echo "failed: see $log" >&2; exit 1; }
+}
+
 # train STAGE OUT MODEL_FILE ARGS...: one `worldsim train` stage into runs/OUT, skipped once runs/OUT/final/MODEL_FILE
 # exists, resumed from its newest checkpoint if it was interrupted; its log goes to runs/OUT.log.
 train() {
@@ -33,8 +40,7 @@ train() {
     local resume=()
     if [ -f "$out/checkpoints/latest" ]; then resume=(--resume); fi
     stamp "$stage -> $out ${resume[*]}"
-    worldsim train "$stage" --out "$out" "${resume[@]}" "$@" > "$out.log" 2>&1 \
-        || { echo "failed: see $out.log" >&2; exit 1; }
+    logged "$out.log" worldsim train "$stage" --out "$out" "${resume[@]}" "$@"
 }
 
 mkdir -p runs
@@ -68,9 +74,8 @@ train flow bal_flow flow.safetensors --init $F --data runs/bal_data data.codec=$
 FC=runs/flow_calibrated.safetensors
 if [ -f $FC ]; then stamp "calibrate-flow -> $FC: done before, skipped"; else
     stamp "calibrate-flow -> $FC"
-    worldsim world calibrate-flow --flow runs/bal_flow/final/flow.safetensors --codec $C --out $FC \
-        $( [ "$SMOKE" = 1 ] && echo "--episodes 2 --rounds 1" ) > runs/calibrate_flow.log 2>&1 \
-        || { echo "failed: see runs/calibrate_flow.log" >&2; exit 1; }
+    logged runs/calibrate_flow.log worldsim world calibrate-flow --flow runs/bal_flow/final/flow.safetensors \
+        --codec $C --out $FC $( [ "$SMOKE" = 1 ] && echo "--episodes 2 --rounds 1" )
 fi
 
 # 4. The student: ode-init (300 steps, 10 min), self-forcing (3,000 steps, 20 min), 1,500 more with the calibrated
@@ -95,10 +100,10 @@ train self-forcing sf48 generator.safetensors "${SF[@]}" stage.reference_flow=$F
 # 5. The package as the default serves it (hold the idle reference, a 6-frame window, each frame after the first
 #    from its reference at step 2, a start frame per theme, the teacher beside it), then its evaluation (~12 min).
 stamp "package -> runs/default_model"
-python "$REPO/scripts/embed_default_model.py" runs/sf48/final --out runs/default_model \
+logged runs/package.log python "$REPO/scripts/embed_default_model.py" runs/sf48/final --out runs/default_model \
     --name "toy-world student (scripts/train_default_model.sh)" --hold-idle-reference --window-frames 6 \
     --reference-start 2 --theme-starts forest=20000,desert=20001,snow=20001,lava=20002,dungeon=20004 \
-    --include $T > runs/package.log 2>&1 || { echo "failed: see runs/package.log" >&2; exit 1; }
+    --include $T
 MODELS=(--model default=runs/default_model)
 
 # 6. Optional: the teacher-forcing baseline of equal compute (the distillation's 160 minutes: 33,357 steps of the

@@ -99,8 +99,7 @@ from ..world.episodes import EpisodeConfig, episode_seeds, generate_episode, the
 from ..world.game import WorldState
 from ..world.metrics import (KINDS, OUTCOMES, SIGNS, counterfactual_counts, counterfactual_summary, estimate_motion,
                              colour_look, horizons, look_distance, mirror_controls, motion_breakdown, sharpness, ssim,
-                             stat_drift,
-                             token_grid)
+                             stat_drift, token_grid)
 from ..world.themes import THEMES
 
 THEME_PLACES = 4  # world places per theme pooled into its look (from-a-prompt probe)
